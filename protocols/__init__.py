@@ -3,6 +3,43 @@
 Pure data and pure functions: no I/O, no torch, and no import of any other package of the project.
 """
 
+from protocols.codec import Message, Record, decode, decode_as, encode, message_types
 from protocols.errors import ErrorCode, ProtocolError, SwarmError
+from protocols.framing import FrameDecoder, encode_frame
+from protocols.limits import GOSSIP_LIMITS, STREAM_LIMITS, TENSOR_LIMITS, Limits
+from protocols.messages import (
+    ErrorReply,
+    Hardware,
+    Load,
+    PeerAnnounce,
+    PeerRecord,
+    PeersReply,
+    PeersRequest,
+    TrainingState,
+)
 
-__all__ = ["ErrorCode", "ProtocolError", "SwarmError"]
+__all__ = [
+    "GOSSIP_LIMITS",
+    "STREAM_LIMITS",
+    "TENSOR_LIMITS",
+    "ErrorCode",
+    "ErrorReply",
+    "FrameDecoder",
+    "Hardware",
+    "Limits",
+    "Load",
+    "Message",
+    "PeerAnnounce",
+    "PeerRecord",
+    "PeersReply",
+    "PeersRequest",
+    "ProtocolError",
+    "Record",
+    "SwarmError",
+    "TrainingState",
+    "decode",
+    "decode_as",
+    "encode",
+    "encode_frame",
+    "message_types",
+]

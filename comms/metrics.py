@@ -1,0 +1,54 @@
+"""Counters of what crossed the network: messages and bytes in and out, refusals by error code.
+
+Plain integers updated from the node's event loop (and, for bytes, from the averaging thread): the HTTP layer
+renders them in the Prometheus text format. Knows no sockets.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+
+from protocols.errors import ErrorCode
+
+
+@dataclass
+class NetMetrics:
+    """What this node sent, received and refused."""
+
+    messages_in: Counter[str] = field(default_factory=Counter)  # by message kind / topic
+    messages_out: Counter[str] = field(default_factory=Counter)
+    bytes_in: Counter[str] = field(default_factory=Counter)  # by channel: "gossip", "stream", ...
+    bytes_out: Counter[str] = field(default_factory=Counter)
+    refused: Counter[str] = field(default_factory=Counter)  # by ErrorCode name
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def received(self, kind: str, channel: str, nbytes: int) -> None:
+        with self._lock:
+            self.messages_in[kind] += 1
+            self.bytes_in[channel] += nbytes
+
+    def sent(self, kind: str, channel: str, nbytes: int) -> None:
+        with self._lock:
+            self.messages_out[kind] += 1
+            self.bytes_out[channel] += nbytes
+
+    def add_bytes(self, channel: str, nbytes_in: int = 0, nbytes_out: int = 0) -> None:
+        with self._lock:
+            self.bytes_in[channel] += nbytes_in
+            self.bytes_out[channel] += nbytes_out
+
+    def refuse(self, code: ErrorCode) -> None:
+        with self._lock:
+            self.refused[code.name] += 1
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            return {
+                "messages_in": dict(self.messages_in),
+                "messages_out": dict(self.messages_out),
+                "bytes_in": dict(self.bytes_in),
+                "bytes_out": dict(self.bytes_out),
+                "refused": dict(self.refused),
+            }

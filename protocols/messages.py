@@ -1,0 +1,155 @@
+"""The messages peers exchange, one dataclass each, documented field by field in protocols/README.md.
+
+Membership: `PeerAnnounce` on the announce topic; peer exchange (`PeersRequest` / `PeersReply`) on
+`/swarm/peers/1.0.0`; `ErrorReply` is how any stream refuses a request. Plain data: no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from protocols.codec import Message, Record
+from protocols.errors import ErrorCode, ProtocolError
+
+MAX_ADDRS = 32
+MAX_ROLES = 16
+MAX_PEERS_REPLY = 256
+KNOWN_ROLES = ("serve", "train", "rl", "client")
+
+
+def _bounded(name: str, items: list, limit: int) -> None:
+    if len(items) > limit:
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"{len(items)} entries, limit is {limit}", field=name)
+
+
+def _non_negative(record: object, *names: str) -> None:
+    for name in names:
+        value = getattr(record, name)
+        if value < 0:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"must be >= 0, got {value}", field=name)
+
+
+@dataclass
+class Hardware(Record):
+    """What the peer runs on."""
+
+    device: str = "cpu"  # "cpu", "cuda", "mps", ...
+    device_name: str = ""  # e.g. "NVIDIA H100 80GB HBM3" or the CPU model
+    memory_bytes: int = 0  # accelerator memory, or system RAM on CPU
+    cpu_cores: int = 0
+
+
+@dataclass
+class Load(Record):
+    """Serving load, filled by peers with the `serve` role (zeros otherwise)."""
+
+    running: int = 0
+    waiting: int = 0
+    predicted_ttft_ms: float = 0.0
+    decode_tok_s: float = 0.0
+    free_kv_tokens: int = 0
+
+    def validate(self) -> None:
+        _non_negative(self, "running", "waiting", "predicted_ttft_ms", "decode_tok_s", "free_kv_tokens")
+
+
+@dataclass
+class TrainingState(Record):
+    """Training progress, filled by peers with the `train` role."""
+
+    round: int = 0
+    step: int = 0
+    loss: float | None = None
+
+
+@dataclass
+class PeerAnnounce(Message):
+    """A peer's state, published on `swarm/<swarm_id>/announce` every `heartbeat_s`."""
+
+    TYPE = "peer_announce"
+    VERSION = (1, 0)
+
+    peer_id: str
+    addrs: list[str]
+    version: str
+    timestamp_ms: int
+    roles: list[str] = field(default_factory=list)
+    model_id: str = ""
+    model_hash: str = ""
+    hardware: Hardware = field(default_factory=Hardware)
+    load: Load = field(default_factory=Load)
+    training: TrainingState = field(default_factory=TrainingState)
+    hivemind_addrs: list[str] = field(default_factory=list)
+    seq: int = 0
+
+    def validate(self) -> None:
+        if not self.peer_id:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "must not be empty", field="peer_id")
+        _bounded("addrs", self.addrs, MAX_ADDRS)
+        _bounded("roles", self.roles, MAX_ROLES)
+        _bounded("hivemind_addrs", self.hivemind_addrs, MAX_ADDRS)
+        _non_negative(self, "timestamp_ms", "seq")
+
+
+@dataclass
+class PeerRecord(Record):
+    """A peer and where to dial it."""
+
+    peer_id: str
+    addrs: list[str]
+
+    def validate(self) -> None:
+        _bounded("addrs", self.addrs, MAX_ADDRS)
+
+
+@dataclass
+class PeersRequest(Message):
+    """Ask a peer for the peers it knows (peer exchange), up to ``limit``."""
+
+    TYPE = "peers_request"
+    VERSION = (1, 0)
+
+    limit: int = 64
+
+    def validate(self) -> None:
+        if not 1 <= self.limit <= MAX_PEERS_REPLY:
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, f"must be in [1, {MAX_PEERS_REPLY}], got {self.limit}", field="limit"
+            )
+
+
+@dataclass
+class PeersReply(Message):
+    """The answer to PeersRequest: live peers from the sender's membership table, itself excluded."""
+
+    TYPE = "peers_reply"
+    VERSION = (1, 0)
+
+    peers: list[PeerRecord]
+
+    def validate(self) -> None:
+        _bounded("peers", self.peers, MAX_PEERS_REPLY)
+
+
+@dataclass
+class ErrorReply(Message):
+    """A typed refusal, sent on any stream in place of the expected reply."""
+
+    TYPE = "error"
+    VERSION = (1, 0)
+
+    code: int
+    message: str = ""
+    field: str | None = None
+    retry_after_ms: int | None = None
+
+    @property
+    def error_code(self) -> ErrorCode:
+        try:
+            return ErrorCode(self.code)
+        except ValueError:
+            return ErrorCode.INTERNAL
+
+    @classmethod
+    def from_error(cls, err: ProtocolError, retry_after_ms: int | None = None) -> ErrorReply:
+        return cls(code=int(err.code), message=str(err)[:1024], field=err.field, retry_after_ms=retry_after_ms)

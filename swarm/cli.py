@@ -1,0 +1,34 @@
+"""The `swarm` command line: typer app and its sub-apps.
+
+Each capability registers its commands from its own module (cli_node, cli_serving, cli_training), so this file
+only assembles them; it knows nothing about what the commands do.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="swarm",
+    help="A peer-to-peer node that serves LLM generation and trains models with its peers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+bench_app = typer.Typer(help="Benchmarks: each runs its baselines in the same run and reports ratios.")
+model_app = typer.Typer(help="Models: export the embedded default as a checkpoint directory.")
+app.add_typer(bench_app, name="bench")
+app.add_typer(model_app, name="model")
+
+
+def _register_all() -> None:
+    from swarm import cli_node, cli_serving, cli_training
+
+    cli_node.register(app, bench_app)
+    cli_serving.register(app, bench_app, model_app)
+    cli_training.register(app, bench_app)
+
+
+def main() -> None:
+    _register_all()
+    app()
