@@ -19,7 +19,7 @@ from protocols.errors import ErrorCode, ProtocolError
 
 @dataclass(frozen=True)
 class EncodedTensor:
-    """A codec's output: the codec name, the tensor's shape and the payload bytes (all that goes on the wire)."""
+    """A codec's output: codec name, tensor shape and the payload bytes (all that goes on the wire)."""
 
     codec: str
     shape: tuple[int, ...]
@@ -35,9 +35,9 @@ class EncodedTensor:
 
 
 class TensorCodec(ABC):
-    """Contract: `decode(encode(x))` has x's shape, dtype float32, and |x - x'| <= `max_abs_error(x)` elementwise;
-    `len(encode(x).payload) == payload_nbytes(x.numel())` exactly. `decode` refuses a payload of the wrong size
-    or one that decodes to NaN/Inf with `ProtocolError(MALFORMED)`."""
+    """Contract: `decode(encode(x))` has x's shape, dtype float32, and |x - x'| <= `max_abs_error(x)`
+    elementwise; `len(encode(x).payload) == payload_nbytes(x.numel())` exactly. `decode` refuses a payload of
+    the wrong size or one that decodes to NaN/Inf with `ProtocolError(MALFORMED)`."""
 
     name: str
 
@@ -57,13 +57,17 @@ class TensorCodec(ABC):
     def encode(self, x: torch.Tensor) -> EncodedTensor:
         flat = x.detach().reshape(-1).to(torch.float32).cpu()
         if not bool(torch.isfinite(flat).all()):
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "refusing to encode a tensor with NaN/Inf", field="tensor")
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, "refusing to encode a tensor with NaN/Inf", field="tensor"
+            )
         return EncodedTensor(self.name, tuple(x.shape), self._encode(flat))
 
     def decode(self, enc: EncodedTensor) -> torch.Tensor:
         numel = enc.numel
         if enc.codec != self.name:
-            raise ProtocolError(ErrorCode.MALFORMED, f"codec {enc.codec!r} is not {self.name!r}", field="codec")
+            raise ProtocolError(
+                ErrorCode.MALFORMED, f"codec {enc.codec!r} is not {self.name!r}", field="codec"
+            )
         expected = self.payload_nbytes(numel)
         if len(enc.payload) != expected:
             raise ProtocolError(
@@ -134,8 +138,9 @@ class BFloat16Codec(TensorCodec):
 
 
 class _BlockAbsmaxCodec(TensorCodec):
-    """Symmetric blockwise quantisation: per block of `block_size` values one fp32 scale = absmax / qmax, values
-    rounded to the nearest integer in [-qmax, qmax]. Error <= scale / 2 per element (plus fp32 rounding)."""
+    """Symmetric blockwise quantisation: per block of `block_size` values one fp32 scale = absmax / qmax,
+    values rounded to the nearest integer in [-qmax, qmax]. Error <= scale / 2 per element (plus fp32
+    rounding)."""
 
     qmax: int
 
