@@ -85,7 +85,9 @@ class MessageStream:
             raise RemoteError(message)
         if not isinstance(message, expected):
             raise ProtocolError(
-                ErrorCode.BAD_REQUEST, f"expected {expected.__name__}, got {type(message).__name__}", field="type"
+                ErrorCode.BAD_REQUEST,
+                f"expected {expected.__name__}, got {type(message).__name__}",
+                field="type",
             )
         return message
 

@@ -121,7 +121,9 @@ def _check(value: Any, tp: Any, path: str) -> Any:
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
-            raise ProtocolError(ErrorCode.MALFORMED, f"expected array, got {type(value).__name__}", field=path)
+            raise ProtocolError(
+                ErrorCode.MALFORMED, f"expected array, got {type(value).__name__}", field=path
+            )
         return [_check(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         key_tp, val_tp = typing.get_args(tp)
@@ -134,7 +136,9 @@ def _check(value: Any, tp: Any, path: str) -> Any:
         return _build(tp, value, prefix=f"{path}.")
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ProtocolError(ErrorCode.MALFORMED, f"expected float, got {type(value).__name__}", field=path)
+            raise ProtocolError(
+                ErrorCode.MALFORMED, f"expected float, got {type(value).__name__}", field=path
+            )
         value = float(value)
         if not math.isfinite(value):
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"must be finite, got {value}", field=path)

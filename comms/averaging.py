@@ -1,0 +1,229 @@
+"""Group averaging of float tensors through hivemind, from a process that may also run libp2p.
+
+`HivemindAverager` starts `comms.hivemind_worker` as a child interpreter (hivemind and libp2p cannot share
+one: both register `crypto.pb` in protobuf's default pool) and talks to it over two pipes. Calls are blocking
+and meant for the trainer's thread, never the trio loop. It knows nothing about models or optimizers: it
+averages lists of float tensors with the peers that share its prefix, model hash and shapes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from protocols.errors import ErrorCode, SwarmError
+
+_PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class AveragingError(SwarmError):
+    """A round or a state download did not complete. `code` says why (TIMEOUT, INTERNAL, ...)."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        self.code = ErrorCode(code)
+        super().__init__(f"{self.code.name}: {message}")
+
+
+@dataclass(frozen=True)
+class AveragingSettings:
+    """Where to find peers and how long to wait. `prefix` names the run; peers with another prefix, model
+    hash or tensor shapes never meet (they land in different hivemind group keys / schema hashes)."""
+
+    prefix: str = "swarm"
+    initial_peers: tuple[str, ...] = ()
+    host_maddrs: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",)
+    codec: str = "fp16"
+    codec_block_size: int = 64
+    target_group_size: int = 64
+    min_group_size: int = 2
+    matchmaking_time_s: float = 2.0
+    allreduce_timeout_s: float = 30.0
+    request_timeout_s: float = 3.0
+    startup_timeout_s: float = 60.0
+    declare_state_period_s: float = 5.0
+
+
+@dataclass
+class AveragingCounters:
+    """Cumulative wire figures for /metrics. Bytes are the serialized tensor messages this peer handed to and
+    took from hivemind's streams (payload + protobuf header), so libp2p framing/encryption and matchmaking
+    traffic are not included."""
+
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    parts_refused: int = 0
+    rounds_ok: int = 0
+    rounds_failed: int = 0
+
+
+@dataclass
+class AveragingResult:
+    tensors: list[torch.Tensor]
+    group_size: int
+    peers: list[str]
+    elapsed_s: float
+    rounds: list[int] = field(default_factory=list)
+
+
+def model_hash_of(shapes: list[tuple[int, ...]], extra: str = "") -> str:
+    """A short hash of the tensor schema (and any extra model identity) that goes into the group prefix."""
+    text = ";".join("x".join(map(str, s)) for s in shapes) + "|" + extra
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class HivemindAverager:
+    """Blocking client of one averaging child process. Use as a context manager or call `close()`."""
+
+    def __init__(self, settings: AveragingSettings, shapes: list[tuple[int, ...]], model_hash: str) -> None:
+        self.settings = settings
+        self.shapes = [tuple(int(d) for d in s) for s in shapes]
+        self.model_hash = model_hash
+        self.counters = AveragingCounters()
+        self.peer_id = ""
+        self.visible_maddrs: list[str] = []
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._to_child: Connection | None = None
+        self._from_child: Connection | None = None
+
+    def __enter__(self) -> HivemindAverager:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Spawn the child, start its DHT (bootstrapped from `initial_peers`) and averager."""
+        r_child, w_parent = os.pipe()
+        r_parent, w_child = os.pipe()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(_PROJECT_ROOT), env.get("PYTHONPATH", "")]).rstrip(
+            os.pathsep
+        )
+        env.setdefault("HIVEMIND_LOGLEVEL", "ERROR")
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "comms.hivemind_worker", str(r_child), str(w_child)],
+            pass_fds=(r_child, w_child),
+            env=env,
+            cwd=str(_PROJECT_ROOT),
+        )
+        os.close(r_child)
+        os.close(w_child)
+        self._to_child = Connection(w_parent, readable=False)
+        self._from_child = Connection(r_parent, writable=False)
+        s = self.settings
+        init = {
+            **s.__dict__,
+            "prefix": f"{s.prefix}_{self.model_hash}",
+            "shapes": self.shapes,
+        }
+        reply = self._call(init, timeout_s=s.startup_timeout_s + 30.0)
+        self.peer_id = reply["peer_id"]
+        self.visible_maddrs = list(reply["visible_maddrs"])
+
+    def _call(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        if self._proc is None or self._to_child is None or self._from_child is None:
+            raise AveragingError(ErrorCode.INTERNAL, "averager is not started")
+        with self._lock:
+            try:
+                self._to_child.send(request)
+                deadline = time.monotonic() + timeout_s
+                while not self._from_child.poll(0.2):
+                    if self._proc.poll() is not None:
+                        raise AveragingError(
+                            ErrorCode.INTERNAL, f"averaging process exited ({self._proc.returncode})"
+                        )
+                    if time.monotonic() > deadline:
+                        self._kill()
+                        raise AveragingError(
+                            ErrorCode.TIMEOUT, f"no answer in {timeout_s:.0f} s; process stopped"
+                        )
+                reply = self._from_child.recv()
+            except (EOFError, OSError, BrokenPipeError) as err:
+                raise AveragingError(ErrorCode.INTERNAL, f"averaging process pipe broke: {err}") from err
+        counters = reply.get("counters")
+        if counters:
+            self.counters.bytes_sent = counters["bytes_sent"]
+            self.counters.bytes_received = counters["bytes_received"]
+            self.counters.parts_refused = counters["parts_refused"]
+        if not reply.get("ok"):
+            raise AveragingError(ErrorCode.INTERNAL, str(reply.get("error")))
+        return reply
+
+    def step(
+        self,
+        tensors: list[torch.Tensor],
+        *,
+        round_index: int,
+        timeout_s: float,
+        weight: float = 1.0,
+        group_bits: str | None = None,
+    ) -> AveragingResult:
+        """Average `tensors` with a group of peers; raise `AveragingError` if no round completed in time.
+        `group_bits` ('0'/'1' string) pins the group key, so peers given the same bits average together."""
+        arrays = [t.detach().to(torch.float32).cpu().contiguous().numpy() for t in tensors]
+        if [a.shape for a in arrays] != self.shapes:
+            raise AveragingError(ErrorCode.BAD_REQUEST, "tensor shapes differ from the averager's")
+        if not all(np.isfinite(a).all() for a in arrays):
+            raise AveragingError(ErrorCode.BAD_REQUEST, "refusing to send tensors with NaN/Inf")
+        req = {
+            "op": "step",
+            "tensors": arrays,
+            "round": round_index,
+            "weight": weight,
+            "group_bits": group_bits,
+        }
+        req["timeout_s"] = timeout_s
+        try:
+            reply = self._call(req, timeout_s=timeout_s + self.settings.allreduce_timeout_s + 15.0)
+        except AveragingError:
+            self.counters.rounds_failed += 1
+            raise
+        self.counters.rounds_ok += 1
+        out = [torch.from_numpy(a) for a in reply["tensors"]]
+        return AveragingResult(out, reply["group_size"], reply["peers"], reply["elapsed_s"], reply["rounds"])
+
+    def share_state(self, metadata: dict[str, Any], tensors: list[torch.Tensor]) -> None:
+        """Offer this state (e.g. weights + outer optimizer buffers) to peers that call `load_state`."""
+        arrays = [t.detach().to(torch.float32).cpu().contiguous().numpy() for t in tensors]
+        self._call({"op": "share_state", "metadata": metadata, "tensors": arrays}, timeout_s=30.0)
+
+    def load_state(self, timeout_s: float) -> tuple[dict[str, Any], list[torch.Tensor]]:
+        """Download the state a peer of this run shares; raise `AveragingError` if none did in time."""
+        reply = self._call({"op": "load_state", "timeout_s": timeout_s}, timeout_s=timeout_s + 15.0)
+        return reply["metadata"], [torch.from_numpy(a) for a in reply["tensors"]]
+
+    def _kill(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait(timeout=10)
+
+    def close(self, timeout_s: float = 15.0) -> None:
+        """Stop the child (politely, then by force) and reap it."""
+        if self._proc is None:
+            return
+        try:
+            if self._to_child is not None and self._proc.poll() is None:
+                self._to_child.send({"op": "stop"})
+        except (OSError, BrokenPipeError):
+            pass
+        try:
+            self._proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self._kill()
+        for conn in (self._to_child, self._from_child):
+            if conn is not None:
+                conn.close()
+        self._proc = None

@@ -1,0 +1,198 @@
+"""CLI commands of the node: `keygen`, `swarm-key`, `join`, `status`, `demo`, `bench comms`."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from protocols.errors import SwarmError
+
+err_console = Console(stderr=True)
+
+# Every `swarm join` flag that sets a config field, and the field it sets (a test checks each one resolves).
+JOIN_FLAG_FIELDS = {
+    "listen": "network.listen",
+    "peer": "network.peers",
+    "swarm_key": "network.swarm_key",
+    "swarm_id": "network.swarm_id",
+    "identity": "network.identity",
+    "heartbeat_s": "network.heartbeat_s",
+    "peer_timeout_s": "network.peer_timeout_s",
+    "http": "node.http",
+    "roles": "node.roles",
+    "info_file": "node.info_file",
+}
+
+
+def fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def keygen(
+    path: Annotated[Path, typer.Argument(help="Where to write the Ed25519 identity (mode 0600).")],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Create a node identity and print its PeerID (one line, nothing else)."""
+    from comms.identity import generate_identity, peer_id_of, write_identity
+
+    if path.exists() and not force:
+        fail(f"{path} exists; pass --force to replace it (its PeerID would change)")
+    key_pair = generate_identity()
+    write_identity(path, key_pair)
+    typer.echo(peer_id_of(key_pair))
+
+
+def swarm_key(
+    path: Annotated[Path, typer.Argument(help="Where to write the new swarm.key.")],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Create a pre-shared key for a private swarm (libp2p pnet `swarm.key` format)."""
+    import os
+
+    from comms.pnet import generate_swarm_key
+
+    if path.exists() and not force:
+        fail(f"{path} exists; pass --force to replace it")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(generate_swarm_key())
+    typer.echo(str(path))
+
+
+def join(
+    config: Annotated[Path | None, typer.Option("--config", help="YAML config file over the preset.")] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override any field: section.field=value.")
+    ] = None,
+    listen: Annotated[
+        list[str] | None, typer.Option(help="Multiaddr to listen on (repeatable; port 0 allowed).")
+    ] = None,
+    peer: Annotated[
+        list[str] | None, typer.Option(help="Bootstrap peer multiaddr with /p2p/<id> (repeatable).")
+    ] = None,
+    swarm_key: Annotated[Path | None, typer.Option(help="swarm.key of a private swarm.")] = None,
+    swarm_id: Annotated[str | None, typer.Option(help="Swarm name (gossip topics).")] = None,
+    identity: Annotated[Path | None, typer.Option(help="Identity file; created when missing.")] = None,
+    heartbeat_s: Annotated[float | None, typer.Option(help="Announce period in seconds.")] = None,
+    peer_timeout_s: Annotated[
+        float | None, typer.Option(help="Drop silent peers after this many seconds.")
+    ] = None,
+    http: Annotated[str | None, typer.Option(help="Serve the HTTP API on HOST:PORT.")] = None,
+    roles: Annotated[str | None, typer.Option(help="Comma-separated roles: serve, train.")] = None,
+    info_file: Annotated[
+        Path | None, typer.Option(help="Write peer id, addrs and HTTP URL here as JSON.")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+) -> None:
+    """Join a swarm: listen, bootstrap from --peer, announce this node and keep its membership table."""
+    import trio
+
+    from swarm.config import ConfigError, load_config
+    from swarm.logs import setup_logging
+
+    values: dict[str, Any] = {
+        "listen": listen or None,
+        "peer": peer or None,
+        "swarm_key": swarm_key,
+        "swarm_id": swarm_id,
+        "identity": identity,
+        "heartbeat_s": heartbeat_s,
+        "peer_timeout_s": peer_timeout_s,
+        "http": http,
+        "roles": [r.strip() for r in roles.split(",") if r.strip()] if roles is not None else None,
+        "info_file": info_file,
+    }
+    flags = {JOIN_FLAG_FIELDS[name]: value for name, value in values.items()}
+    try:
+        setup_logging(log_level)
+        node_config = load_config(config, flags=flags, overrides=overrides or [])
+        trio.run(_run_until_signal, node_config)
+    except (ConfigError, ValueError) as err:
+        fail(str(err))
+    except SwarmError as err:
+        fail(str(err), code=1)
+
+
+async def _run_until_signal(config: Any) -> None:
+    import logging
+
+    import trio
+
+    from swarm.node import Node
+
+    log = logging.getLogger("swarm")
+    node = Node(config)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            async for signum in signals:
+                log.info("received %s: leaving the swarm", signal.Signals(signum).name)
+                break
+            nursery.cancel_scope.cancel()
+    log.info("node stopped")
+
+
+def status(
+    http: Annotated[
+        str, typer.Option("--http", help="URL of a node's HTTP API, e.g. http://127.0.0.1:8080.")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the peers JSON instead of a table.")] = False,
+) -> None:
+    """Show the peers a node knows."""
+    import httpx
+
+    from swarm.status_view import peers_table
+
+    url = http.rstrip("/")
+    if "://" not in url:
+        url = f"http://{url}"
+    try:
+        response = httpx.get(f"{url}/v1/swarm/peers", timeout=5.0)
+        response.raise_for_status()
+    except httpx.HTTPError as err:
+        fail(f"cannot read {url}/v1/swarm/peers: {err}", code=1)
+    rows = response.json()
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+    else:
+        Console().print(peers_table(rows, title=f"peers known to {url}"))
+
+
+def demo(
+    nodes: Annotated[int, typer.Option(help="How many nodes to start.", min=2, max=8)] = 3,
+    timeout_s: Annotated[float, typer.Option(help="Give up if not converged by then.", min=5)] = 60.0,
+) -> None:
+    """Start a local swarm on 127.0.0.1, watch it converge, print a summary and shut it down."""
+    from swarm.demo import run_demo
+
+    raise typer.Exit(run_demo(num_nodes=nodes, timeout_s=timeout_s))
+
+
+def bench_comms(
+    quick: Annotated[bool, typer.Option("--quick", help="Small sizes (under 3 minutes on 2 cores).")] = False,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the results JSON here.")] = None,
+    num_peers: Annotated[int, typer.Option(help="Nodes in the gossip latency test.", min=2, max=16)] = 5,
+) -> None:
+    """libp2p stream vs raw TCP bulk transfer on loopback, and gossip propagation latency."""
+    from comms.bench import run_comms_bench
+
+    from swarm.benchio import finish_bench
+
+    result = run_comms_bench(quick=quick, num_peers=num_peers)
+    finish_bench(result, json_path)
+
+
+def register(app: typer.Typer, bench_app: typer.Typer) -> None:
+    app.command()(keygen)
+    app.command("swarm-key")(swarm_key)
+    app.command()(join)
+    app.command()(status)
+    app.command()(demo)
+    bench_app.command("comms")(bench_comms)

@@ -1,0 +1,184 @@
+"""The node runtime: one trio event loop owning the libp2p host, gossip membership, discovery and the HTTP API.
+
+Services (host, heartbeat, announce consumer, expiry, bootstrap, dialler, HTTP) run under one nursery, so
+cancelling it stops them all. Torch work never runs here: roles run it in their own threads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+from libp2p.crypto.keys import KeyPair
+
+from comms.host import P2PHost
+from comms.identity import load_or_create_identity
+from comms.metrics import NetMetrics
+from protocols import GOSSIP_LIMITS, PeerAnnounce, ProtocolError, decode_as, encode
+from protocols.errors import ErrorCode
+from protocols.ids import ANNOUNCE_TOPIC, topic
+from swarm import __version__
+from swarm.config import NodeConfig
+from swarm.discovery import Discovery
+from swarm.hardware import detect_hardware
+from swarm.membership import Membership
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    """A swarm peer. ``await nursery.start(node.run)`` returns once it listens (and serves HTTP if asked)."""
+
+    def __init__(self, config: NodeConfig, key_pair: KeyPair | None = None) -> None:
+        self.config = config
+        net = config.network
+        self.metrics = NetMetrics()
+        self.host = P2PHost(net, key_pair or load_or_create_identity(net.identity), self.metrics)
+        self.peer_id = self.host.peer_id
+        self.membership = Membership(self.peer_id, net.peer_timeout_s)
+        self.discovery = Discovery(
+            self.host, self.membership, net.peers, net.max_dial_peers, net.request_timeout_s
+        )
+        self.hardware = detect_hardware()
+        self.announce_topic = topic(net.swarm_id, ANNOUNCE_TOPIC)
+        self.http_url: str | None = None
+        self.started_at = time.monotonic()
+        self._seq = 0
+        self._nursery: trio.Nursery | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        from swarm.http_api import serve_http
+
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self.host.run)
+            self.host.set_topic_validator(self.announce_topic, self._validate_announce)
+            async with self.host.subscribe(self.announce_topic) as announces:
+                nursery.start_soon(self._consume_announces, announces)
+                nursery.start_soon(self._heartbeat)
+                nursery.start_soon(self._expire_loop)
+                nursery.start_soon(self.discovery.run_bootstrap)
+                nursery.start_soon(self.discovery.run_dialer)
+                if self.config.node.http:
+                    self.http_url = await nursery.start(serve_http, self, self.config.node.http)
+                self._report_started()
+                task_status.started()
+                await trio.sleep_forever()
+
+    def stop(self) -> None:
+        """Cancel every service of this node; ``run`` then returns."""
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    def _report_started(self) -> None:
+        addrs = self.host.dialable_addrs()
+        log.info("node %s listening on:\n  %s", self.peer_id, "\n  ".join(addrs))
+        if self.http_url:
+            log.info("HTTP API on %s", self.http_url)
+        info_file = self.config.node.info_file
+        if info_file is not None:
+            _write_json_atomic(
+                info_file,
+                {"peer_id": self.peer_id, "addrs": addrs, "http": self.http_url, "pid": os.getpid()},
+            )
+
+    # ------------------------------------------------------------------ announces
+
+    def make_announce(self) -> PeerAnnounce:
+        self._seq += 1
+        return PeerAnnounce(
+            peer_id=self.peer_id,
+            addrs=self.host.dialable_addrs(),
+            version=__version__,
+            timestamp_ms=int(time.time() * 1000),
+            roles=list(self.config.node.roles),
+            hardware=self.hardware,
+            seq=self._seq,
+        )
+
+    def _validate_announce(self, origin: str, data: bytes) -> bool:
+        try:
+            announce = decode_as(data, PeerAnnounce, limits=GOSSIP_LIMITS)
+        except ProtocolError as err:
+            self.metrics.refuse(err.code)
+            log.info("refused announce from %s: %s", origin[-8:], err)
+            return False
+        if announce.peer_id != origin:
+            self.metrics.refuse(ErrorCode.BAD_REQUEST)
+            log.info("refused announce from %s claiming to be %s", origin[-8:], announce.peer_id[-8:])
+            return False
+        return True
+
+    async def _consume_announces(self, announces: trio.MemoryReceiveChannel[tuple[str, bytes]]) -> None:
+        async for origin, data in announces:
+            if origin == self.peer_id:
+                continue
+            try:
+                announce = decode_as(data, PeerAnnounce, limits=GOSSIP_LIMITS)
+            except ProtocolError:
+                continue  # already refused and counted by the validator
+            if self.membership.observe(announce):
+                log.info("peer joined: %s (%s)", announce.peer_id, ",".join(announce.roles) or "no roles")
+            self.discovery.note_peer(announce.peer_id, announce.addrs)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            try:
+                await self.host.publish(self.announce_topic, encode(self.make_announce()))
+            except Exception as err:  # a failed publish must not stop the heartbeat
+                log.warning("announce failed: %s", err)
+            await trio.sleep(self.config.network.heartbeat_s)
+
+    async def _expire_loop(self) -> None:
+        period = min(self.config.network.heartbeat_s, 1.0)
+        while True:
+            await trio.sleep(period)
+            for peer_id in self.membership.expire():
+                log.info("peer left: %s (silent for %.1f s)", peer_id, self.config.network.peer_timeout_s)
+                self.discovery.forget(peer_id)
+
+    # ------------------------------------------------------------------ views
+
+    def peers_view(self) -> list[dict[str, Any]]:
+        """This node and every live peer, as the HTTP API and `swarm status` show them."""
+        now = self.membership.now()
+        own = self.make_announce()
+        self._seq -= 1  # a view is not a heartbeat
+        rows = [_peer_row(own, age_s=0.0, is_self=True)]
+        rows += [_peer_row(e.announce, age_s=e.age_s(now), is_self=False) for e in self.membership.entries()]
+        return rows
+
+
+def _peer_row(announce: PeerAnnounce, *, age_s: float, is_self: bool) -> dict[str, Any]:
+    return {
+        "peer_id": announce.peer_id,
+        "addrs": announce.addrs,
+        "roles": announce.roles,
+        "version": announce.version,
+        "age_s": round(age_s, 3),
+        "self": is_self,
+        "model_id": announce.model_id,
+        "hardware": {
+            "device": announce.hardware.device,
+            "device_name": announce.hardware.device_name,
+            "memory_bytes": announce.hardware.memory_bytes,
+            "cpu_cores": announce.hardware.cpu_cores,
+        },
+        "load": vars(announce.load).copy(),
+        "training": vars(announce.training).copy(),
+    }
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
