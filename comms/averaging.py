@@ -109,9 +109,7 @@ class HivemindAverager:
         r_child, w_parent = os.pipe()
         r_parent, w_child = os.pipe()
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(_PROJECT_ROOT), env.get("PYTHONPATH", "")]).rstrip(
-            os.pathsep
-        )
+        env["PYTHONPATH"] = os.pathsep.join([str(_PROJECT_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         env.setdefault("HIVEMIND_LOGLEVEL", "ERROR")
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "comms.hivemind_worker", str(r_child), str(w_child)],
@@ -142,14 +140,10 @@ class HivemindAverager:
                 deadline = time.monotonic() + timeout_s
                 while not self._from_child.poll(0.2):
                     if self._proc.poll() is not None:
-                        raise AveragingError(
-                            ErrorCode.INTERNAL, f"averaging process exited ({self._proc.returncode})"
-                        )
+                        raise AveragingError(ErrorCode.INTERNAL, f"averaging process exited ({self._proc.returncode})")
                     if time.monotonic() > deadline:
                         self._kill()
-                        raise AveragingError(
-                            ErrorCode.TIMEOUT, f"no answer in {timeout_s:.0f} s; process stopped"
-                        )
+                        raise AveragingError(ErrorCode.TIMEOUT, f"no answer in {timeout_s:.0f} s; process stopped")
                 reply = self._from_child.recv()
             except (EOFError, OSError, BrokenPipeError) as err:
                 raise AveragingError(ErrorCode.INTERNAL, f"averaging process pipe broke: {err}") from err

@@ -44,9 +44,7 @@ class SwarmCodecCompression(CompressionBase):
         with self.counters.get_lock():
             self.counters[index] += amount
 
-    def compress(
-        self, tensor: torch.Tensor, info: CompressionInfo, allow_inplace: bool = False
-    ) -> runtime_pb2.Tensor:
+    def compress(self, tensor: torch.Tensor, info: CompressionInfo, allow_inplace: bool = False) -> runtime_pb2.Tensor:
         enc = self.codec.encode(tensor)
         msg = runtime_pb2.Tensor(
             buffer=enc.payload,
@@ -61,9 +59,7 @@ class SwarmCodecCompression(CompressionBase):
     def extract(self, serialized_tensor: runtime_pb2.Tensor) -> torch.Tensor:
         try:
             if serialized_tensor.dtype != self._tag:
-                raise ValueError(
-                    f"part encoded as {serialized_tensor.dtype!r}, this swarm uses {self._tag!r}"
-                )
+                raise ValueError(f"part encoded as {serialized_tensor.dtype!r}, this swarm uses {self._tag!r}")
             enc = EncodedTensor(self.codec.name, tuple(serialized_tensor.size), serialized_tensor.buffer)
             out = self.codec.decode(enc)
         except (ProtocolError, ValueError) as err:
@@ -89,9 +85,7 @@ def install(codec_name: str, block_size: int) -> SwarmCodecCompression:
     """Register our codec in hivemind's decoder registry (this process only) and return the compression."""
     registry = hm_serialization._BASE_COMPRESSION_TYPES
     if SLOT not in registry or set(registry) != set(runtime_pb2.CompressionType.keys()):
-        raise RuntimeError(
-            "hivemind's compression registry changed shape; comms.hivemind_compression needs review"
-        )
+        raise RuntimeError("hivemind's compression registry changed shape; comms.hivemind_compression needs review")
     compression = SwarmCodecCompression(make_codec(codec_name, block_size), block_size)
     registry[SLOT] = compression
     return compression

@@ -59,7 +59,7 @@ class Worker:
             min_matchmaking_time=init["matchmaking_time_s"],
             request_timeout=init["request_timeout_s"],
             allreduce_timeout=allreduce_timeout,
-            sender_timeout=allreduce_timeout / 2,
+            sender_timeout=allreduce_timeout / 4,
             reducer_timeout=allreduce_timeout / 2,
             next_chunk_timeout=allreduce_timeout / 2,
             compression=self.compression,
@@ -103,9 +103,7 @@ class Worker:
             "tensors": out,
             "group_size": len(gathered),
             "peers": sorted(str(p) for p in gathered),
-            "rounds": sorted(
-                int(v.get("round", -1)) if isinstance(v, dict) else -1 for v in gathered.values()
-            ),
+            "rounds": sorted(int(v.get("round", -1)) if isinstance(v, dict) else -1 for v in gathered.values()),
             "elapsed_s": time.monotonic() - started,
         }
 
