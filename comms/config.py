@@ -36,20 +36,14 @@ class NetworkConfig(BaseModel):
         default_factory=lambda: ["/ip4/0.0.0.0/tcp/0"],
         description="TCP multiaddrs to listen on (port 0 allowed).",
     )
-    peers: list[str] = Field(
-        default_factory=list, description="Bootstrap peers: multiaddrs ending in /p2p/<id>."
-    )
+    peers: list[str] = Field(default_factory=list, description="Bootstrap peers: multiaddrs ending in /p2p/<id>.")
     swarm_key: Path | None = Field(None, description="Pre-shared key file (libp2p pnet swarm.key format).")
     identity: Path | None = Field(None, description="Ed25519 identity file; created when missing.")
     heartbeat_s: float = Field(2.0, gt=0, le=3600, description="Period of the PeerAnnounce.")
-    peer_timeout_s: float = Field(
-        10.0, gt=0, le=86_400, description="Drop a peer not heard from for this long."
-    )
+    peer_timeout_s: float = Field(10.0, gt=0, le=86_400, description="Drop a peer not heard from for this long.")
     dial_timeout_s: float = Field(5.0, gt=0, le=300)
     request_timeout_s: float = Field(10.0, gt=0, le=3600, description="Deadline of one request on a stream.")
-    max_dial_peers: int = Field(
-        16, ge=0, le=1024, description="Dial announced peers until this many connections."
-    )
+    max_dial_peers: int = Field(16, ge=0, le=1024, description="Dial announced peers until this many connections.")
 
     @field_validator("swarm_id")
     @classmethod

@@ -51,9 +51,7 @@ class P2PHost:
         self.peer_id = peer_id_of(key_pair)
         self.metrics = metrics or NetMetrics()
         psk = read_swarm_key(config.swarm_key) if config.swarm_key else None
-        security = {
-            NOISE_PROTOCOL_ID: NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
-        }
+        security = {NOISE_PROTOCOL_ID: NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)}
         listen = [multiaddr.Multiaddr(a) for a in config.listen]
         self._listen = listen
         self._host = new_host(

@@ -55,13 +55,9 @@ def read_identity(path: Path) -> KeyPair:
     except Exception as err:
         raise IdentityError(f"identity file {path} is not a libp2p private key") from err
     if proto.key_type != KeyType.Ed25519.value:
-        raise IdentityError(
-            f"identity file {path} holds a {KeyType(proto.key_type).name} key; Ed25519 is required"
-        )
+        raise IdentityError(f"identity file {path} holds a {KeyType(proto.key_type).name} key; Ed25519 is required")
     if len(proto.data) not in (32, 64):
-        raise IdentityError(
-            f"identity file {path}: Ed25519 key has {len(proto.data)} bytes, expected 32 or 64"
-        )
+        raise IdentityError(f"identity file {path}: Ed25519 key has {len(proto.data)} bytes, expected 32 or 64")
     private = Ed25519PrivateKey.from_bytes(proto.data[:32])
     return KeyPair(private, private.get_public_key())
 

@@ -34,9 +34,7 @@ def parse_swarm_key(text: str) -> str:
     if lines[0] != HEADER:
         raise SwarmKeyError(f"swarm key line 1 must be {HEADER!r}, got {lines[0][:40]!r}")
     if lines[1] != ENCODING:
-        raise SwarmKeyError(
-            f"swarm key line 2 must be {ENCODING!r} (only base16 is supported), got {lines[1][:40]!r}"
-        )
+        raise SwarmKeyError(f"swarm key line 2 must be {ENCODING!r} (only base16 is supported), got {lines[1][:40]!r}")
     key = lines[2].lower()
     if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
         raise SwarmKeyError("swarm key line 3 must be 64 hex digits")

@@ -72,9 +72,7 @@ def encode(message: Message) -> bytes:
 
 def _unpack(data: bytes, limits: Limits) -> Any:
     if len(data) > limits.max_message_bytes:
-        raise ProtocolError(
-            ErrorCode.TOO_LARGE, f"message is {len(data)} bytes, limit is {limits.max_message_bytes}"
-        )
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"message is {len(data)} bytes, limit is {limits.max_message_bytes}")
     try:
         return msgpack.unpackb(
             data,
@@ -121,9 +119,7 @@ def _check(value: Any, tp: Any, path: str) -> Any:
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
-            raise ProtocolError(
-                ErrorCode.MALFORMED, f"expected array, got {type(value).__name__}", field=path
-            )
+            raise ProtocolError(ErrorCode.MALFORMED, f"expected array, got {type(value).__name__}", field=path)
         return [_check(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         key_tp, val_tp = typing.get_args(tp)
@@ -136,9 +132,7 @@ def _check(value: Any, tp: Any, path: str) -> Any:
         return _build(tp, value, prefix=f"{path}.")
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ProtocolError(
-                ErrorCode.MALFORMED, f"expected float, got {type(value).__name__}", field=path
-            )
+            raise ProtocolError(ErrorCode.MALFORMED, f"expected float, got {type(value).__name__}", field=path)
         value = float(value)
         if not math.isfinite(value):
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"must be finite, got {value}", field=path)
@@ -216,7 +210,5 @@ def decode_as(data: bytes, expected: type[M] | tuple[type[M], ...], *, limits: L
     message = decode(data, limits=limits)
     if not isinstance(message, expected):
         names = expected.__name__ if isinstance(expected, type) else "/".join(t.__name__ for t in expected)
-        raise ProtocolError(
-            ErrorCode.BAD_REQUEST, f"expected {names}, got {type(message).__name__}", field="type"
-        )
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"expected {names}, got {type(message).__name__}", field="type")
     return message

@@ -152,6 +152,4 @@ class ErrorReply(Message):
 
     @classmethod
     def from_error(cls, err: ProtocolError, retry_after_ms: int | None = None) -> ErrorReply:
-        return cls(
-            code=int(err.code), message=str(err)[:1024], field=err.field, retry_after_ms=retry_after_ms
-        )
+        return cls(code=int(err.code), message=str(err)[:1024], field=err.field, retry_after_ms=retry_after_ms)

@@ -81,14 +81,10 @@ def join(
     swarm_id: Annotated[str | None, typer.Option(help="Swarm name (gossip topics).")] = None,
     identity: Annotated[Path | None, typer.Option(help="Identity file; created when missing.")] = None,
     heartbeat_s: Annotated[float | None, typer.Option(help="Announce period in seconds.")] = None,
-    peer_timeout_s: Annotated[
-        float | None, typer.Option(help="Drop silent peers after this many seconds.")
-    ] = None,
+    peer_timeout_s: Annotated[float | None, typer.Option(help="Drop silent peers after this many seconds.")] = None,
     http: Annotated[str | None, typer.Option(help="Serve the HTTP API on HOST:PORT.")] = None,
     roles: Annotated[str | None, typer.Option(help="Comma-separated roles: serve, train.")] = None,
-    info_file: Annotated[
-        Path | None, typer.Option(help="Write peer id, addrs and HTTP URL here as JSON.")
-    ] = None,
+    info_file: Annotated[Path | None, typer.Option(help="Write peer id, addrs and HTTP URL here as JSON.")] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
     """Join a swarm: listen, bootstrap from --peer, announce this node and keep its membership table."""
@@ -140,9 +136,7 @@ async def _run_until_signal(config: Any) -> None:
 
 
 def status(
-    http: Annotated[
-        str, typer.Option("--http", help="URL of a node's HTTP API, e.g. http://127.0.0.1:8080.")
-    ],
+    http: Annotated[str, typer.Option("--http", help="URL of a node's HTTP API, e.g. http://127.0.0.1:8080.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the peers JSON instead of a table.")] = False,
 ) -> None:
     """Show the peers a node knows."""

@@ -32,9 +32,7 @@ class NodeSection(BaseModel):
 
     roles: list[str] = Field(default_factory=list, description="Roles: serve, train (none: a plain peer).")
     http: str | None = Field(None, description="HOST:PORT of the HTTP API (port 0 picks a free one).")
-    info_file: Path | None = Field(
-        None, description="Write {peer_id, addrs, http} as JSON here once listening."
-    )
+    info_file: Path | None = Field(None, description="Write {peer_id, addrs, http} as JSON here once listening.")
     shutdown_grace_s: float = Field(3.0, gt=0, le=60, description="Time given to in-flight work on shutdown.")
 
     @field_validator("roles")

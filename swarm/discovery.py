@@ -50,9 +50,7 @@ class Discovery:
     async def _serve_peers(self, stream: MessageStream, remote: str) -> None:
         request = await stream.receive(self.request_timeout_s)
         if not isinstance(request, PeersRequest):
-            raise ProtocolError(
-                ErrorCode.BAD_REQUEST, f"expected peers_request, got {request.TYPE}", field="type"
-            )
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"expected peers_request, got {request.TYPE}", field="type")
         records = [
             PeerRecord(peer_id=e.announce.peer_id, addrs=e.announce.addrs)
             for e in self.membership.entries()

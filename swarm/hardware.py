@@ -34,9 +34,5 @@ def detect_hardware() -> Hardware:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        return Hardware(
-            device="cuda", device_name=props.name, memory_bytes=props.total_memory, cpu_cores=cores
-        )
-    return Hardware(
-        device="cpu", device_name=_cpu_name(), memory_bytes=_system_memory_bytes(), cpu_cores=cores
-    )
+        return Hardware(device="cuda", device_name=props.name, memory_bytes=props.total_memory, cpu_cores=cores)
+    return Hardware(device="cpu", device_name=_cpu_name(), memory_bytes=_system_memory_bytes(), cpu_cores=cores)

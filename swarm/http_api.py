@@ -77,9 +77,7 @@ def build_app(node: Node) -> Starlette:
     return Starlette(routes=routes)
 
 
-async def serve_http(
-    node: Node, bind: str, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
-) -> None:
+async def serve_http(node: Node, bind: str, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve the API on ``bind`` (HOST:PORT); reports the URL actually bound (port 0 resolved)."""
     config = HypercornConfig()
     config.bind = [bind]

@@ -26,9 +26,7 @@ class PeerEntry:
 class Membership:
     """The membership table of one node. ``observe`` on every announce, ``expire`` periodically."""
 
-    def __init__(
-        self, self_id: str, peer_timeout_s: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, self_id: str, peer_timeout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.self_id = self_id
         self.peer_timeout_s = peer_timeout_s
         self._clock = clock

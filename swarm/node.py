@@ -41,9 +41,7 @@ class Node:
         self.host = P2PHost(net, key_pair or load_or_create_identity(net.identity), self.metrics)
         self.peer_id = self.host.peer_id
         self.membership = Membership(self.peer_id, net.peer_timeout_s)
-        self.discovery = Discovery(
-            self.host, self.membership, net.peers, net.max_dial_peers, net.request_timeout_s
-        )
+        self.discovery = Discovery(self.host, self.membership, net.peers, net.max_dial_peers, net.request_timeout_s)
         self.hardware = detect_hardware()
         self.announce_topic = topic(net.swarm_id, ANNOUNCE_TOPIC)
         self.http_url: str | None = None

@@ -1,0 +1,131 @@
+"""Round-trip and golden-bytes tests of every message, and strict validation of decoded fields."""
+
+from __future__ import annotations
+
+import math
+
+import msgpack
+import pytest
+
+from protocols import (
+    ErrorCode,
+    ErrorReply,
+    Hardware,
+    Load,
+    PeerAnnounce,
+    PeerRecord,
+    PeersReply,
+    PeersRequest,
+    ProtocolError,
+    TrainingState,
+    decode,
+    decode_as,
+    encode,
+    message_types,
+)
+
+ADDR = "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWexample"
+ANNOUNCE = PeerAnnounce(
+    peer_id="12D3KooWexample", addrs=[ADDR], version="0.1.0", timestamp_ms=1700000000000, roles=["serve"],
+    model_id="default", model_hash="ab12", hardware=Hardware(device="cpu", device_name="x", memory_bytes=1024,
+    cpu_cores=2), load=Load(running=1, waiting=2, predicted_ttft_ms=12.5, decode_tok_s=100.0, free_kv_tokens=4096),
+    training=TrainingState(round=3, step=30, loss=2.5), hivemind_addrs=[], seq=7,
+)  # fmt: skip
+
+GOLDEN = {
+    "announce": (ANNOUNCE, (
+        "8ea474797065ad706565725f616e6e6f756e6365a176920100a7706565725f6964af313244334b6f6f576578616d706c65a561646472"
+        "7391d92b2f6970342f3132372e302e302e312f7463702f343030312f7032702f313244334b6f6f576578616d706c65a776657273696f"
+        "6ea5302e312e30ac74696d657374616d705f6d73cf0000018bcfe56800a5726f6c657391a57365727665a86d6f64656c5f6964a76465"
+        "6661756c74aa6d6f64656c5f68617368a461623132a8686172647761726584a6646576696365a3637075ab6465766963655f6e616d65"
+        "a178ac6d656d6f72795f6279746573cd0400a96370755f636f72657302a46c6f616485a772756e6e696e6701a777616974696e6702b1"
+        "7072656469637465645f747466745f6d73cb4029000000000000ac6465636f64655f746f6b5f73cb4059000000000000ae667265655f"
+        "6b765f746f6b656e73cd1000a8747261696e696e6783a5726f756e6403a4737465701ea46c6f7373cb4004000000000000ae68697665"
+        "6d696e645f616464727390a373657107"
+    )),
+    "peers_request": (PeersRequest(limit=16), "83a474797065ad70656572735f72657175657374a176920100a56c696d697410"),
+    "peers_reply": (PeersReply(peers=[PeerRecord(peer_id="12D3KooWexample", addrs=[ADDR])]), (
+        "83a474797065ab70656572735f7265706c79a176920100a570656572739182a7706565725f6964af313244334b6f6f576578616d706c"
+        "65a5616464727391d92b2f6970342f3132372e302e302e312f7463702f343030312f7032702f313244334b6f6f576578616d706c65"
+    )),
+    "error": (ErrorReply(code=2, message="busy", field=None, retry_after_ms=250), (
+        "86a474797065a56572726f72a176920100a4636f646502a76d657373616765a462757379a56669656c64c0ae72657472795f6166746572"
+        "5f6d73ccfa"
+    )),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_golden_bytes(name: str) -> None:
+    message, hex_bytes = GOLDEN[name]
+    assert encode(message).hex() == hex_bytes
+    assert decode(bytes.fromhex(hex_bytes)) == message
+
+
+def test_every_registered_message_has_a_golden_test() -> None:
+    covered = {type(m).TYPE for m, _ in GOLDEN.values()}
+    assert covered == set(message_types())
+
+
+@pytest.mark.parametrize("message", [m for m, _ in GOLDEN.values()], ids=lambda m: type(m).__name__)
+def test_round_trip(message) -> None:
+    assert decode(encode(message)) == message
+
+
+def _body(**changes):
+    body = msgpack.unpackb(encode(ANNOUNCE))
+    body.update(changes)
+    return msgpack.packb(body)
+
+
+def test_unknown_fields_are_ignored() -> None:
+    assert decode(_body(future_field={"x": 1})) == ANNOUNCE
+
+
+def test_newer_minor_version_is_accepted_other_major_refused() -> None:
+    assert decode(_body(v=[1, 7])) == ANNOUNCE
+    with pytest.raises(ProtocolError) as info:
+        decode(_body(v=[2, 0]))
+    assert info.value.code == ErrorCode.UNSUPPORTED_VERSION
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "code"),
+    [
+        ({"peer_id": 5}, "peer_id", ErrorCode.MALFORMED),
+        ({"addrs": "x"}, "addrs", ErrorCode.MALFORMED),
+        ({"addrs": [1]}, "addrs[0]", ErrorCode.MALFORMED),
+        ({"timestamp_ms": True}, "timestamp_ms", ErrorCode.MALFORMED),
+        ({"load": {"predicted_ttft_ms": "fast"}}, "load.predicted_ttft_ms", ErrorCode.MALFORMED),
+        ({"load": {"running": -1}}, "running", ErrorCode.BAD_REQUEST),
+        ({"load": {"decode_tok_s": math.nan}}, "load.decode_tok_s", ErrorCode.BAD_REQUEST),
+        ({"addrs": [ADDR] * 33}, "addrs", ErrorCode.TOO_LARGE),
+        ({"peer_id": ""}, "peer_id", ErrorCode.BAD_REQUEST),
+    ],
+)
+def test_bad_fields_are_named(changes, field: str, code: ErrorCode) -> None:
+    with pytest.raises(ProtocolError) as info:
+        decode(_body(**changes))
+    assert info.value.code == code
+    assert info.value.field == field
+
+
+def test_missing_required_field_is_named() -> None:
+    body = msgpack.unpackb(encode(ANNOUNCE))
+    del body["version"]
+    with pytest.raises(ProtocolError) as info:
+        decode(msgpack.packb(body))
+    assert (info.value.code, info.value.field) == (ErrorCode.MALFORMED, "version")
+
+
+def test_decode_as_checks_the_type() -> None:
+    with pytest.raises(ProtocolError) as info:
+        decode_as(encode(PeersRequest()), PeerAnnounce)
+    assert info.value.code == ErrorCode.BAD_REQUEST
+
+
+def test_error_reply_maps_unknown_codes_to_internal() -> None:
+    assert ErrorReply(code=999).error_code == ErrorCode.INTERNAL
+    err = ProtocolError(ErrorCode.OVERLOADED, "busy", field="ttft_ms")
+    reply = decode(encode(ErrorReply.from_error(err, retry_after_ms=100)))
+    assert (reply.error_code, reply.field, reply.retry_after_ms) == (ErrorCode.OVERLOADED, "ttft_ms", 100)
