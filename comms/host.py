@@ -38,6 +38,7 @@ from protocols.errors import ErrorCode
 log = logging.getLogger(__name__)
 
 GOSSIPSUB_PROTOCOLS = ["/meshsub/1.1.0", "/meshsub/1.0.0"]
+MAX_GOSSIP_MSGS_PER_TOPIC_PER_S = 500.0
 StreamHandler = Callable[[MessageStream, str], Awaitable[None]]
 GossipValidator = Callable[[str, bytes], bool]
 
@@ -58,7 +59,13 @@ class P2PHost:
             key_pair=key_pair, sec_opt=security, muxer_preference="YAMUX", psk=psk, listen_addrs=listen
         )
         self._gossipsub = GossipSub(
-            protocols=GOSSIPSUB_PROTOCOLS, degree=6, degree_low=4, degree_high=12, heartbeat_interval=1
+            protocols=GOSSIPSUB_PROTOCOLS,
+            degree=6,
+            degree_low=4,
+            degree_high=12,
+            heartbeat_interval=1,
+            # The default (10 msg/s per topic per peer) throttles relayed announces once a swarm passes ~20 peers.
+            max_messages_per_topic_per_second=MAX_GOSSIP_MSGS_PER_TOPIC_PER_S,
         )
         self._pubsub = Pubsub(self._host, self._gossipsub)
         self._running = False

@@ -176,11 +176,13 @@ def bench_comms(
 ) -> None:
     """libp2p stream vs raw TCP bulk transfer on loopback, and gossip propagation latency."""
     from comms.bench import run_comms_bench
+    from swarm.benchio import finish_bench, machine_info
 
-    from swarm.benchio import finish_bench
-
-    result = run_comms_bench(quick=quick, num_peers=num_peers)
-    finish_bench(result, json_path)
+    console = Console()
+    with console.status("comms bench") as spinner:
+        result = run_comms_bench(quick=quick, num_peers=num_peers, progress=spinner.update)
+    result["machine"] = machine_info()
+    finish_bench(result, json_path, console)
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
