@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 import multiaddr
 import trio
@@ -120,10 +120,8 @@ class P2PHost:
         return {str(p) for p in self._host.get_connected_peers()}
 
     async def disconnect(self, peer_id: str) -> None:
-        try:
+        with suppress(BaseLibp2pError, ValueError):
             await self._host.disconnect(ID.from_base58(peer_id))
-        except (BaseLibp2pError, ValueError):
-            pass
 
     # ------------------------------------------------------------------ streams
 

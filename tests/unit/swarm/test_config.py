@@ -55,7 +55,7 @@ def test_bad_values_name_field_and_value(override: str, expected: str) -> None:
 
 
 def test_malformed_override_and_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="section.field=value"):
+    with pytest.raises(ConfigError, match=r"section\.field=value"):
         load_config(overrides=["justaword"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("- a list\n")
