@@ -1,0 +1,50 @@
+"""The `serving:` section of the node's config: model, KV budget, token budget and SLO knobs.
+
+This module only declares and bounds the settings; it knows nothing about models, threads or the network.
+Every field has a default, so `ServingConfig()` is a valid CPU configuration for the embedded model.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ServingConfig(BaseModel):
+    """Settings of one node's serving engine. Units are part of the names."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("default", min_length=1, description='"default" (embedded model) or a local HF checkpoint dir')
+    model_seed: int = Field(0, ge=0, description="seed of the embedded model's weights (every node must agree)")
+    device: str = Field("auto", min_length=1, description='"auto" (accelerate picks), "cpu", "cuda", "cuda:1"...')
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description='"auto": bfloat16 on GPU, float32 on CPU'
+    )
+    kv_cache_bytes: int = Field(256 * 2**20, gt=0, le=2**40, description="memory for the paged KV cache")
+    block_size_tokens: int = Field(16, gt=0, le=1024, description="tokens per KV cache block")
+    max_batch_tokens: int = Field(2048, gt=0, le=1 << 20, description="upper bound of tokens in one step")
+    max_running_requests: int = Field(128, gt=0, le=4096, description="most requests decoding at once")
+    max_waiting_requests: int = Field(1024, gt=0, le=1 << 20, description="queue bound; beyond it: OVERLOADED")
+    max_new_tokens_limit: int = Field(4096, gt=0, le=1 << 20, description="largest max_new_tokens accepted")
+    min_chunk_tokens: int = Field(16, gt=0, le=1 << 16, description="smallest prefill chunk worth scheduling")
+    chunked_prefill: bool = Field(True, description="split long prompts into chunks that share steps with decodes")
+    slo_admission: bool = Field(True, description="refuse requests whose predicted TTFT misses their SLO")
+    ttft_slo_factor: float = Field(
+        5.0, gt=0, le=1000, description="bench SLO: k x isolated prefill time of a median prompt"
+    )
+    tpot_slo_factor: float = Field(5.0, gt=0, le=1000, description="bench SLO: k x isolated single-request decode step")
+    default_tpot_ms: float | None = Field(
+        None, gt=0, le=1e6, description="TPOT target for requests without one (None: no target)"
+    )
+    latency_profile_path: str | None = Field(
+        None, description="file caching the profiled latency model (None: ~/.cache/swarm/latency/<key>.json)"
+    )
+    slowdown_factor: float = Field(
+        1.0,
+        ge=1.0,
+        le=100.0,
+        description="artificial slowdown: after each step sleep (factor - 1) x step time (routing tests)",
+    )
+    num_threads: int | None = Field(None, gt=0, le=1024, description="torch CPU threads (None: torch's default)")

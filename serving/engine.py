@@ -1,0 +1,317 @@
+"""The serving engine: loads a model, runs the schedule -> execute -> update step loop in a worker thread.
+
+Callers (the node, the CLI, tests) `submit` requests with a sink that receives `TokenEvent`s and one final
+`DoneEvent`; refusals are raised at once as `ProtocolError` (`BAD_REQUEST`) or `OverloadedError`. The engine
+owns tokenization and stop strings; it knows nothing about peers, the network or the event loop that calls it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from protocols.errors import ErrorCode, ProtocolError
+from serving.config import ServingConfig
+from serving.detokenizer import IncrementalDetokenizer
+from serving.errors import EngineError
+from serving.kv_cache import BlockAllocator, num_blocks_for_budget
+from serving.latency import LatencyModel
+from serving.plan import SchedulerOutput
+from serving.profiling import load_or_profile
+from serving.request import (
+    DoneEvent,
+    EngineEvent,
+    FinishReason,
+    GenerateParams,
+    GenerateResult,
+    Request,
+    TokenEvent,
+)
+from serving.runner import ModelRunner, kv_layout_of, model_max_context
+from serving.scheduler import Scheduler, StepUpdate
+
+log = logging.getLogger(__name__)
+Sink = Callable[[EngineEvent], None]
+MEDIAN_PROMPT_TOKENS = 128
+IDLE_WAIT_S = 0.05
+
+
+@dataclass
+class LoadStats:
+    """How busy the engine is, as published in gossip."""
+
+    running: int
+    waiting: int
+    predicted_ttft_ms: float
+    decode_tok_s: float
+    free_kv_tokens: int
+
+
+@dataclass
+class _Stream:
+    sink: Sink
+    detok: IncrementalDetokenizer
+    request: Request
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto`: the device accelerate finds (a GPU when there is one); otherwise the named device."""
+    if name != "auto":
+        return torch.device(name)
+    from accelerate import PartialState
+
+    return torch.device(PartialState().device)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+class Engine:
+    """One node's generation engine. `start()` before use, `stop()` at the end."""
+
+    def __init__(self, config: ServingConfig | None = None) -> None:
+        self.config = config or ServingConfig()
+        self._lock = threading.Condition()
+        self._streams: dict[str, _Stream] = {}
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.scheduler: Scheduler | None = None
+        self.latency: LatencyModel | None = None
+        self.num_steps = 0
+
+    # ----- lifecycle -----
+    def start(self) -> None:
+        """Load the model, profile (or load the cached) latency model, start the step loop thread."""
+        from serving.model import load_model
+
+        cfg = self.config
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        self.device = resolve_device(cfg.device)
+        self.dtype = resolve_dtype(cfg.dtype, self.device)
+        loaded = load_model(cfg.model, cfg.model_seed)
+        self.model_id, self.model_hash, self.tokenizer = loaded.model_id, loaded.model_hash, loaded.tokenizer
+        hf_config = loaded.hf_model.config
+        layout = kv_layout_of(hf_config, self.dtype)
+        num_blocks = num_blocks_for_budget(layout, cfg.kv_cache_bytes, cfg.block_size_tokens)
+        self.runner = ModelRunner(loaded, self.device, self.dtype, num_blocks, cfg.block_size_tokens)
+        self.max_context = min(model_max_context(hf_config), num_blocks * cfg.block_size_tokens)
+        self.vocab_size = int(hf_config.vocab_size)
+        self.eos_token_ids = _eos_ids(loaded)
+        self.latency = load_or_profile(self.runner, cfg, self.model_hash, self.device, self.dtype)
+        self.latency.slowdown = cfg.slowdown_factor
+        allocator = BlockAllocator(num_blocks)
+        self.scheduler = Scheduler(cfg, allocator, cfg.block_size_tokens, self.latency, self.max_context)
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="serving-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, reason: str = "engine stopped", timeout_s: float = 30.0) -> None:
+        """Cancel every request in flight with `reason` and join the step loop thread."""
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+        with self._lock:
+            events = [self._finish(rid, "cancelled", reason) for rid in list(self._streams)]
+        self._deliver([e for e in events if e is not None])
+
+    def __enter__(self) -> Engine:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ----- requests -----
+    def submit(self, params: GenerateParams, sink: Sink) -> None:
+        """Validate and admit `params`; events go to `sink` from the engine thread (it must not block)."""
+        if self.scheduler is None or self._stopping:
+            raise EngineError("engine is not running")
+        params.validate(self.config.max_new_tokens_limit)
+        prompt_ids = self._prompt_ids(params)
+        max_new = min(params.max_new_tokens, self.max_context - len(prompt_ids))
+        req = Request(
+            request_id=params.request_id,
+            prompt_ids=prompt_ids,
+            max_new_tokens=max_new,
+            params=params,
+            arrival_s=time.perf_counter(),
+            eos_token_ids=self.eos_token_ids,
+        )
+        stream = _Stream(sink, IncrementalDetokenizer(self.tokenizer, prompt_ids, params.stop), req)
+        with self._lock:
+            if params.request_id in self._streams:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, "request id already in flight", field="request_id")
+            self.scheduler.add(req)  # raises OverloadedError when admission refuses
+            self._streams[req.request_id] = stream
+            self._lock.notify_all()
+
+    def _prompt_ids(self, params: GenerateParams) -> list[int]:
+        if params.prompt_token_ids is not None:
+            ids, field = list(params.prompt_token_ids), "prompt_token_ids"
+            if max(ids) >= self.vocab_size:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, f"token id >= vocab size {self.vocab_size}", field=field)
+        else:
+            ids, field = self.tokenizer(params.prompt)["input_ids"], "prompt"
+            if not ids:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, "prompt encodes to no tokens", field=field)
+        if len(ids) >= self.max_context:
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, f"{len(ids)} tokens; the context holds {self.max_context}", field=field
+            )
+        return ids
+
+    def cancel(self, request_id: str, reason: str = "cancelled by caller") -> bool:
+        """Cancel a request at any point; its KV blocks are freed at once. False if it is not in flight."""
+        with self._lock:
+            event = self._finish(request_id, "cancelled", reason)
+        if event is None:
+            return False
+        self._deliver([event])
+        return True
+
+    def generate(self, params: GenerateParams, timeout_s: float | None = None) -> GenerateResult:
+        """Submit and wait for the whole result (CLI, tests). Refusals raise like `submit`."""
+        events: queue.Queue[EngineEvent] = queue.Queue()
+        self.submit(params, events.put)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        ids: list[int] = []
+        text = []
+        while True:
+            wait = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                event = events.get(timeout=wait)
+            except queue.Empty:
+                self.cancel(params.request_id, "generate timed out")
+                deadline = None  # the cancel's DoneEvent (or the one that raced it) is queued by now
+                continue
+            if isinstance(event, TokenEvent):
+                ids.extend(event.token_ids)
+                text.append(event.text)
+                continue
+            return GenerateResult(
+                event.request_id, "".join(text), ids, event.finish_reason, event.usage, event.timings, event.error
+            )
+
+    def load(self) -> LoadStats:
+        """Current load, the TTFT a median prompt would see, and the decode rate of the current batch."""
+        if self.scheduler is None:
+            raise EngineError("engine is not running")
+        with self._lock:
+            sched = self.scheduler
+            probe = Request("load-probe", [0] * MEDIAN_PROMPT_TOKENS, 1, GenerateParams(prompt="x"), 0.0)
+            ttft_s = sched.predicted_ttft_s(probe)
+            decoders = max(1, len(sched.running))
+            ctx = sum(r.num_tokens for r in sched.running) // decoders if sched.running else MEDIAN_PROMPT_TOKENS
+            step_s = self.latency.decode_step_s(decoders, ctx)
+            return LoadStats(
+                len(sched.running), len(sched.waiting), 1000 * ttft_s, decoders / step_s, sched.free_kv_tokens()
+            )
+
+    # ----- the step loop -----
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                if self._stopping:
+                    return
+                output = self.scheduler.schedule()
+                if output.is_empty:
+                    self.runner.execute(output)  # drops released requests' sampler state
+                    self._lock.wait(IDLE_WAIT_S)
+                    continue
+            self._step(output)
+
+    def _step(self, output: SchedulerOutput) -> None:
+        start = time.perf_counter()
+        try:
+            sampled = self.runner.execute(output)
+        except Exception as err:  # a failing step fails its requests, not the engine
+            log.exception("engine step failed")
+            with self._lock:
+                events = [self._finish(c.request_id, "error", f"step failed: {err}") for c in output.chunks]
+            self._deliver([e for e in events if e is not None])
+            return
+        elapsed = time.perf_counter() - start
+        self.num_steps += 1
+        self.latency.observe([(len(c.token_ids), c.start_pos + len(c.token_ids)) for c in output.chunks], elapsed)
+        if self.config.slowdown_factor > 1.0:
+            time.sleep((self.config.slowdown_factor - 1.0) * elapsed)
+        with self._lock:
+            updates = self.scheduler.update(output, sampled)
+            events = self._events(updates)
+        self._deliver(events)
+
+    def _events(self, updates: list[StepUpdate]) -> list[tuple[Sink, EngineEvent]]:
+        """Token and done events for one step's updates (called with the lock held)."""
+        out: list[tuple[Sink, EngineEvent]] = []
+        for up in updates:
+            rid = up.request.request_id
+            stream = self._streams.get(rid)
+            if stream is None:
+                continue
+            text = stream.detok.add(up.new_token_ids)
+            reason: FinishReason | None = up.finish_reason
+            if reason is None and stream.detok.stopped:
+                reason = "stop"
+                self.scheduler.finish(rid, "stop")
+            if reason is not None:
+                text += stream.detok.finish()
+            out.append((stream.sink, TokenEvent(rid, up.new_token_ids, text)))
+            if reason is not None:
+                del self._streams[rid]
+                out.append((stream.sink, self._done_event(stream.request, reason, None)))
+        return out
+
+    def _finish(self, request_id: str, reason: FinishReason, error: str | None) -> tuple[Sink, EngineEvent] | None:
+        """End a request from outside the step (cancel, stop, failure); called with the lock held."""
+        stream = self._streams.pop(request_id, None)
+        if stream is None:
+            return None
+        self.scheduler.finish(request_id, reason)
+        return stream.sink, self._done_event(stream.request, reason, error)
+
+    @staticmethod
+    def _done_event(req: Request, reason: FinishReason, error: str | None) -> DoneEvent:
+        now = time.perf_counter()
+        n = len(req.output_ids)
+        timings = {
+            "ttft_ms": 1000 * (req.first_token_s - req.arrival_s) if req.first_token_s else 0.0,
+            "tpot_ms": 1000 * (req.last_token_s - req.first_token_s) / (n - 1) if n > 1 else 0.0,
+            "e2e_ms": 1000 * (now - req.arrival_s),
+            "queue_ms": 1000 * ((req.first_scheduled_s or now) - req.arrival_s),
+        }
+        usage = {"prompt_tokens": len(req.prompt_ids), "completion_tokens": n}
+        return DoneEvent(req.request_id, reason, usage, timings, error)
+
+    @staticmethod
+    def _deliver(events: list[tuple[Sink, EngineEvent]]) -> None:
+        for sink, event in events:
+            try:
+                sink(event)
+            except Exception:  # a broken sink must not stop the engine
+                log.exception("event sink failed for %s", event.request_id)
+
+
+def _eos_ids(loaded: Any) -> frozenset[int]:
+    ids: set[int] = set()
+    if loaded.tokenizer.eos_token_id is not None:
+        ids.add(int(loaded.tokenizer.eos_token_id))
+    gen_eos = getattr(loaded.hf_model.generation_config, "eos_token_id", None)
+    if isinstance(gen_eos, int):
+        ids.add(gen_eos)
+    elif isinstance(gen_eos, list):
+        ids.update(int(i) for i in gen_eos)
+    return frozenset(ids)

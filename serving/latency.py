@@ -1,0 +1,165 @@
+"""Latency model of this hardware: predicted step time from what a step computes, profiled and cached on disk.
+
+step_s = c0 + c1 * tokens + c2 * requests + c3 * attention_work, where attention_work sums, over the step's
+chunks, chunk tokens x context length. The coefficients come from timing real runner steps on synthetic plans;
+an online correction factor (observed / predicted, smoothed) follows a machine that gets busier or quieter.
+This module knows nothing about SLOs or requests: it turns step shapes into seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+StepShape = Sequence[tuple[int, int]]  # (chunk tokens, context length after the chunk) per request
+FEATURE_SCALE = (1.0, 1e-3, 1e-2, 1e-6)  # keeps the least-squares columns comparable
+
+
+def features(shape: StepShape) -> list[float]:
+    tokens = sum(n for n, _ in shape)
+    work = sum(n * ctx for n, ctx in shape)
+    raw = [1.0, float(tokens), float(len(shape)), float(work)]
+    return [r * s for r, s in zip(raw, FEATURE_SCALE, strict=True)]
+
+
+@dataclass
+class LatencyModel:
+    """Linear step-time model plus an online correction factor."""
+
+    coefficients: list[float]
+    key: str = ""
+    correction: float = 1.0
+    slowdown: float = 1.0  # the engine's artificial slowdown factor, applied to predictions
+    samples: list[list[float]] = field(default_factory=list)
+
+    def step_s(self, shape: StepShape) -> float:
+        """Predicted seconds of one step computing `shape`."""
+        base = sum(c * f for c, f in zip(self.coefficients, features(shape), strict=True))
+        return max(base, 1e-5) * self.correction * self.slowdown
+
+    def prefill_s(self, pending: int, start: int, chunk: int, decodes: StepShape) -> float:
+        """Seconds to prefill `pending` tokens from position `start` in chunks of `chunk`, beside `decodes`.
+
+        Closed form of the sum over chunks, so admission stays cheap however long the queue is.
+        """
+        if pending <= 0:
+            return 0.0
+        chunk = max(1, min(chunk, pending))
+        steps = math.ceil(pending / chunk)
+        dec = features(decodes) if decodes else [0.0, 0.0, 0.0, 0.0]
+        work = pending * (start + (pending + chunk) / 2)
+        total = [steps * FEATURE_SCALE[0], pending * FEATURE_SCALE[1], steps * FEATURE_SCALE[2]]
+        total.append(work * FEATURE_SCALE[3])
+        per_steps = [steps * d for d in dec[1:]]
+        base = sum(c * f for c, f in zip(self.coefficients, total, strict=True))
+        base += sum(c * f for c, f in zip(self.coefficients[1:], per_steps, strict=True))
+        return max(base, 1e-5) * self.correction * self.slowdown
+
+    def decode_step_s(self, num_decodes: int, mean_context: int) -> float:
+        return self.step_s([(1, mean_context)] * num_decodes) if num_decodes else 0.0
+
+    def max_prefill_tokens(self, budget_s: float, decodes: StepShape, chunk_context: int, limit: int) -> int:
+        """Most prefill tokens (one chunk at `chunk_context`) that fit beside `decodes` within `budget_s`."""
+        lo, hi = 0, limit
+        while lo < hi:  # step_s grows with tokens: bisect, at most log2(limit) evaluations
+            mid = (lo + hi + 1) // 2
+            if self.step_s([*decodes, (mid, chunk_context + mid)]) <= budget_s:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def observe(self, shape: StepShape, measured_s: float, weight: float = 0.05) -> None:
+        """Fold one measured step into the correction factor (clamped so one outlier cannot run away)."""
+        predicted = self.step_s(shape) / (self.correction * self.slowdown)
+        ratio = min(max(measured_s / predicted, 0.25), 8.0)
+        self.correction = min(max((1 - weight) * self.correction + weight * ratio, 0.25), 8.0)
+
+    def to_json(self) -> dict:
+        return {"coefficients": self.coefficients, "key": self.key, "samples": self.samples}
+
+    @classmethod
+    def from_json(cls, data: dict) -> LatencyModel:
+        return cls(coefficients=[float(c) for c in data["coefficients"]], key=str(data["key"]))
+
+
+def fit(samples: list[tuple[StepShape, float]], key: str = "") -> LatencyModel:
+    """Least squares on relative error (rows scaled by 1/time, so short steps count as much as long ones);
+    a negative coefficient is dropped and the rest refitted."""
+    y = torch.tensor([t for _, t in samples], dtype=torch.float64)
+    x = torch.tensor([features(s) for s, _ in samples], dtype=torch.float64) / y[:, None]
+    ones = torch.ones_like(y)
+    active = list(range(x.shape[1]))
+    coef = torch.zeros(x.shape[1], dtype=torch.float64)
+    for _ in range(x.shape[1]):
+        sol = torch.linalg.lstsq(x[:, active], ones[:, None]).solution[:, 0]
+        coef = torch.zeros(x.shape[1], dtype=torch.float64)
+        coef[active] = sol
+        negative = [a for a, c in zip(active, sol.tolist(), strict=True) if c < 0]
+        if not negative:
+            break
+        active = [a for a in active if a not in negative]
+    rows = [[*features(s), t] for s, t in samples]
+    return LatencyModel(coefficients=coef.tolist(), key=key, samples=rows)
+
+
+def profile_shapes(max_batch_tokens: int, max_context: int) -> list[StepShape]:
+    """Synthetic step shapes covering decode batches, prefill chunks and mixes of both."""
+    ctx_hi = min(512, max_context - 1)
+    ctx_lo = min(64, ctx_hi)
+    shapes: list[StepShape] = []
+    for batch in (1, 8, 32):
+        for ctx in (ctx_lo, ctx_hi):
+            shapes.append([(1, ctx)] * batch)
+    for chunk in (32, 128, 512):
+        chunk = min(chunk, max_batch_tokens, ctx_hi)
+        shapes.append([(chunk, chunk)])
+        shapes.append([(chunk, min(chunk + ctx_hi, max_context))])
+        shapes.append([(1, ctx_lo)] * 8 + [(chunk, chunk)])
+    return shapes
+
+
+def profile(
+    run_shape: Callable[[StepShape], None], shapes: list[StepShape], repeats: int = 3, key: str = ""
+) -> LatencyModel:
+    """Time `run_shape` on each shape (median of `repeats`, after one warm-up) and fit the model."""
+    run_shape(shapes[0])
+    samples = []
+    for shape in shapes:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run_shape(shape)
+            times.append(time.perf_counter() - start)
+        samples.append((shape, statistics.median(times)))
+    return fit(samples, key)
+
+
+def load_cached(path: Path, key: str) -> LatencyModel | None:
+    """The cached model at `path` if it was profiled for `key` (same model, device, dtype, threads)."""
+    try:
+        data = json.loads(path.read_text())
+        model = LatencyModel.from_json(data)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if model.key != key or len(model.coefficients) != 4 or not all(map(math.isfinite, model.coefficients)):
+        return None
+    return model
+
+
+def save_cached(path: Path, model: LatencyModel) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(model.to_json()))
+    tmp.replace(path)
+
+
+def cache_key(parts: dict) -> str:
+    return json.dumps(parts, sort_keys=True)

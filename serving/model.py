@@ -1,0 +1,162 @@
+"""Models the engine serves: the embedded default built in code, or a local Hugging Face checkpoint directory.
+
+The embedded model is a small Llama-architecture network with a byte-level tokenizer; its weights come from a
+seed, so every node derives the same weights and the same hash without downloading anything. This module knows
+how to build, save, load and hash models; it knows nothing about batching, KV caches or scheduling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
+
+from protocols.errors import ErrorCode, ProtocolError
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
+
+
+@dataclass(frozen=True)
+class EmbeddedSpec:
+    """Shape of an embedded model. `default` serves; `tiny` keeps tests fast."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    max_context_tokens: int
+
+
+EMBEDDED_SPECS: dict[str, EmbeddedSpec] = {
+    "default": EmbeddedSpec(384, 1024, 6, 6, 2, 4096),
+    "tiny": EmbeddedSpec(64, 128, 2, 4, 2, 1024),
+}
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM ready for the runner, with its tokenizer and identity."""
+
+    hf_model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerFast
+    model_id: str
+    model_hash: str
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map used by byte-level BPE."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    chars = list(printable)
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(c) for c in chars), strict=True))
+
+
+def build_byte_tokenizer() -> PreTrainedTokenizerFast:
+    """Byte-level tokenizer: ids 0-255 are the bytes, then BOS, EOS and PAD."""
+    vocab = {ch: byte for byte, ch in _bytes_to_unicode().items()}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([BOS, EOS, PAD])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD)
+
+
+def build_embedded_model(name: str = "default", seed: int = 0) -> LoadedModel:
+    """Build the embedded model `name` with weights drawn from `seed` (same on every machine)."""
+    if name not in EMBEDDED_SPECS:
+        raise ProtocolError(ErrorCode.NOT_FOUND, f"no embedded model {name!r}", field="model")
+    spec = EMBEDDED_SPECS[name]
+    tokenizer = build_byte_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads,
+        max_position_embeddings=spec.max_context_tokens,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        rope_theta=10000.0,
+    )
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    model = model.to_empty(device="cpu")
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for pname, param in sorted(model.named_parameters()):
+            if pname.endswith("norm.weight"):
+                param.fill_(1.0)
+            else:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.04)
+        model.model.rotary_emb.__init__(config)  # buffers were on meta: recompute inv_freq on CPU
+    model.eval()
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return LoadedModel(model, tokenizer, f"swarm-embedded-{name}-seed{seed}", weights_hash(model))
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    """sha256 over parameter names, dtypes, shapes and bytes, in name order: stable across processes."""
+    digest = hashlib.sha256()
+    for pname, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(json.dumps([pname, str(t.dtype), list(t.shape)]).encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def load_checkpoint(path: str) -> LoadedModel:
+    """Load a local HF checkpoint directory (Llama, Mistral, Qwen2, Qwen3) and its tokenizer."""
+    ckpt = Path(path)
+    if not (ckpt / "config.json").is_file():
+        raise ProtocolError(ErrorCode.NOT_FOUND, f"{path} is not a checkpoint directory", field="model")
+    config = AutoConfig.from_pretrained(ckpt)
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            f"model type {config.model_type!r} not supported (supported: {', '.join(SUPPORTED_MODEL_TYPES)})",
+            field="model",
+        )
+    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype="auto")
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(ckpt)
+    return LoadedModel(model, tokenizer, ckpt.resolve().name, weights_hash(model))
+
+
+def load_model(name_or_path: str, seed: int = 0) -> LoadedModel:
+    """`default` / `tiny` build the embedded model; anything else is a checkpoint directory."""
+    if name_or_path in EMBEDDED_SPECS:
+        return build_embedded_model(name_or_path, seed)
+    return load_checkpoint(name_or_path)
+
+
+def save_model(loaded: LoadedModel, directory: str | Path) -> Path:
+    """Write a standard checkpoint dir (config.json, model.safetensors, tokenizer files)."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    loaded.hf_model.save_pretrained(out, safe_serialization=True)
+    loaded.tokenizer.save_pretrained(out)
+    return out

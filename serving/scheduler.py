@@ -1,0 +1,225 @@
+"""The scheduler: which requests compute how many tokens in the next step, and what a step's results mean.
+
+One-way loop (after vLLM v1): `schedule() -> SchedulerOutput`, the runner executes it, `update(output,
+sampled)` advances requests. Per step, within the token budget: running decodes first, then chunks of partial
+prefills, then new requests. KV blocks are granted here; when they run out, the lowest-priority running request
+is preempted (its blocks freed, its tokens recomputed later). The scheduler never touches the model or text.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from serving.config import ServingConfig
+from serving.kv_cache import BlockAllocator
+from serving.latency import LatencyModel
+from serving.plan import SamplingSpec, ScheduledChunk, SchedulerOutput
+from serving.policies import (
+    FixedBudget,
+    LowestPriorityLatest,
+    QueueBound,
+    SloAdmission,
+    SloBudget,
+    predict_ttft_s,
+    queue_key,
+)
+from serving.request import FinishReason, Request, RequestStatus
+
+
+@dataclass
+class StepUpdate:
+    """What one step did to one request: tokens it gained, and its finish reason if it finished."""
+
+    request: Request
+    new_token_ids: list[int]
+    finish_reason: FinishReason | None
+
+
+class Scheduler:
+    """Token-budget scheduler with priorities, chunked prefill, SLO admission and preemption by recompute."""
+
+    def __init__(
+        self, config: ServingConfig, allocator: BlockAllocator, block_size: int, latency: LatencyModel, max_context: int
+    ) -> None:
+        self.config = config
+        self.allocator = allocator
+        self.block_size = block_size
+        self.latency = latency
+        self.max_context = max_context
+        self.budget_policy = (
+            SloBudget(latency, config) if config.slo_admission else FixedBudget(config.max_batch_tokens)
+        )
+        self.admission = (
+            SloAdmission(config, latency, self.budget_policy) if config.slo_admission else QueueBound(config, latency)
+        )
+        self.preemption = LowestPriorityLatest()
+        self.waiting: list[Request] = []
+        self.running: list[Request] = []
+        self.requests: dict[str, Request] = {}
+        self._released: list[str] = []
+        self.num_preemptions = 0
+
+    # ----- admission and removal -----
+    def add(self, req: Request) -> None:
+        """Admit `req` or raise `OverloadedError` (admission policy)."""
+        self.admission.check(req, self.running, self.waiting)
+        self.requests[req.request_id] = req
+        self.waiting.append(req)
+        self.waiting.sort(key=queue_key)
+
+    def finish(self, request_id: str, reason: FinishReason) -> Request | None:
+        """Remove a request (cancel, stop string, error) and free its blocks at once."""
+        req = self.requests.pop(request_id, None)
+        if req is None:
+            return None
+        if req.status is RequestStatus.RUNNING:
+            self.running.remove(req)
+        elif req.status is RequestStatus.WAITING:
+            self.waiting.remove(req)
+        self._release_blocks(req)
+        req.status, req.finish_reason = RequestStatus.FINISHED, reason
+        self._released.append(request_id)
+        return req
+
+    def predicted_ttft_s(self, req: Request) -> float:
+        return predict_ttft_s(self.latency, self.budget_policy, req, self.running, self.waiting)
+
+    # ----- the step -----
+    def schedule(self) -> SchedulerOutput:
+        """Plan the next step: decodes, then partial prefills, then waiting requests, within the budget."""
+        self.running.sort(key=queue_key)
+        budget = self.budget_policy.budget(self.running)
+        chunks: list[ScheduledChunk] = []
+        decodes = [r for r in self.running if r.num_pending_tokens == 1]
+        prefills = [r for r in self.running if r.num_pending_tokens > 1]
+        for req in decodes:
+            if req.status is RequestStatus.RUNNING and budget > 0 and self._grow(req, 1, chunks):
+                chunks.append(self._chunk(req, 1))
+                budget -= 1
+        for req in prefills:
+            if req.status is not RequestStatus.RUNNING:
+                continue  # preempted above
+            n = self._prefill_size(req, budget, chunks)
+            if n and self._grow(req, n, chunks):
+                chunks.append(self._chunk(req, n))
+                budget -= n
+        budget = self._schedule_waiting(budget, chunks)
+        released, self._released = self._released, []
+        shape = [(len(c.token_ids), c.start_pos + len(c.token_ids)) for c in chunks]
+        return SchedulerOutput(chunks, released, self.latency.step_s(shape) if chunks else 0.0)
+
+    def _schedule_waiting(self, budget: int, chunks: list[ScheduledChunk]) -> int:
+        while self.waiting and budget > 0 and len(self.running) < self.config.max_running_requests:
+            req = self.waiting[0]
+            n = self._prefill_size(req, budget, chunks)
+            if not n or not self._allocate(req, n):
+                break
+            self.waiting.pop(0)
+            req.status = RequestStatus.RUNNING
+            if req.first_scheduled_s is None:
+                req.first_scheduled_s = time.perf_counter()
+            self.running.append(req)
+            chunks.append(self._chunk(req, n))
+            budget -= n
+        return budget
+
+    def _prefill_size(self, req: Request, budget: int, chunks: list[ScheduledChunk]) -> int:
+        """Tokens of `req`'s pending prefill to run now: a chunk, or all or nothing without chunking."""
+        pending = req.num_pending_tokens
+        has_prefill = any(len(c.token_ids) > 1 or c.start_pos == 0 for c in chunks)
+        if not self.config.chunked_prefill:
+            return pending if pending <= budget or not has_prefill else 0
+        n = min(pending, budget)
+        if n < pending and n < self.config.min_chunk_tokens and has_prefill:
+            return 0  # a sliver of a prompt costs a step's overhead for little progress
+        return n
+
+    def _chunk(self, req: Request, n: int) -> ScheduledChunk:
+        start = req.num_computed_tokens
+        p = req.params
+        return ScheduledChunk(
+            request_id=req.request_id,
+            token_ids=req.tokens_between(start, start + n),
+            start_pos=start,
+            block_table=req.block_table,
+            sample=start + n == req.num_tokens,
+            sampling=SamplingSpec(p.temperature, p.top_k, p.top_p, p.seed),
+        )
+
+    # ----- KV blocks -----
+    def _blocks_needed(self, req: Request, n: int) -> int:
+        return math.ceil((req.num_computed_tokens + n) / self.block_size) - len(req.block_table)
+
+    def _allocate(self, req: Request, n: int) -> bool:
+        need = self._blocks_needed(req, n)
+        if need <= 0:
+            return True
+        blocks = self.allocator.allocate(need)
+        if blocks is None:
+            return False
+        req.block_table.extend(blocks)
+        return True
+
+    def _grow(self, req: Request, n: int, chunks: list[ScheduledChunk]) -> bool:
+        """Blocks for `n` more tokens of a running request, preempting lower ones if needed.
+
+        A victim already planned in this step loses its chunk too: its blocks may be granted right away.
+        """
+        while not self._allocate(req, n):
+            victim = self.preemption.victim(self.running)
+            chunks[:] = [c for c in chunks if c.request_id != victim.request_id]
+            self._preempt(victim)
+            if victim is req:
+                return False
+        return True
+
+    def _preempt(self, req: Request) -> None:
+        self.running.remove(req)
+        self._release_blocks(req)
+        req.num_computed_tokens = 0
+        req.status = RequestStatus.WAITING
+        req.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.append(req)
+        self.waiting.sort(key=queue_key)
+
+    def _release_blocks(self, req: Request) -> None:
+        if req.block_table:
+            self.allocator.free(req.block_table)
+            req.block_table = []
+
+    # ----- results -----
+    def update(self, output: SchedulerOutput, sampled: dict[str, int]) -> list[StepUpdate]:
+        """Advance every request of `output` by what ran; finished ones leave and free their blocks."""
+        now = time.perf_counter()
+        updates = []
+        for chunk in output.chunks:
+            req = self.requests.get(chunk.request_id)
+            if req is None or req.status is not RequestStatus.RUNNING or req.block_table is not chunk.block_table:
+                continue  # cancelled or preempted while the step ran
+            req.num_computed_tokens += len(chunk.token_ids)
+            if not chunk.sample:
+                continue
+            token = sampled[chunk.request_id]
+            req.output_ids.append(token)
+            if req.first_token_s is None:
+                req.first_token_s = now
+            req.last_token_s = now
+            reason = self._finish_reason(req, token)
+            if reason is not None:
+                self.finish(req.request_id, reason)
+            updates.append(StepUpdate(req, [token], reason))
+        return updates
+
+    def _finish_reason(self, req: Request, token: int) -> FinishReason | None:
+        if token in req.eos_token_ids:
+            return "stop"
+        if len(req.output_ids) >= req.max_new_tokens or req.num_tokens >= self.max_context:
+            return "length"
+        return None
+
+    # ----- introspection -----
+    def free_kv_tokens(self) -> int:
+        return self.allocator.num_free * self.block_size
