@@ -27,6 +27,8 @@ JOIN_FLAG_FIELDS = {
     "http": "node.http",
     "roles": "node.roles",
     "info_file": "node.info_file",
+    "model": "serving.model",
+    "device": "serving.device",
 }
 
 
@@ -85,6 +87,8 @@ def join(
     http: Annotated[str | None, typer.Option(help="Serve the HTTP API on HOST:PORT.")] = None,
     roles: Annotated[str | None, typer.Option(help="Comma-separated roles: serve, train.")] = None,
     info_file: Annotated[Path | None, typer.Option(help="Write peer id, addrs and HTTP URL here as JSON.")] = None,
+    model: Annotated[str | None, typer.Option(help="With --roles serve: 'default' or a local checkpoint dir.")] = None,
+    device: Annotated[str | None, typer.Option(help="With --roles serve: auto, cpu, cuda, cuda:1...")] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
     """Join a swarm: listen, bootstrap from --peer, announce this node and keep its membership table."""
@@ -104,6 +108,8 @@ def join(
         "http": http,
         "roles": [r.strip() for r in roles.split(",") if r.strip()] if roles is not None else None,
         "info_file": info_file,
+        "model": model,
+        "device": device,
     }
     flags = {JOIN_FLAG_FIELDS[name]: value for name, value in values.items()}
     try:

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from comms.config import NetworkConfig
+from serving.config import ServingConfig
 from protocols.errors import SwarmError
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -61,6 +62,7 @@ class NodeConfig(BaseModel):
 
     node: NodeSection = Field(default_factory=NodeSection)
     network: NetworkConfig = Field(default_factory=NetworkConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
 
 
 def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from swarm.config import NodeConfig
 from swarm.discovery import Discovery
 from swarm.hardware import detect_hardware
 from swarm.membership import Membership
+from swarm.roles import build_roles
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class Node:
         self.discovery = Discovery(self.host, self.membership, net.peers, net.max_dial_peers, net.request_timeout_s)
         self.hardware = detect_hardware()
         self.announce_topic = topic(net.swarm_id, ANNOUNCE_TOPIC)
+        self.roles = build_roles(config)
         self.http_url: str | None = None
         self.started_at = time.monotonic()
         self._seq = 0
@@ -57,6 +59,9 @@ class Node:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.host.run)
+            for role in self.roles:
+                await nursery.start(role.run)
+            self.hardware = detect_hardware()  # a role may have brought up an accelerator
             self.host.set_topic_validator(self.announce_topic, self._validate_announce)
             async with self.host.subscribe(self.announce_topic) as announces:
                 nursery.start_soon(self._consume_announces, announces)
@@ -91,7 +96,7 @@ class Node:
 
     def make_announce(self) -> PeerAnnounce:
         self._seq += 1
-        return PeerAnnounce(
+        announce = PeerAnnounce(
             peer_id=self.peer_id,
             addrs=self.host.dialable_addrs(),
             version=__version__,
@@ -100,6 +105,9 @@ class Node:
             hardware=self.hardware,
             seq=self._seq,
         )
+        for role in self.roles:
+            role.fill_announce(announce)
+        return announce
 
     def _validate_announce(self, origin: str, data: bytes) -> bool:
         try:
