@@ -14,8 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from comms.config import NetworkConfig
-from serving.config import ServingConfig
 from protocols.errors import SwarmError
+from serving.config import ServingConfig
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 ROLES = ("serve", "train")
