@@ -52,6 +52,25 @@ class AveragingSettings:
     request_timeout_s: float = 3.0
     startup_timeout_s: float = 60.0
     declare_state_period_s: float = 5.0
+    bandwidth_mbps: float | None = None  # emulate a WAN uplink (token bucket on sent tensor bytes)
+
+
+class UplinkShaper:
+    """Paces sends to `mbps` megabits per second (a token bucket with no burst), shared by threads."""
+
+    def __init__(self, mbps: float) -> None:
+        if mbps <= 0:
+            raise ValueError(f"bandwidth_mbps={mbps} must be > 0")
+        self.bytes_per_s = mbps * 1e6 / 8
+        self._free_at = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self, nbytes: int) -> None:
+        with self._lock:
+            start = max(time.monotonic(), self._free_at)
+            self._free_at = start + nbytes / self.bytes_per_s
+            until = self._free_at
+        time.sleep(max(0.0, until - time.monotonic()))
 
 
 @dataclass

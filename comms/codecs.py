@@ -57,17 +57,13 @@ class TensorCodec(ABC):
     def encode(self, x: torch.Tensor) -> EncodedTensor:
         flat = x.detach().reshape(-1).to(torch.float32).cpu()
         if not bool(torch.isfinite(flat).all()):
-            raise ProtocolError(
-                ErrorCode.BAD_REQUEST, "refusing to encode a tensor with NaN/Inf", field="tensor"
-            )
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "refusing to encode a tensor with NaN/Inf", field="tensor")
         return EncodedTensor(self.name, tuple(x.shape), self._encode(flat))
 
     def decode(self, enc: EncodedTensor) -> torch.Tensor:
         numel = enc.numel
         if enc.codec != self.name:
-            raise ProtocolError(
-                ErrorCode.MALFORMED, f"codec {enc.codec!r} is not {self.name!r}", field="codec"
-            )
+            raise ProtocolError(ErrorCode.MALFORMED, f"codec {enc.codec!r} is not {self.name!r}", field="codec")
         expected = self.payload_nbytes(numel)
         if len(enc.payload) != expected:
             raise ProtocolError(

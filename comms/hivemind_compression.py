@@ -17,6 +17,7 @@ from hivemind.compression import CompressionBase, CompressionInfo
 from hivemind.compression import serialization as hm_serialization
 from hivemind.proto import runtime_pb2
 
+from comms.averaging import UplinkShaper
 from comms.codecs import EncodedTensor, TensorCodec, make_codec
 from protocols.errors import ProtocolError
 
@@ -34,8 +35,9 @@ class SwarmCodecCompression(CompressionBase):
 
     compression_type = getattr(runtime_pb2.CompressionType, SLOT)
 
-    def __init__(self, codec: TensorCodec, block_size: int) -> None:
+    def __init__(self, codec: TensorCodec, block_size: int, bandwidth_mbps: float | None = None) -> None:
         self.codec = codec
+        self.shaper = UplinkShaper(bandwidth_mbps) if bandwidth_mbps else None
         self.block_size = block_size
         self.counters = mp.get_context("fork").Array("q", 3)
         self._tag = f"{DTYPE_PREFIX}{codec.name}:{block_size}"
@@ -54,6 +56,8 @@ class SwarmCodecCompression(CompressionBase):
             requires_grad=False,
         )
         self._add(SENT, msg.ByteSize())
+        if self.shaper is not None:
+            self.shaper.wait(msg.ByteSize())
         return msg
 
     def extract(self, serialized_tensor: runtime_pb2.Tensor) -> torch.Tensor:
@@ -81,11 +85,11 @@ class SwarmCodecCompression(CompressionBase):
             }
 
 
-def install(codec_name: str, block_size: int) -> SwarmCodecCompression:
+def install(codec_name: str, block_size: int, bandwidth_mbps: float | None = None) -> SwarmCodecCompression:
     """Register our codec in hivemind's decoder registry (this process only) and return the compression."""
     registry = hm_serialization._BASE_COMPRESSION_TYPES
     if SLOT not in registry or set(registry) != set(runtime_pb2.CompressionType.keys()):
         raise RuntimeError("hivemind's compression registry changed shape; comms.hivemind_compression needs review")
-    compression = SwarmCodecCompression(make_codec(codec_name, block_size), block_size)
+    compression = SwarmCodecCompression(make_codec(codec_name, block_size), block_size, bandwidth_mbps)
     registry[SLOT] = compression
     return compression

@@ -40,7 +40,9 @@ class Worker:
     """Owns the DHT and averager; each `handle_*` method answers one request kind."""
 
     def __init__(self, init: dict[str, Any]) -> None:
-        self.compression: SwarmCodecCompression = install(init["codec"], init["codec_block_size"])
+        self.compression: SwarmCodecCompression = install(
+            init["codec"], init["codec_block_size"], init.get("bandwidth_mbps")
+        )
         self.dht = DHT(
             initial_peers=list(init["initial_peers"]),
             host_maddrs=list(init["host_maddrs"]),

@@ -31,9 +31,7 @@ class ModelShape(BaseModel):
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> ModelShape:
         if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"hidden_size={self.hidden_size} must be a multiple of num_heads={self.num_heads}"
-            )
+            raise ValueError(f"hidden_size={self.hidden_size} must be a multiple of num_heads={self.num_heads}")
         return self
 
 
@@ -59,9 +57,7 @@ class TrainingConfig(BaseModel):
     outer_momentum: float = Field(0.9, ge=0.0, lt=1.0)
     noloco_lr: float = Field(0.7, gt=0.0, le=10.0, description="NoLoCo alpha")
     noloco_momentum: float = Field(0.5, ge=0.0, lt=1.0, description="NoLoCo beta")
-    noloco_pull: float = Field(
-        0.5, ge=0.0, le=1.0, description="NoLoCo gamma: pull toward the pair's weights"
-    )
+    noloco_pull: float = Field(0.5, ge=0.0, le=1.0, description="NoLoCo gamma: pull toward the pair's weights")
     num_fragments: int = Field(4, ge=1, le=1024, description="P: strided fragments for streaming DiLoCo")
     overlap_steps: int = Field(1, ge=0, le=1_000_000, description="tau: inner steps that overlap an exchange")
     merge_alpha: float = Field(0.5, ge=0.0, le=1.0, description="streaming: weight of the synced fragment")
@@ -87,13 +83,10 @@ class TrainingConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> TrainingConfig:
         if self.min_group_size > self.target_group_size:
-            raise ValueError(
-                f"min_group_size={self.min_group_size} exceeds target_group_size={self.target_group_size}"
-            )
+            raise ValueError(f"min_group_size={self.min_group_size} exceeds target_group_size={self.target_group_size}")
         if self.seq_len > self.model.max_position_embeddings:
             raise ValueError(
-                f"seq_len={self.seq_len} exceeds "
-                f"model.max_position_embeddings={self.model.max_position_embeddings}"
+                f"seq_len={self.seq_len} exceeds model.max_position_embeddings={self.model.max_position_embeddings}"
             )
         if self.outer_optimizer == "streaming" and self.overlap_steps >= self.inner_steps:
             raise ValueError(f"overlap_steps={self.overlap_steps} must be < inner_steps={self.inner_steps}")

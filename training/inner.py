@@ -1,0 +1,76 @@
+"""Inner loop: accelerate-prepared model and AdamW with linear warm-up, cosine decay and grad clipping.
+
+bf16 autocast is used when a CUDA device is present, fp32 on CPU. `step` is one optimizer step on one batch;
+`backward` + `apply` split it for a data-parallel baseline that all-reduces gradients in between. This module
+knows nothing about peers or outer optimizers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from accelerate import Accelerator
+
+from training.config import TrainingConfig
+
+
+def lr_factor(step: int, cfg: TrainingConfig) -> float:
+    """Multiplier of `inner_lr` at optimizer step `step` (0-based): warm-up, then cosine to min_lr_ratio."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.total_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class InnerLoop:
+    """Owns the accelerator, the (prepared) model, AdamW and the schedule."""
+
+    def __init__(self, model: torch.nn.Module, cfg: TrainingConfig) -> None:
+        self.cfg = cfg
+        use_cuda = torch.cuda.is_available()
+        self.accelerator = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if use_cuda else "no")
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=cfg.inner_lr, weight_decay=cfg.inner_weight_decay, betas=(0.9, 0.95)
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        self.steps_done = 0
+
+    @property
+    def params(self) -> list[torch.nn.Parameter]:
+        return list(self.model.parameters())
+
+    def backward(self, batch: torch.Tensor) -> float:
+        """Forward and backward on `batch` (ids, shape [B, T]); returns the loss; gradients stay in .grad."""
+        self.model.train()
+        batch = batch.to(self.accelerator.device)
+        with self.accelerator.autocast():
+            loss = self.model(input_ids=batch, labels=batch).loss
+        self.accelerator.backward(loss)
+        return float(loss.detach())
+
+    def apply(self) -> None:
+        """Clip, step AdamW and the schedule, zero the gradients."""
+        self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.steps_done += 1
+
+    def step(self, batch: torch.Tensor) -> float:
+        loss = self.backward(batch)
+        self.apply()
+        return loss
+
+    @torch.no_grad()
+    def evaluate(self, batches: list[torch.Tensor]) -> float:
+        """Mean loss over fixed eval batches."""
+        self.model.eval()
+        total = 0.0
+        for batch in batches:
+            batch = batch.to(self.accelerator.device)
+            with self.accelerator.autocast():
+                total += float(self.model(input_ids=batch, labels=batch).loss)
+        return total / len(batches)

@@ -1,0 +1,201 @@
+"""Outer optimizers: DiLoCo, NoLoCo and streaming DiLoCo behind one interface.
+
+An outer optimizer holds the slow weights (phi) and its momentum; the inner loop moves the live parameters
+(theta). After inner step `step` the trainer asks `due(step)` which fragments to exchange, sends
+`outgoing(f)` to the averager, keeps training `overlap_steps` steps, then hands the group average (or None
+when no group formed) to `incoming(f, avg)`. This module knows nothing about networks: it is tensor math.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from training.config import TrainingConfig
+
+
+class OuterOptimizer(ABC):
+    """Contract: `outgoing(f)` returns tensors whose *group mean* is what `incoming(f, mean)` needs; `incoming`
+    with None means "no peer answered" and must leave training consistent (apply the local contribution)."""
+
+    name: str
+    overlap_steps: int = 0
+
+    def __init__(self, params: list[torch.nn.Parameter], cfg: TrainingConfig) -> None:
+        self.params = list(params)
+        self.cfg = cfg
+        self.slow = [p.detach().clone().float() for p in self.params]
+        self.momentum = [torch.zeros_like(s) for s in self.slow]
+
+    @property
+    def num_fragments(self) -> int:
+        return 1
+
+    def fragment(self, f: int) -> list[int]:
+        """Indices (into params) of fragment f."""
+        return list(range(len(self.params)))
+
+    def due(self, step: int) -> list[int]:
+        """Fragments whose exchange starts after inner step `step` (1-based)."""
+        return [0] if step % self.cfg.inner_steps == 0 else []
+
+    def group_bits(self, round_index: int, peers: list[str], me: str) -> str | None:
+        """Group key bits that choose who averages with whom this round (None: everyone together)."""
+        return None
+
+    def outgoing_shapes(self, f: int) -> list[torch.Size]:
+        return [self.slow[i].shape for i in self.fragment(f)]
+
+    def pseudo_gradient(self, f: int) -> list[torch.Tensor]:
+        return [self.slow[i] - self.params[i].detach().float() for i in self.fragment(f)]
+
+    @abstractmethod
+    def outgoing(self, f: int) -> list[torch.Tensor]: ...
+
+    @abstractmethod
+    def incoming(self, f: int, averaged: list[torch.Tensor] | None) -> None: ...
+
+    def _nesterov(self, i: int, grad: torch.Tensor, lr: float, momentum: float) -> None:
+        """torch.optim.SGD(nesterov=True) on slow weight i: buf = mu*buf + g; phi -= lr*(g + mu*buf)."""
+        buf = self.momentum[i]
+        buf.mul_(momentum).add_(grad)
+        self.slow[i].sub_(grad.add(buf, alpha=momentum), alpha=lr)
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        """Slow weights then momentum: what a late joiner downloads and a checkpoint stores."""
+        return [*self.slow, *self.momentum]
+
+    def load_state_tensors(self, tensors: list[torch.Tensor]) -> None:
+        n = len(self.slow)
+        if len(tensors) != 2 * n or any(
+            t.shape != s.shape for t, s in zip(tensors, self.slow + self.slow, strict=True)
+        ):
+            raise ValueError("outer optimizer state does not match this model's shapes")
+        for dst, src in zip(self.slow + self.momentum, tensors, strict=True):
+            dst.copy_(src)
+        with torch.no_grad():
+            for p, s in zip(self.params, self.slow, strict=True):
+                p.copy_(s)
+
+
+class DilocoOuter(OuterOptimizer):
+    """DiLoCo: every H inner steps, average the pseudo-gradient over the group; Nesterov step on phi;
+    theta <- phi."""
+
+    name = "diloco"
+
+    def outgoing(self, f: int) -> list[torch.Tensor]:
+        return self.pseudo_gradient(f)
+
+    def incoming(self, f: int, averaged: list[torch.Tensor] | None) -> None:
+        grads = averaged if averaged is not None else self.pseudo_gradient(f)
+        with torch.no_grad():
+            for i, g in zip(self.fragment(f), grads, strict=True):
+                self._nesterov(i, g, self.cfg.outer_lr, self.cfg.outer_momentum)
+                self.params[i].copy_(self.slow[i])
+
+
+class NolocoOuter(OuterOptimizer):
+    """NoLoCo: no all-reduce. Each round peers pair up by a permutation seeded with the round number; a pair
+    averages pseudo-gradients and slow weights; then, with a the pair's mean pseudo-gradient and phi_bar the
+    pair's mean slow weights: m <- beta*m + a; phi <- phi - alpha*(a + beta*m) - gamma*(phi - phi_bar)."""
+
+    name = "noloco"
+
+    def outgoing(self, f: int) -> list[torch.Tensor]:
+        return [*self.pseudo_gradient(f), *(self.slow[i].clone() for i in self.fragment(f))]
+
+    def outgoing_shapes(self, f: int) -> list[torch.Size]:
+        return super().outgoing_shapes(f) * 2
+
+    def group_bits(self, round_index: int, peers: list[str], me: str) -> str | None:
+        return noloco_group_bits(round_index, peers, me, self.cfg.seed)
+
+    def incoming(self, f: int, averaged: list[torch.Tensor] | None) -> None:
+        idx = self.fragment(f)
+        if averaged is None:
+            grads, mean_slow = self.pseudo_gradient(f), [self.slow[i].clone() for i in idx]
+        else:
+            grads, mean_slow = averaged[: len(idx)], averaged[len(idx) :]
+        cfg = self.cfg
+        with torch.no_grad():
+            for i, g, bar in zip(idx, grads, mean_slow, strict=True):
+                pull = (self.slow[i] - bar).mul_(cfg.noloco_pull)
+                self._nesterov(i, g, cfg.noloco_lr, cfg.noloco_momentum)
+                self.slow[i].sub_(pull)
+                self.params[i].copy_(self.slow[i])
+
+
+def noloco_pairs(round_index: int, num_peers: int, seed: int = 0) -> list[list[int]]:
+    """Positions (into the sorted peer list) grouped in pairs by a permutation seeded with the round; an odd
+    peer out joins the last pair."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + round_index)
+    perm = torch.randperm(num_peers, generator=gen).tolist()
+    groups = [perm[i : i + 2] for i in range(0, num_peers - num_peers % 2, 2)]
+    if num_peers % 2:
+        if groups:
+            groups[-1].append(perm[-1])
+        else:
+            groups.append([perm[-1]])
+    return groups
+
+
+def noloco_group_bits(round_index: int, peers: list[str], me: str, seed: int = 0) -> str:
+    """Group key bits of `me` this round: 2 bits of round parity (keeps rounds apart) + the pair index."""
+    ordered = sorted(set(peers) | {me})
+    pos = ordered.index(me)
+    groups = noloco_pairs(round_index, len(ordered), seed)
+    pair = next(k for k, g in enumerate(groups) if pos in g)
+    width = max(1, (len(groups) - 1).bit_length())
+    return f"{round_index % 4:02b}{pair:0{width}b}"
+
+
+class StreamingOuter(OuterOptimizer):
+    """Streaming DiLoCo: P strided fragments (parameter i belongs to fragment i % P), fragment p first synced
+    after (p+1)*H/P inner steps then every H; the exchange overlaps `overlap_steps` inner steps; on arrival
+    the outer Nesterov step updates phi_p and theta_p <- alpha*phi_p + (1-alpha)*theta_p (merge)."""
+
+    name = "streaming"
+
+    def __init__(self, params: list[torch.nn.Parameter], cfg: TrainingConfig) -> None:
+        super().__init__(params, cfg)
+        self.overlap_steps = cfg.overlap_steps
+        self._num = min(cfg.num_fragments, len(self.params))
+        self._pending: dict[int, list[torch.Tensor]] = {}
+
+    @property
+    def num_fragments(self) -> int:
+        return self._num
+
+    def fragment(self, f: int) -> list[int]:
+        return list(range(f, len(self.params), self._num))
+
+    def first_sync(self, f: int) -> int:
+        return max(1, (f + 1) * self.cfg.inner_steps // self._num)
+
+    def due(self, step: int) -> list[int]:
+        h = self.cfg.inner_steps
+        return [f for f in range(self._num) if step >= self.first_sync(f) and (step - self.first_sync(f)) % h == 0]
+
+    def outgoing(self, f: int) -> list[torch.Tensor]:
+        grads = self.pseudo_gradient(f)
+        self._pending[f] = grads
+        return grads
+
+    def incoming(self, f: int, averaged: list[torch.Tensor] | None) -> None:
+        local = self._pending.pop(f, None)
+        grads = averaged if averaged is not None else local
+        if grads is None:
+            return
+        alpha = self.cfg.merge_alpha
+        with torch.no_grad():
+            for i, g in zip(self.fragment(f), grads, strict=True):
+                self._nesterov(i, g, self.cfg.outer_lr, self.cfg.outer_momentum)
+                self.params[i].mul_(1.0 - alpha).add_(self.slow[i], alpha=alpha)
+
+
+def make_outer(params: list[torch.nn.Parameter], cfg: TrainingConfig) -> OuterOptimizer:
+    """The outer optimizer named by `cfg.outer_optimizer`."""
+    kinds: dict[str, type[OuterOptimizer]] = {"diloco": DilocoOuter, "noloco": NolocoOuter, "streaming": StreamingOuter}
+    return kinds[cfg.outer_optimizer](params, cfg)

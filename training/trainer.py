@@ -1,0 +1,229 @@
+"""One training peer: inner steps, exchanges through an averager, outer steps, state sharing, checkpoints.
+
+`TrainingPeer.run` is blocking and meant for a worker thread or process. The averager is anything with the
+`HivemindAverager` methods `step`, `share_state` and `load_state` (None trains alone). Exchanged tensors are
+flattened into one fixed-length fp32 vector per exchange (zero-padded to the largest fragment), so one
+averager serves every fragment. This module knows nothing about gossip or HTTP.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from comms.averaging import AveragingError, AveragingResult
+from training.checkpoint import load_latest, save_checkpoint
+from training.config import TrainingConfig
+from training.data import TokenData
+from training.inner import InnerLoop
+from training.model import build_model, model_hash
+from training.outer import OuterOptimizer, make_outer
+
+log = logging.getLogger(__name__)
+
+
+class Averager(Protocol):
+    def step(
+        self, tensors: list[torch.Tensor], *, round_index: int, timeout_s: float, group_bits: str | None = None
+    ) -> AveragingResult: ...
+
+    def share_state(self, metadata: dict[str, Any], tensors: list[torch.Tensor]) -> None: ...
+
+    def load_state(self, timeout_s: float) -> tuple[dict[str, Any], list[torch.Tensor]]: ...
+
+
+@dataclass
+class PeerStatus:
+    """What the node gossips and exports: round, step, last losses and exchange outcomes."""
+
+    round_index: int = 0
+    step: int = 0
+    loss: float = float("nan")
+    eval_loss: float = float("nan")
+    exchanges_ok: int = 0
+    exchanges_failed: int = 0
+    history: list[tuple[int, float]] = field(default_factory=list)
+    eval_history: list[tuple[int, float]] = field(default_factory=list)
+
+
+def exchange_length(outer: OuterOptimizer) -> int:
+    """Length of the flat vector every exchange of this outer optimizer uses."""
+    return max(sum(math.prod(s) for s in outer.outgoing_shapes(f)) for f in range(outer.num_fragments))
+
+
+def flatten(tensors: list[torch.Tensor], length: int) -> torch.Tensor:
+    flat = torch.cat([t.reshape(-1).float() for t in tensors])
+    return torch.nn.functional.pad(flat, (0, length - flat.numel()))
+
+
+def unflatten(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
+    out, offset = [], 0
+    for t in like:
+        out.append(flat[offset : offset + t.numel()].reshape(t.shape).clone())
+        offset += t.numel()
+    return out
+
+
+class TrainingPeer:
+    """A peer's whole training state. `cfg` says what to train; `peer_id` names this peer; `peers` (a callable
+    returning the current training peers' ids) is needed by NoLoCo's pairing."""
+
+    def __init__(
+        self,
+        cfg: TrainingConfig,
+        data: TokenData,
+        *,
+        peer_id: str,
+        shard_index: int,
+        num_shards: int,
+        averager: Averager | None = None,
+        peers: Callable[[], list[str]] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.peer_id = peer_id
+        self.averager = averager
+        self.peers = peers or (lambda: [peer_id])
+        model = build_model(cfg.model)
+        self.model_hash = model_hash(model, cfg.model)
+        self.inner = InnerLoop(model, cfg)
+        self.outer = make_outer(self.inner.params, cfg)
+        self.data = data
+        self.shard = data.shard(shard_index, num_shards)
+        self.shard_seed = cfg.seed * 7919 + shard_index
+        self.eval_set = data.eval_batches(cfg.batch_size, cfg.eval_batches)
+        self.status = PeerStatus()
+        self.exchange_len = exchange_length(self.outer)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exchange")
+
+    # state: checkpoints and late join -------------------------------------------------------------------
+    def state_tensors(self) -> list[torch.Tensor]:
+        return [p.detach() for p in self.inner.params] + self.outer.state_tensors()
+
+    def _load_state_tensors(self, tensors: list[torch.Tensor]) -> None:
+        n = len(self.inner.params)
+        self.outer.load_state_tensors(tensors[n:])
+        with torch.no_grad():
+            for p, t in zip(self.inner.params, tensors[:n], strict=True):
+                p.copy_(t)
+
+    def resume_or_join(self, join_timeout_s: float = 30.0) -> str:
+        """Resume from the newest valid checkpoint, else download state from a peer; returns what happened."""
+        if self.cfg.checkpoint_dir is not None:
+            ckpt = load_latest(self.cfg.checkpoint_dir)
+            if ckpt is not None:
+                self.outer.load_state_tensors(ckpt.outer)  # also sets theta <- phi; the live weights follow
+                self.inner.model.load_state_dict(ckpt.model)
+                self.inner.optimizer.load_state_dict(ckpt.inner_optimizer["optimizer"])
+                self.inner.scheduler.load_state_dict(ckpt.inner_optimizer["scheduler"])
+                self._set_position(ckpt.round_index, ckpt.step)
+                return f"resumed from {ckpt.path}"
+        if self.averager is not None:
+            try:
+                meta, tensors = self.averager.load_state(timeout_s=join_timeout_s)
+            except AveragingError as err:
+                return f"started fresh ({err})"
+            if meta.get("model_hash") != self.model_hash:
+                return "started fresh (peer state is for another model)"
+            self._load_state_tensors(tensors)
+            self._set_position(int(meta["round"]), int(meta["step"]))
+            return f"joined at step {self.status.step} with a peer's state"
+        return "started fresh"
+
+    def _set_position(self, round_index: int, step: int) -> None:
+        self.status.round_index, self.status.step = round_index, step
+        self.inner.steps_done = step
+        for group in self.inner.optimizer.param_groups:
+            group.setdefault("initial_lr", self.cfg.inner_lr)
+        self.inner.scheduler.last_epoch = step
+
+    def checkpoint(self) -> None:
+        if self.cfg.checkpoint_dir is None:
+            return
+        save_checkpoint(
+            self.cfg.checkpoint_dir,
+            round_index=self.status.round_index,
+            step=self.status.step,
+            model={k: v.detach() for k, v in self.inner.model.state_dict().items()},
+            outer=self.outer.state_tensors(),
+            inner_optimizer={
+                "optimizer": self.inner.optimizer.state_dict(),
+                "scheduler": self.inner.scheduler.state_dict(),
+            },
+            extra={"peer_id": self.peer_id, "model_hash": self.model_hash},
+            keep=self.cfg.keep_checkpoints,
+        )
+
+    def share_state(self) -> None:
+        if self.averager is None:
+            return
+        meta = {"round": self.status.round_index, "step": self.status.step, "model_hash": self.model_hash}
+        self.averager.share_state(meta, self.state_tensors())
+
+    # the loop ------------------------------------------------------------------------------------------
+    def _exchange(self, f: int, round_index: int, outgoing: list[torch.Tensor]) -> list[torch.Tensor] | None:
+        if self.averager is None:
+            return None
+        bits = self.outer.group_bits(round_index, self.peers(), self.peer_id)
+        if bits is None and self.outer.num_fragments > 1:
+            bits = f"{f:0{max(1, (self.outer.num_fragments - 1).bit_length())}b}"
+        try:
+            result = self.averager.step(
+                [flatten(outgoing, self.exchange_len)],
+                round_index=round_index,
+                timeout_s=self.cfg.round_timeout_s,
+                group_bits=bits,
+            )
+        except AveragingError as err:
+            log.warning("round %d fragment %d: no average (%s); applying the local update", round_index, f, err)
+            self.status.exchanges_failed += 1
+            return None
+        self.status.exchanges_ok += 1
+        return unflatten(result.tensors[0], outgoing)
+
+    def evaluate(self) -> float:
+        loss = self.inner.evaluate(self.eval_set)
+        self.status.eval_loss = loss
+        self.status.eval_history.append((self.status.step, loss))
+        return loss
+
+    def run(self, num_steps: int, *, eval_every: int = 0, should_stop: Callable[[], bool] | None = None) -> None:
+        """Train `num_steps` more inner steps (bounded), exchanging as the outer optimizer says."""
+        batches = self.data.batches(self.shard, self.cfg.batch_size, self.shard_seed * 100_003 + self.status.step)
+        pending: dict[int, tuple[int, Future]] = {}
+        h = self.cfg.inner_steps
+        for _ in range(num_steps):
+            if should_stop is not None and should_stop():
+                break
+            loss = self.inner.step(next(batches))
+            st = self.status
+            st.step += 1
+            st.loss = loss
+            st.history.append((st.step, loss))
+            for f, (ready_at, fut) in list(pending.items()):
+                if st.step >= ready_at:
+                    self.outer.incoming(f, fut.result())
+                    del pending[f]
+            for f in self.outer.due(st.step):
+                outgoing = self.outer.outgoing(f)
+                if self.outer.overlap_steps == 0:
+                    self.outer.incoming(f, self._exchange(f, st.step // h, outgoing))
+                else:
+                    fut = self._pool.submit(self._exchange, f, st.step // h, outgoing)
+                    pending[f] = (st.step + self.outer.overlap_steps, fut)
+            if st.step % h == 0:
+                st.round_index = st.step // h
+                self.share_state()
+                self.checkpoint()
+            if eval_every and st.step % eval_every == 0:
+                self.evaluate()
+        for f, (_, fut) in pending.items():
+            self.outer.incoming(f, fut.result())
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
