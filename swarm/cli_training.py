@@ -1,9 +1,71 @@
-"""CLI commands of training: `bench train`."""
+"""CLI commands of training: `bench train`.
+
+It only parses flags, shows progress and writes the report; the bench itself lives in `training.bench`.
+"""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
 
 import typer
 
 
+def _table(report: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="swarm bench train (ratios vs the data-parallel baseline, same run)")
+    for col in ("system", "final eval loss", "loss vs ddp", "MB sent/peer", "bytes reduction", "wall s"):
+        table.add_column(col, justify="right")
+    ratios = report["ratios"]
+    for name, res in report["results"].items():
+        table.add_row(
+            name,
+            f"{res['final_eval_loss']:.4f}",
+            "1.000" if name == "ddp" else f"{ratios.get(f'{name}_loss_vs_ddp', float('nan')):.3f}",
+            f"{res['bytes_sent_per_peer'] / 1e6:.2f}",
+            "1" if name == "ddp" else f"{ratios.get(f'{name}_bytes_reduction', float('nan')):.0f}x",
+            f"{res['wall_s']:.1f}",
+        )
+    return table
+
+
+def bench_train(
+    quick: bool = typer.Option(False, "--quick", help="Small size (under 3 minutes on 2 CPU cores)."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the report as JSON here."),
+    plot_path: Path | None = typer.Option(None, "--plot", help="Write the eval-loss curves (PNG) here."),
+    bandwidth_mbps: float | None = typer.Option(
+        None, "--bandwidth-mbps", min=0.001, help="Shape every peer's uplink to this many Mbit/s."
+    ),
+    peers: int = typer.Option(4, "--peers", min=2, max=16, help="Peers (processes) per system."),
+) -> None:
+    """Data-parallel baseline vs DiLoCo, NoLoCo and streaming DiLoCo (int4), each as N processes."""
+    from rich.console import Console
+
+    from training.bench import SYSTEMS, plot_curves, run_bench
+
+    console = Console()
+    with console.status("starting") as status:
+
+        def on_system(name: str, result: dict[str, Any] | None) -> None:
+            if result is None:
+                status.update(f"running {name} ({SYSTEMS.index(name) + 1}/{len(SYSTEMS)})")
+            else:
+                console.print(f"{name}: eval loss {result['final_eval_loss']:.4f} in {result['wall_s']:.1f} s")
+
+        report = run_bench(quick=quick, world=peers, bandwidth_mbps=bandwidth_mbps, on_system=on_system)
+    console.print(_table(report))
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=2))
+        console.print(f"wrote {json_path}")
+    if plot_path is not None:
+        plot_path.parent.mkdir(parents=True, exist_ok=True)
+        plot_curves(report, plot_path)
+        console.print(f"wrote {plot_path}")
+
+
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     """Add the training commands to the CLI."""
+    bench_app.command("train")(bench_train)
