@@ -6,6 +6,17 @@ Pure data and pure functions: no I/O, no torch, and no import of any other packa
 from protocols.codec import Message, Record, decode, decode_as, encode, message_types
 from protocols.errors import ErrorCode, ProtocolError, SwarmError
 from protocols.framing import FrameDecoder, encode_frame
+from protocols.generate import (
+    Cancel,
+    ChatMessage,
+    GenerateAccepted,
+    GenerateDone,
+    GenerateRejected,
+    GenerateRequest,
+    Timings,
+    TokenChunk,
+    Usage,
+)
 from protocols.limits import GOSSIP_LIMITS, STREAM_LIMITS, TENSOR_LIMITS, Limits
 from protocols.messages import (
     ErrorReply,
@@ -22,9 +33,15 @@ __all__ = [
     "GOSSIP_LIMITS",
     "STREAM_LIMITS",
     "TENSOR_LIMITS",
+    "Cancel",
+    "ChatMessage",
     "ErrorCode",
     "ErrorReply",
     "FrameDecoder",
+    "GenerateAccepted",
+    "GenerateDone",
+    "GenerateRejected",
+    "GenerateRequest",
     "Hardware",
     "Limits",
     "Load",
@@ -36,7 +53,10 @@ __all__ = [
     "ProtocolError",
     "Record",
     "SwarmError",
+    "Timings",
+    "TokenChunk",
     "TrainingState",
+    "Usage",
     "decode",
     "decode_as",
     "encode",

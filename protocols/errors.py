@@ -35,6 +35,7 @@ class ProtocolError(SwarmError):
     def __init__(self, code: ErrorCode, message: str, *, field: str | None = None) -> None:
         self.code = ErrorCode(code)
         self.field = field
+        self.reason = message
         prefix = f"{self.code.name}"
         if field:
             prefix += f" ({field})"

@@ -25,6 +25,7 @@ from protocols.ids import ANNOUNCE_TOPIC, topic
 from swarm import __version__
 from swarm.config import NodeConfig
 from swarm.discovery import Discovery
+from swarm.generate_service import GenerateService
 from swarm.hardware import detect_hardware
 from swarm.membership import Membership
 from swarm.roles import build_roles
@@ -35,8 +36,9 @@ log = logging.getLogger(__name__)
 class Node:
     """A swarm peer. ``await nursery.start(node.run)`` returns once it listens (and serves HTTP if asked)."""
 
-    def __init__(self, config: NodeConfig, key_pair: KeyPair | None = None) -> None:
+    def __init__(self, config: NodeConfig, key_pair: KeyPair | None = None, *, client_only: bool = False) -> None:
         self.config = config
+        self.client_only = client_only  # announces itself as a client: never routed to, serves nothing
         net = config.network
         self.metrics = NetMetrics()
         self.host = P2PHost(net, key_pair or load_or_create_identity(net.identity), self.metrics)
@@ -45,7 +47,9 @@ class Node:
         self.discovery = Discovery(self.host, self.membership, net.peers, net.max_dial_peers, net.request_timeout_s)
         self.hardware = detect_hardware()
         self.announce_topic = topic(net.swarm_id, ANNOUNCE_TOPIC)
-        self.roles = build_roles(config)
+        self.roles = [] if client_only else build_roles(config)
+        if self.serve_role is not None:
+            GenerateService(self.host, self.serve_role, net.request_timeout_s)
         self.http_url: str | None = None
         self.started_at = time.monotonic()
         self._seq = 0
@@ -94,14 +98,16 @@ class Node:
 
     # ------------------------------------------------------------------ announces
 
-    def make_announce(self) -> PeerAnnounce:
-        self._seq += 1
+    def make_announce(self, *, heartbeat: bool = True) -> PeerAnnounce:
+        """This node's announce; ``heartbeat=False`` for a view of it that is not published."""
+        if heartbeat:
+            self._seq += 1
         announce = PeerAnnounce(
             peer_id=self.peer_id,
             addrs=self.host.dialable_addrs(),
             version=__version__,
             timestamp_ms=int(time.time() * 1000),
-            roles=list(self.config.node.roles),
+            roles=["client"] if self.client_only else list(self.config.node.roles),
             hardware=self.hardware,
             seq=self._seq,
         )
@@ -152,11 +158,18 @@ class Node:
 
     # ------------------------------------------------------------------ views
 
+    def server_announces(self) -> list[PeerAnnounce]:
+        """Latest announces of live peers that serve a model."""
+        return [e.announce for e in self.membership.entries() if "serve" in e.announce.roles]
+
+    @property
+    def serve_role(self) -> Any:
+        return next((r for r in self.roles if r.name == "serve"), None)
+
     def peers_view(self) -> list[dict[str, Any]]:
         """This node and every live peer, as the HTTP API and `swarm status` show them."""
         now = self.membership.now()
-        own = self.make_announce()
-        self._seq -= 1  # a view is not a heartbeat
+        own = self.make_announce(heartbeat=False)
         rows = [_peer_row(own, age_s=0.0, is_self=True)]
         rows += [_peer_row(e.announce, age_s=e.age_s(now), is_self=False) for e in self.membership.entries()]
         return rows

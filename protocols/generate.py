@@ -1,0 +1,162 @@
+"""Messages of `/swarm/generate/1.0.0`: remote generation with streaming, typed refusals and cancellation.
+
+The asker sends one GenerateRequest; the server answers GenerateAccepted or GenerateRejected, then TokenChunks as
+tokens are produced, then GenerateDone. The asker may send Cancel at any time, or close the stream; either frees
+the request on the server. Plain data: validation of values the engine owns (sampling bounds) happens there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from protocols.codec import Message, Record
+from protocols.errors import ErrorCode, ProtocolError
+
+MAX_CHAT_MESSAGES = 256
+FINISH_REASONS = ("stop", "length", "cancelled", "error")
+
+
+@dataclass
+class ChatMessage(Record):
+    """One turn of a chat: role is system, user, assistant (or another role the model's template knows)."""
+
+    role: str
+    content: str
+
+
+@dataclass
+class GenerateRequest(Message):
+    """Generate a completion of ``prompt`` (text), ``prompt_token_ids``, or ``messages`` (chat; the server applies
+    its model's chat template). ``continuation_token_ids`` are completion tokens already produced elsewhere: the
+    server continues after them (failover resume) and counts them against ``max_new_tokens``."""
+
+    TYPE = "generate_request"
+    VERSION = (1, 0)
+
+    request_id: str
+    model_id: str = ""  # "" = whatever the peer serves
+    prompt: str | None = None
+    prompt_token_ids: list[int] | None = None
+    messages: list[ChatMessage] | None = None
+    continuation_token_ids: list[int] = field(default_factory=list)
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    priority: int = 0
+
+    def validate(self) -> None:
+        given = sum(x is not None for x in (self.prompt, self.prompt_token_ids, self.messages))
+        if given != 1:
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, "give exactly one of prompt, prompt_token_ids and messages", field="prompt"
+            )
+        if self.messages is not None and not 0 < len(self.messages) <= MAX_CHAT_MESSAGES:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"must hold 1..{MAX_CHAT_MESSAGES} messages", field="messages")
+        if not self.request_id or len(self.request_id) > 128:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "must have 1..128 characters", field="request_id")
+        if self.max_new_tokens < 1:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "must be >= 1", field="max_new_tokens")
+        if len(self.continuation_token_ids) >= self.max_new_tokens:
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, "must be shorter than max_new_tokens", field="continuation_token_ids"
+            )
+
+
+@dataclass
+class GenerateAccepted(Message):
+    """The server admitted the request; tokens follow."""
+
+    TYPE = "generate_accepted"
+    VERSION = (1, 0)
+
+    request_id: str
+    model_id: str
+    model_hash: str
+    prompt_tokens: int
+    predicted_ttft_ms: float = 0.0
+
+
+@dataclass
+class GenerateRejected(Message):
+    """The server refused the request. With OVERLOADED, ``retry_after_ms`` says when a retry may succeed."""
+
+    TYPE = "generate_rejected"
+    VERSION = (1, 0)
+
+    request_id: str
+    code: int
+    message: str = ""
+    field: str | None = None
+    retry_after_ms: int | None = None
+
+    @property
+    def error_code(self) -> ErrorCode:
+        try:
+            return ErrorCode(self.code)
+        except ValueError:
+            return ErrorCode.INTERNAL
+
+
+@dataclass
+class TokenChunk(Message):
+    """New completion tokens. ``index`` is the position of the first of them in the completion (continuation
+    tokens included), so a receiver can detect gaps and duplicates. ``text`` is their decoded text."""
+
+    TYPE = "token_chunk"
+    VERSION = (1, 0)
+
+    request_id: str
+    index: int
+    token_ids: list[int]
+    text: str = ""
+
+
+@dataclass
+class Usage(Record):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class Timings(Record):
+    """Milliseconds as the server measured them."""
+
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    e2e_ms: float | None = None
+    queue_ms: float | None = None
+
+
+@dataclass
+class GenerateDone(Message):
+    """Last message of a request: why it finished, token counts, timings."""
+
+    TYPE = "generate_done"
+    VERSION = (1, 0)
+
+    request_id: str
+    finish_reason: str
+    usage: Usage = field(default_factory=Usage)
+    timings: Timings = field(default_factory=Timings)
+    error: str | None = None
+
+    def validate(self) -> None:
+        if self.finish_reason not in FINISH_REASONS:
+            raise ProtocolError(
+                ErrorCode.MALFORMED, f"must be one of {', '.join(FINISH_REASONS)}", field="finish_reason"
+            )
+
+
+@dataclass
+class Cancel(Message):
+    """Stop generating ``request_id`` and free its resources now."""
+
+    TYPE = "cancel"
+    VERSION = (1, 0)
+
+    request_id: str
