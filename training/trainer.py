@@ -50,6 +50,7 @@ class PeerStatus:
     exchanges_failed: int = 0
     history: list[tuple[int, float]] = field(default_factory=list)
     eval_history: list[tuple[int, float]] = field(default_factory=list)
+    last_group: list[str] = field(default_factory=list)
 
 
 def exchange_length(outer: OuterOptimizer) -> int:
@@ -100,6 +101,7 @@ class TrainingPeer:
         self.status = PeerStatus()
         self.exchange_len = exchange_length(self.outer)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exchange")
+        self._behind = False
 
     # state: checkpoints and late join -------------------------------------------------------------------
     def state_tensors(self) -> list[torch.Tensor]:
@@ -112,8 +114,9 @@ class TrainingPeer:
             for p, t in zip(self.inner.params, tensors[:n], strict=True):
                 p.copy_(t)
 
-    def resume_or_join(self, join_timeout_s: float = 30.0) -> str:
-        """Resume from the newest valid checkpoint, else download state from a peer; returns what happened."""
+    def resume_or_join(self, join_timeout_s: float | None = 30.0) -> str:
+        """Resume from the newest valid checkpoint, else (unless `join_timeout_s` is None) download the state
+        a peer shares; returns what happened."""
         if self.cfg.checkpoint_dir is not None:
             ckpt = load_latest(self.cfg.checkpoint_dir)
             if ckpt is not None:
@@ -123,7 +126,7 @@ class TrainingPeer:
                 self.inner.scheduler.load_state_dict(ckpt.inner_optimizer["scheduler"])
                 self._set_position(ckpt.round_index, ckpt.step)
                 return f"resumed from {ckpt.path}"
-        if self.averager is not None:
+        if self.averager is not None and join_timeout_s is not None:
             try:
                 meta, tensors = self.averager.load_state(timeout_s=join_timeout_s)
             except AveragingError as err:
@@ -184,7 +187,23 @@ class TrainingPeer:
             self.status.exchanges_failed += 1
             return None
         self.status.exchanges_ok += 1
+        self.status.last_group = list(result.peers)
+        self._behind = any(r > round_index for r in result.rounds)
         return unflatten(result.tensors[0], outgoing)
+
+    def _catch_up(self) -> None:
+        """A group peer was at a later round: take the state peers share rather than drift on stale rounds."""
+        self._behind = False
+        if self.averager is None:
+            return
+        try:
+            meta, tensors = self.averager.load_state(timeout_s=self.cfg.round_timeout_s)
+        except AveragingError as err:
+            log.warning("behind the group but could not load a peer's state: %s", err)
+            return
+        if meta.get("model_hash") == self.model_hash and int(meta["step"]) > self.status.step:
+            self._load_state_tensors(tensors)
+            self._set_position(int(meta["round"]), int(meta["step"]))
 
     def evaluate(self) -> float:
         loss = self.inner.evaluate(self.eval_set)
@@ -213,6 +232,8 @@ class TrainingPeer:
                 outgoing = self.outer.outgoing(f)
                 if self.outer.overlap_steps == 0:
                     self.outer.incoming(f, self._exchange(f, st.step // h, outgoing))
+                    if self._behind:
+                        self._catch_up()
                 else:
                     fut = self._pool.submit(self._exchange, f, st.step // h, outgoing)
                     pending[f] = (st.step + self.outer.overlap_steps, fut)

@@ -1,0 +1,140 @@
+"""Elastic training with real peer processes on 127.0.0.1: kill -9 mid-round, a late joiner, resume.
+
+Each peer is `python -m training.peer_main` (its own process group: trainer, hivemind child, p2pd), so a
+kill -9 of the group is an abrupt death of the whole peer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from training.config import TrainingConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.multipeer, pytest.mark.slow, pytest.mark.timeout(240)]
+
+
+def tiny_config(**update: Any) -> TrainingConfig:
+    base = dict(
+        model={"hidden_size": 16, "intermediate_size": 32, "num_layers": 1, "num_heads": 2, "vocab_size": 256},
+        inner_steps=4, batch_size=2, seq_len=16, warmup_steps=2, total_steps=400, max_corpus_bytes=200_000,
+        codec="fp32", min_group_size=2, target_group_size=8, matchmaking_time_s=1.0, round_timeout_s=8.0,
+        allreduce_timeout_s=6.0, request_timeout_s=2.0, eval_batches=1,
+    )  # fmt: skip
+    base.update(update)
+    return TrainingConfig.model_validate(base)
+
+
+class Peers:
+    """Starts peer processes in their own sessions and kills every group on exit (even on test failure)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, cfg: TrainingConfig, *, shard: int, initial: list[str], **extra: Any) -> Path:
+        out = self.tmp / name
+        out.mkdir(exist_ok=True)
+        spec = {
+            "config": json.loads(cfg.model_dump_json()), "peer_id": name, "shard_index": shard, "num_shards": 4,
+            "initial_peers": initial, "steps": 2000, "step_delay_s": 0.15, "out_dir": str(out), "prefix": "ft",
+            **extra,
+        }  # fmt: skip
+        (out / "spec.json").write_text(json.dumps(spec))
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "training.peer_main", str(out / "spec.json")], env=env, start_new_session=True
+        )
+        return out
+
+    def kill(self, name: str) -> None:
+        proc = self.procs[name]
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    def close(self) -> None:
+        for name in list(self.procs):
+            self.kill(name)
+
+
+@pytest.fixture
+def peers(tmp_path: Path) -> Iterator[Peers]:
+    group = Peers(tmp_path)
+    try:
+        yield group
+    finally:
+        group.close()
+
+
+def wait_until(what: str, cond: Callable[[], Any], timeout_s: float) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def status(out: Path) -> dict[str, Any]:
+    try:
+        return json.loads((out / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def weights(out: Path, round_index: int) -> dict[str, torch.Tensor]:
+    return load_file(str(out / f"round-{round_index}.safetensors"))
+
+
+def test_kill_mid_round_then_late_joiner_matches(peers: Peers) -> None:
+    cfg = tiny_config()
+    a = peers.start("peer-a", cfg, shard=0, initial=[])
+    maddrs = wait_until(
+        "peer-a's multiaddrs", lambda: (a / "maddrs.json").exists() and (a / "maddrs.json").read_text(), 60
+    )
+    initial = json.loads(maddrs)
+    b = peers.start("peer-b", cfg, shard=1, initial=initial)
+    c = peers.start("peer-c", cfg, shard=2, initial=initial)
+    wait_until("a 3-peer round", lambda: len(status(c).get("last_group", [])) == 3, 90)
+
+    peers.kill("peer-c")  # right after its round: it dies during the next round's inner steps
+    killed_at = time.monotonic()
+    round_a = status(a)["round"]
+    round_timeout = cfg.round_timeout_s + cfg.allreduce_timeout_s
+    wait_until(
+        "a and b to finish a round without c",
+        lambda: all(status(x)["round"] >= round_a + 2 and len(status(x).get("last_group", [])) == 2 for x in (a, b)),
+        2 * round_timeout + 10,
+    )
+    assert time.monotonic() - killed_at < 2 * round_timeout + 10
+
+    d = peers.start("peer-d", cfg, shard=3, initial=initial, join=True)
+    st_d = wait_until("d to join", lambda: status(d) if "joined" in status(d).get("started", "") else None, 60)
+    first_round = int(st_d["step"]) // cfg.inner_steps
+    done = wait_until(
+        "d's first round with a",
+        lambda: (
+            status(d) if status(d).get("round", 0) > first_round and len(status(d).get("last_group", [])) == 3 else None
+        ),
+        60,
+    )
+    r = done["round"]
+    wait_until("a's weights of the same round", lambda: (a / f"round-{r}.safetensors").exists(), 30)
+    wa, wd = weights(a, r), weights(d, r)
+    assert wa.keys() == wd.keys()
+    for name in wa:
+        assert torch.allclose(wa[name], wd[name], atol=1e-5), name
