@@ -1,0 +1,110 @@
+"""Real hivemind averaging across 3 peers on 127.0.0.1 (each averager is its own process): the averaged
+tensors equal a locally computed mean within the codec's stated error; a different model hash never joins."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from comms.averaging import AveragingError, AveragingResult, AveragingSettings, HivemindAverager
+from comms.codecs import make_codec
+
+pytestmark = [pytest.mark.multipeer, pytest.mark.slow, pytest.mark.timeout(180)]
+SHAPES = [(1000,), (33, 7)]
+
+
+def start_group(codec: str, hashes: list[str]) -> list[HivemindAverager]:
+    first = HivemindAverager(AveragingSettings(prefix="avg", codec=codec, matchmaking_time_s=1.5), SHAPES, hashes[0])
+    group = [first]
+    try:
+        first.start()
+        for h in hashes[1:]:
+            s = AveragingSettings(
+                prefix="avg", codec=codec, matchmaking_time_s=1.5, initial_peers=tuple(first.visible_maddrs)
+            )
+            group.append(HivemindAverager(s, SHAPES, h))
+            group[-1].start()
+    except BaseException:
+        for av in group:
+            av.close()
+        raise
+    return group
+
+
+@pytest.fixture
+def closing() -> Iterator[list[HivemindAverager]]:
+    made: list[HivemindAverager] = []
+    yield made
+    for av in made:
+        av.close()
+
+
+def step_all(group: list[HivemindAverager], data: list[list[torch.Tensor]]) -> list[AveragingResult | Exception]:
+    out: list[AveragingResult | Exception] = [RuntimeError("not run")] * len(group)
+
+    def run(i: int) -> None:
+        try:
+            out[i] = group[i].step(data[i], round_index=0, timeout_s=20.0)
+        except AveragingError as err:
+            out[i] = err
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(group))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return out
+
+
+def inputs(n: int) -> list[list[torch.Tensor]]:
+    gen = torch.Generator().manual_seed(5)
+    return [[torch.randn(s, generator=gen) * (i + 1) for s in SHAPES] for i in range(n)]
+
+
+@pytest.mark.parametrize("codec", ["fp32", "int8"])
+def test_three_peers_average_matches_reference(codec: str, closing: list[HivemindAverager]) -> None:
+    group = start_group(codec, ["h"] * 3)
+    closing.extend(group)
+    data = inputs(3)
+    results = step_all(group, data)
+    ref = [torch.stack([d[k] for d in data]).mean(0) for k in range(len(SHAPES))]
+    c = make_codec(codec)
+    for i, res in enumerate(results):
+        assert isinstance(res, AveragingResult), res
+        assert res.group_size == 3
+        for k, (got, want) in enumerate(zip(res.tensors, ref, strict=True)):
+            # each peer's result = mean of decoded inputs + own decode error + decode error of the returned delta
+            scale = max(float(d[k].abs().max()) for d in data)
+            bound = c.max_abs_error(torch.full((1,), scale)).item() * 4 + 1e-6
+            err = float((got - want).abs().max())
+            assert err <= bound, (i, k, err, bound)
+        if codec == "fp32":
+            assert all(torch.allclose(g, w, atol=1e-5) for g, w in zip(res.tensors, ref, strict=True))
+    assert all(av.counters.bytes_sent > 0 and av.counters.bytes_received > 0 for av in group)
+    assert all(av.counters.parts_refused == 0 for av in group)
+
+
+def test_peer_with_another_model_hash_never_joins(closing: list[HivemindAverager]) -> None:
+    group = start_group("fp32", ["h", "h", "other"])
+    closing.extend(group)
+    data = inputs(3)
+    results = step_all(group, data)
+    ref = [torch.stack([d[k] for d in data[:2]]).mean(0) for k in range(len(SHAPES))]
+    for res in results[:2]:
+        assert isinstance(res, AveragingResult) and res.group_size == 2
+        assert all(torch.allclose(g, w, atol=1e-5) for g, w in zip(res.tensors, ref, strict=True))
+    assert isinstance(results[2], AveragingError)
+
+
+def test_refuses_to_send_non_finite_or_misshapen(closing: list[HivemindAverager]) -> None:
+    av = HivemindAverager(AveragingSettings(prefix="bad"), SHAPES, "h")
+    closing.append(av)
+    av.start()
+    bad = [torch.full(SHAPES[0], float("nan")), torch.zeros(SHAPES[1])]
+    with pytest.raises(AveragingError, match="NaN"):
+        av.step(bad, round_index=0, timeout_s=5.0)
+    with pytest.raises(AveragingError, match="shapes"):
+        av.step([torch.zeros(3)], round_index=0, timeout_s=5.0)
