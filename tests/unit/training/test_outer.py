@@ -1,0 +1,117 @@
+"""Outer optimizer math against hand-computed references, and NoLoCo's seeded pairing."""
+
+from __future__ import annotations
+
+import torch
+
+from training.config import TrainingConfig
+from training.outer import DilocoOuter, NolocoOuter, StreamingOuter, make_outer, noloco_group_bits, noloco_pairs
+
+
+def params(*values: list[float]) -> list[torch.nn.Parameter]:
+    return [torch.nn.Parameter(torch.tensor(v)) for v in values]
+
+
+def test_diloco_two_rounds_match_hand_computed_nesterov() -> None:
+    cfg = TrainingConfig(outer_lr=0.7, outer_momentum=0.9, inner_steps=3)
+    ps = params([1.0, 2.0])
+    outer = make_outer(ps, cfg)
+    assert isinstance(outer, DilocoOuter) and outer.due(3) == [0] and outer.due(2) == []
+    with torch.no_grad():
+        ps[0].copy_(torch.tensor([0.5, 2.5]))
+    assert torch.allclose(outer.outgoing(0)[0], torch.tensor([0.5, -0.5]))
+    avg = [torch.tensor([0.2, -0.4])]  # the group mean of pseudo-gradients
+    outer.incoming(0, avg)
+    # buf = g; phi = phi - lr * (g + mu * buf) = [1, 2] - 0.7 * 1.9 * [0.2, -0.4]
+    want1 = torch.tensor([1.0 - 0.7 * 1.9 * 0.2, 2.0 + 0.7 * 1.9 * 0.4])
+    assert torch.allclose(outer.slow[0], want1) and torch.allclose(ps[0].detach(), want1)
+    g2 = torch.tensor([0.1, 0.1])
+    outer.incoming(0, [g2])
+    buf2 = 0.9 * torch.tensor([0.2, -0.4]) + g2
+    want2 = want1 - 0.7 * (g2 + 0.9 * buf2)
+    assert torch.allclose(outer.slow[0], want2)
+
+
+def test_diloco_matches_torch_sgd_nesterov() -> None:
+    cfg = TrainingConfig()
+    ps = params([0.3, -1.2, 4.0])
+    outer = make_outer(ps, cfg)
+    ref = torch.nn.Parameter(torch.tensor([0.3, -1.2, 4.0]))
+    sgd = torch.optim.SGD([ref], lr=cfg.outer_lr, momentum=cfg.outer_momentum, nesterov=True)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        g = torch.randn(3, generator=gen)
+        outer.incoming(0, [g])
+        ref.grad = g.clone()
+        sgd.step()
+    assert torch.allclose(outer.slow[0], ref.detach(), atol=1e-6)
+
+
+def test_diloco_without_group_applies_local_pseudo_gradient() -> None:
+    ps = params([1.0])
+    outer = make_outer(ps, TrainingConfig(outer_momentum=0.0, outer_lr=1.0))
+    with torch.no_grad():
+        ps[0].fill_(0.25)
+    outer.incoming(0, None)
+    assert torch.allclose(outer.slow[0], torch.tensor([0.25]))
+
+
+def test_noloco_update_matches_hand_computed() -> None:
+    cfg = TrainingConfig(outer_optimizer="noloco", noloco_lr=0.7, noloco_momentum=0.5, noloco_pull=0.5)
+    ps = params([1.0, 1.0])
+    outer = make_outer(ps, cfg)
+    assert isinstance(outer, NolocoOuter)
+    with torch.no_grad():
+        ps[0].copy_(torch.tensor([0.8, 1.1]))
+    sent = outer.outgoing(0)
+    assert torch.allclose(sent[0], torch.tensor([0.2, -0.1])) and torch.allclose(sent[1], torch.tensor([1.0, 1.0]))
+    a, phi_bar = torch.tensor([0.3, 0.0]), torch.tensor([2.0, 0.0])  # pair means
+    outer.incoming(0, [a, phi_bar])
+    # m = a; phi = phi - 0.7 * (a + 0.5 * m) - 0.5 * (phi - phi_bar)
+    want = torch.tensor([1.0, 1.0]) - 0.7 * 1.5 * a - 0.5 * (torch.tensor([1.0, 1.0]) - phi_bar)
+    assert torch.allclose(outer.slow[0], want) and torch.allclose(ps[0].detach(), want)
+
+
+def test_noloco_pairs_are_a_seeded_partition() -> None:
+    for n in (2, 3, 4, 7):
+        for r in range(5):
+            groups = noloco_pairs(r, n, seed=1)
+            assert sorted(i for g in groups for i in g) == list(range(n))
+            assert all(len(g) in (2, 3) for g in groups)
+            assert groups == noloco_pairs(r, n, seed=1)
+    assert any(noloco_pairs(r, 8) != noloco_pairs(0, 8) for r in range(1, 6))
+    peers = [f"p{i}" for i in range(4)]
+    bits = {p: noloco_group_bits(3, peers, p) for p in peers}
+    pairs = noloco_pairs(3, 4)
+    for g in pairs:
+        assert len({bits[f"p{i}"] for i in g}) == 1
+    assert len(set(bits.values())) == len(pairs)
+
+
+def test_streaming_fragments_schedule_and_merge() -> None:
+    cfg = TrainingConfig(outer_optimizer="streaming", inner_steps=8, num_fragments=4, merge_alpha=0.5, outer_lr=1.0,
+                         outer_momentum=0.0)  # fmt: skip
+    ps = params([1.0], [2.0], [3.0], [4.0], [5.0])
+    outer = make_outer(ps, cfg)
+    assert isinstance(outer, StreamingOuter)
+    assert outer.fragment(0) == [0, 4] and outer.fragment(1) == [1]
+    due = {s: outer.due(s) for s in range(1, 17) if outer.due(s)}
+    assert due == {2: [0], 4: [1], 6: [2], 8: [3], 10: [0], 12: [1], 14: [2], 16: [3]}
+    with torch.no_grad():
+        ps[1].fill_(1.0)  # theta moved by -1
+    sent = outer.outgoing(1)
+    with torch.no_grad():
+        ps[1].fill_(0.5)  # kept training during the overlap
+    outer.incoming(1, [sent[0] * 3])  # group mean pseudo-gradient 3.0
+    assert torch.allclose(outer.slow[1], torch.tensor([-1.0]))  # 2 - 1.0 * 3
+    assert torch.allclose(ps[1].detach(), torch.tensor([0.5 * 0.5 + 0.5 * -1.0]))
+    assert torch.allclose(ps[0].detach(), torch.tensor([1.0]))  # other fragments untouched
+
+
+def test_state_round_trip() -> None:
+    ps = params([1.0, 2.0])
+    outer = make_outer(ps, TrainingConfig())
+    outer.incoming(0, [torch.tensor([0.1, 0.2])])
+    other = make_outer(params([0.0, 0.0]), TrainingConfig())
+    other.load_state_tensors([t.clone() for t in outer.state_tensors()])
+    assert all(torch.equal(a, b) for a, b in zip(other.state_tensors(), outer.state_tensors(), strict=True))
