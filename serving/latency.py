@@ -44,22 +44,27 @@ class LatencyModel:
         base = sum(c * f for c, f in zip(self.coefficients, features(shape), strict=True))
         return max(base, 1e-5) * self.correction * self.slowdown
 
-    def prefill_s(self, pending: int, start: int, chunk: int, decodes: StepShape) -> float:
-        """Seconds to prefill `pending` tokens from position `start` in chunks of `chunk`, beside `decodes`.
+    def prefill_s(self, prefills: Sequence[tuple[int, int]], chunk: int, decodes: StepShape) -> float:
+        """Seconds to prefill every (pending tokens, start position) of `prefills`, in order, in chunks of
+        `chunk` tokens, while `decodes` run beside them and each prefilled request joins the decodes.
 
-        Closed form of the sum over chunks, so admission stays cheap however long the queue is.
+        A closed form of the sum over steps (O(len) arithmetic), so admission stays cheap with a long queue.
         """
+        pending = sum(n for n, _ in prefills)
         if pending <= 0:
             return 0.0
         chunk = max(1, min(chunk, pending))
         steps = math.ceil(pending / chunk)
-        dec = features(decodes) if decodes else [0.0, 0.0, 0.0, 0.0]
-        work = pending * (start + (pending + chunk) / 2)
-        total = [steps * FEATURE_SCALE[0], pending * FEATURE_SCALE[1], steps * FEATURE_SCALE[2]]
-        total.append(work * FEATURE_SCALE[3])
-        per_steps = [steps * d for d in dec[1:]]
-        base = sum(c * f for c, f in zip(self.coefficients, total, strict=True))
-        base += sum(c * f for c, f in zip(self.coefficients[1:], per_steps, strict=True))
+        work = sum(n * (start + n / 2) for n, start in prefills) + pending * chunk / 2
+        # Requests prefilled earlier decode during later ones: on average half of them are decoding.
+        joined = (len(prefills) - 1) / 2
+        dec_count = len(decodes) + joined
+        dec_work = sum(ctx for _, ctx in decodes) + joined * sum(n + s for n, s in prefills) / len(prefills)
+        per_step = [1.0, dec_count, 1.0 + dec_count, dec_work]
+        total = [steps * f for f in per_step]
+        total[1] += pending
+        total[3] += work
+        base = sum(c * f * k for c, f, k in zip(self.coefficients, total, FEATURE_SCALE, strict=True))
         return max(base, 1e-5) * self.correction * self.slowdown
 
     def decode_step_s(self, num_decodes: int, mean_context: int) -> float:

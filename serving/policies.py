@@ -87,8 +87,11 @@ class AdmissionPolicy(ABC):
     """Decides at submit time, before a request enters the queue, whether it may."""
 
     @abstractmethod
-    def check(self, req: Request, running: Sequence[Request], waiting: Sequence[Request]) -> None:
-        """Return to admit; raise `OverloadedError` to refuse."""
+    def check(
+        self, req: Request, running: Sequence[Request], waiting: Sequence[Request], inflight_left_s: float = 0.0
+    ) -> None:
+        """Return to admit; raise `OverloadedError` to refuse. `inflight_left_s`: predicted rest of the step
+        that is running now."""
 
 
 class QueueBound(AdmissionPolicy):
@@ -98,7 +101,9 @@ class QueueBound(AdmissionPolicy):
         self.config = config
         self.latency = latency
 
-    def check(self, req: Request, running: Sequence[Request], waiting: Sequence[Request]) -> None:
+    def check(
+        self, req: Request, running: Sequence[Request], waiting: Sequence[Request], inflight_left_s: float = 0.0
+    ) -> None:
         if len(waiting) >= self.config.max_waiting_requests:
             step_s = self.latency.decode_step_s(max(len(running), 1), 256)
             raise OverloadedError("waiting queue is full", retry_after_ms=max(MIN_RETRY_MS, 1000 * step_s))
@@ -111,23 +116,25 @@ class SloAdmission(QueueBound):
         super().__init__(config, latency)
         self.budget = budget
 
-    def check(self, req: Request, running: Sequence[Request], waiting: Sequence[Request]) -> None:
-        super().check(req, running, waiting)
+    def check(
+        self, req: Request, running: Sequence[Request], waiting: Sequence[Request], inflight_left_s: float = 0.0
+    ) -> None:
+        super().check(req, running, waiting, inflight_left_s)
         decoders = decoding(running)
         tpot_s = tightest_tpot_s([*running, req], self.config.default_tpot_ms)
         if tpot_s is not None and decoders:
             step_s = self.latency.step_s([(1, r.num_tokens) for r in decoders] + [(1, len(req.prompt_ids))])
-            if step_s > tpot_s:
+            if step_s > tpot_s * self.config.admission_headroom:
                 left = min(r.max_new_tokens - len(r.output_ids) for r in decoders)
                 retry = 1000 * left * step_s
                 raise OverloadedError(f"decode batch cannot meet tpot {1000 * tpot_s:.1f} ms", retry)
         if req.params.ttft_ms is None:
             return
-        ttft_s = predict_ttft_s(self.latency, self.budget, req, running, waiting)
-        if ttft_s * 1000 > req.params.ttft_ms:
+        ttft_s = predict_ttft_s(self.latency, self.budget, req, running, waiting, inflight_left_s)
+        if ttft_s * 1000 > req.params.ttft_ms * self.config.admission_headroom:
             raise OverloadedError(
                 f"predicted ttft {1000 * ttft_s:.1f} ms exceeds {req.params.ttft_ms:.1f} ms",
-                retry_after_ms=max(MIN_RETRY_MS, 1000 * ttft_s - req.params.ttft_ms),
+                retry_after_ms=max(MIN_RETRY_MS, 1000 * ttft_s - req.params.ttft_ms * self.config.admission_headroom),
             )
 
 
@@ -137,16 +144,16 @@ def predict_ttft_s(
     req: Request,
     running: Sequence[Request],
     waiting: Sequence[Request],
+    inflight_left_s: float = 0.0,
 ) -> float:
-    """Time until `req`'s first token if admitted now: prefill of everything ahead of it, then its own."""
+    """Time until `req`'s first token if admitted now: what is left of the step in flight, the prefill of
+    everything ahead of it (counted whole, as if the step in flight had not advanced it), then its own."""
     decodes = [(1, r.num_tokens) for r in decoding(running)]
-    tokens = budget.budget(running, req.params.tpot_ms)
+    tokens = budget.budget([*running, *waiting], req.params.tpot_ms)
     chunk = max(tokens - len(decodes), 1)
     ahead = [r for r in running if r.num_pending_tokens > 1]
     ahead += [r for r in waiting if queue_key(r) <= queue_key(req)]
-    total = 0.0
-    for r in ahead:
-        total += latency.prefill_s(r.num_pending_tokens, r.num_computed_tokens, chunk, decodes)
-        decodes.append((1, r.num_tokens))
-    total += latency.prefill_s(req.num_pending_tokens, req.num_computed_tokens, chunk, decodes)
-    return total + latency.step_s(decodes)  # the step in flight when it arrives
+    prefills = [(r.num_pending_tokens, r.num_computed_tokens) for r in ahead]
+    prefills.append((req.num_pending_tokens, req.num_computed_tokens))
+    total = latency.prefill_s(prefills, chunk, decodes)
+    return total + inflight_left_s

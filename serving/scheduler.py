@@ -60,11 +60,12 @@ class Scheduler:
         self.requests: dict[str, Request] = {}
         self._released: list[str] = []
         self.num_preemptions = 0
+        self._inflight_end_s: float | None = None
 
     # ----- admission and removal -----
     def add(self, req: Request) -> None:
         """Admit `req` or raise `OverloadedError` (admission policy)."""
-        self.admission.check(req, self.running, self.waiting)
+        self.admission.check(req, self.running, self.waiting, self.inflight_left_s())
         self.requests[req.request_id] = req
         self.waiting.append(req)
         self.waiting.sort(key=queue_key)
@@ -84,13 +85,20 @@ class Scheduler:
         return req
 
     def predicted_ttft_s(self, req: Request) -> float:
-        return predict_ttft_s(self.latency, self.budget_policy, req, self.running, self.waiting)
+        return predict_ttft_s(self.latency, self.budget_policy, req, self.running, self.waiting, self.inflight_left_s())
+
+    def inflight_left_s(self) -> float:
+        """Predicted time left of the step planned last and not yet updated (0 when none runs)."""
+        if self._inflight_end_s is None:
+            return 0.0
+        return max(0.0, self._inflight_end_s - time.perf_counter())
 
     # ----- the step -----
     def schedule(self) -> SchedulerOutput:
         """Plan the next step: decodes, then partial prefills, then waiting requests, within the budget."""
         self.running.sort(key=queue_key)
-        budget = self.budget_policy.budget(self.running)
+        # Waiting requests count too: once admitted they decode, and a long step would stall them.
+        budget = self.budget_policy.budget([*self.running, *self.waiting])
         chunks: list[ScheduledChunk] = []
         decodes = [r for r in self.running if r.num_pending_tokens == 1]
         prefills = [r for r in self.running if r.num_pending_tokens > 1]
@@ -108,7 +116,9 @@ class Scheduler:
         budget = self._schedule_waiting(budget, chunks)
         released, self._released = self._released, []
         shape = [(len(c.token_ids), c.start_pos + len(c.token_ids)) for c in chunks]
-        return SchedulerOutput(chunks, released, self.latency.step_s(shape) if chunks else 0.0)
+        predicted = self.latency.step_s(shape) if chunks else 0.0
+        self._inflight_end_s = time.perf_counter() + predicted if chunks else None
+        return SchedulerOutput(chunks, released, predicted)
 
     def _schedule_waiting(self, budget: int, chunks: list[ScheduledChunk]) -> int:
         while self.waiting and budget > 0 and len(self.running) < self.config.max_running_requests:
@@ -194,6 +204,7 @@ class Scheduler:
     def update(self, output: SchedulerOutput, sampled: dict[str, int]) -> list[StepUpdate]:
         """Advance every request of `output` by what ran; finished ones leave and free their blocks."""
         now = time.perf_counter()
+        self._inflight_end_s = None
         updates = []
         for chunk in output.chunks:
             req = self.requests.get(chunk.request_id)
