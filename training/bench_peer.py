@@ -43,12 +43,11 @@ def run_ddp(peer: TrainingPeer, spec: dict[str, Any], rank: int) -> dict[str, An
         bandwidth_mbps=spec.get("bandwidth_mbps"),
     )
     params = peer.inner.params
-    batches = peer.data.batches(peer.shard, peer.cfg.batch_size, peer.shard_seed * 100_003)
     length = sum(p.numel() for p in params)
     st = peer.status
     try:
         for _ in range(spec["steps"]):
-            loss = peer.inner.backward(next(batches))
+            loss = peer.inner.backward(peer.next_batch())
             flat = flatten([p.grad for p in params], length).numpy()
             ring.allreduce_mean_(flat)
             for p, g in zip(params, unflatten(torch.from_numpy(flat), params), strict=True):

@@ -78,13 +78,12 @@ class TokenData:
             raise ValueError(f"{num_shards} shards of {len(self.train)} tokens are too small")
         return self.train[index * size : (index + 1) * size]
 
-    def batches(self, shard: torch.Tensor, batch_size: int, seed: int):
-        """Endless random windows (batch_size x seq_len) of `shard`, reproducible from `seed`."""
-        gen = torch.Generator().manual_seed(seed)
-        hi = len(shard) - self.seq_len
-        while True:
-            starts = torch.randint(0, hi, (batch_size,), generator=gen)
-            yield torch.stack([shard[s : s + self.seq_len] for s in starts.tolist()])
+    def batch(self, shard: torch.Tensor, batch_size: int, seed: int, step: int) -> torch.Tensor:
+        """Random windows (batch_size x seq_len) of `shard` for inner step `step`: a pure function of
+        (seed, step), so a resumed peer sees exactly the batches it would have seen."""
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        starts = torch.randint(0, len(shard) - self.seq_len, (batch_size,), generator=gen)
+        return torch.stack([shard[s : s + self.seq_len] for s in starts.tolist()])
 
     def eval_batches(self, batch_size: int, num_batches: int) -> list[torch.Tensor]:
         """Fixed, evenly spaced eval windows: every peer and system scores the same tokens."""

@@ -191,6 +191,9 @@ class TrainingPeer:
         self._behind = any(r > round_index for r in result.rounds)
         return unflatten(result.tensors[0], outgoing)
 
+    def next_batch(self) -> torch.Tensor:
+        return self.data.batch(self.shard, self.cfg.batch_size, self.shard_seed, self.status.step)
+
     def _catch_up(self) -> None:
         """A group peer was at a later round: take the state peers share rather than drift on stale rounds."""
         self._behind = False
@@ -213,13 +216,12 @@ class TrainingPeer:
 
     def run(self, num_steps: int, *, eval_every: int = 0, should_stop: Callable[[], bool] | None = None) -> None:
         """Train `num_steps` more inner steps (bounded), exchanging as the outer optimizer says."""
-        batches = self.data.batches(self.shard, self.cfg.batch_size, self.shard_seed * 100_003 + self.status.step)
         pending: dict[int, tuple[int, Future]] = {}
         h = self.cfg.inner_steps
         for _ in range(num_steps):
             if should_stop is not None and should_stop():
                 break
-            loss = self.inner.step(next(batches))
+            loss = self.inner.step(self.next_batch())
             st = self.status
             st.step += 1
             st.loss = loss
