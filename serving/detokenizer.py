@@ -49,7 +49,15 @@ class IncrementalDetokenizer:
         return self._take(final=self.stopped)
 
     def finish(self) -> str:
-        """Everything not emitted yet (held-back characters), at the end of the request."""
+        """Everything not emitted yet at the end of the request: held-back characters, and a trailing
+        incomplete UTF-8 sequence as replacement characters (the bytes will not be completed now)."""
+        if not self.stopped:
+            prefix = self._decode(self._ids[self._prefix_offset : self._read_offset])
+            full = self._decode(self._ids[self._prefix_offset :])
+            if len(full) > len(prefix):
+                start = len(self.text)
+                self.text += full[len(prefix) :]
+                self._check_stop(start)
         return self._take(final=True)
 
     def _check_stop(self, start: int) -> None:

@@ -20,7 +20,7 @@ def feed(text: str, stop: list[str]) -> tuple[list[str], IncrementalDetokenizer]
 
 
 def test_multibyte_characters_arrive_whole() -> None:
-    deltas, detok = feed("né€", [])
+    deltas, _ = feed("né€", [])
     assert "".join(deltas) == "né€"
     assert "\ufffd" not in "".join(deltas)
     assert deltas[1] == "" and deltas[2] == "é"  # first byte of é alone shows nothing
@@ -36,3 +36,9 @@ def test_stop_string_is_cut_and_never_streamed() -> None:
 def test_no_stop_string_streams_every_character() -> None:
     deltas, _ = feed("abc", [])
     assert deltas == ["a", "b", "c", ""]
+
+
+def test_incomplete_utf8_at_the_end_is_flushed_as_replacement() -> None:
+    detok = IncrementalDetokenizer(TOK, [], [])
+    assert detok.add([0xC3]) == ""
+    assert detok.finish() == "\ufffd"
