@@ -24,6 +24,7 @@ from protocols import (
     Cancel,
     ChatMessage,
     ErrorCode,
+    ErrorReply,
     GenerateAccepted,
     GenerateDone,
     GenerateRejected,
@@ -196,7 +197,7 @@ class SwarmGenerator:
         try:
             await stream.send(request)
             first = await stream.receive(self.stall_timeout_s)
-            if isinstance(first, GenerateRejected):
+            if isinstance(first, GenerateRejected | ErrorReply):
                 self._on_rejected(peer, first.error_code, first.message, first.field, first.retry_after_ms)
                 return
             if not isinstance(first, GenerateAccepted):

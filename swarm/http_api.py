@@ -69,10 +69,13 @@ def build_app(node: Node) -> Starlette:
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(registry), media_type=PROMETHEUS_CONTENT_TYPE)
 
+    from swarm.openai_api import OpenAIApi
+
     routes = [
         Route("/healthz", healthz),
         Route("/v1/swarm/peers", peers),
         Route("/metrics", metrics),
+        *OpenAIApi(node).routes(),
     ]
     return Starlette(routes=routes)
 
