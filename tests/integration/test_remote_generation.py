@@ -126,8 +126,8 @@ def test_openai_package_against_a_node(servers, reference) -> None:
 
 def test_vanishing_http_client_frees_the_request(servers) -> None:
     node = servers[2]
-    with httpx.stream("POST", f"{node.http}/v1/completions", timeout=10,
-                      json={"model": MODEL, "prompt": "x", "max_tokens": 2000, "stream": True}) as response:  # fmt: skip
+    body = {"model": MODEL, "prompt": "x", "max_tokens": 2000, "stream": True}
+    with httpx.stream("POST", f"{node.http}/v1/completions", timeout=10, json=body) as response:
         for _ in zip(range(3), response.iter_lines(), strict=False):
             pass
     load = lambda: next(r for r in node.peers() if r["self"])["load"]["running"]  # noqa: E731

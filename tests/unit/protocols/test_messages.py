@@ -63,7 +63,9 @@ def test_golden_bytes(name: str) -> None:
 
 
 def test_every_registered_message_has_a_golden_test() -> None:
-    covered = {type(m).TYPE for m, _ in GOLDEN.values()}
+    from tests.unit.protocols.test_generate_messages import GOLDEN as GENERATE_GOLDEN
+
+    covered = {type(m).TYPE for m, _ in [*GOLDEN.values(), *GENERATE_GOLDEN.values()]}
     assert covered == set(message_types())
 
 
