@@ -25,6 +25,14 @@ class ErrorCode(IntEnum):
     NOT_FOUND = 11  # the named thing (model, request, peer) is not here
 
 
+def error_code_of(code: int) -> ErrorCode:
+    """The ErrorCode of a wire value; codes this version does not know read as INTERNAL."""
+    try:
+        return ErrorCode(code)
+    except ValueError:
+        return ErrorCode.INTERNAL
+
+
 class SwarmError(Exception):
     """Root of every exception raised by the project."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from protocols.codec import Message, Record
-from protocols.errors import ErrorCode, ProtocolError
+from protocols.errors import ErrorCode, ProtocolError, error_code_of
 
 MAX_CHAT_MESSAGES = 256
 FINISH_REASONS = ("stop", "length", "cancelled", "error")
@@ -96,10 +96,7 @@ class GenerateRejected(Message):
 
     @property
     def error_code(self) -> ErrorCode:
-        try:
-            return ErrorCode(self.code)
-        except ValueError:
-            return ErrorCode.INTERNAL
+        return error_code_of(self.code)
 
 
 @dataclass

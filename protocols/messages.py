@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from protocols.codec import Message, Record
-from protocols.errors import ErrorCode, ProtocolError
+from protocols.errors import ErrorCode, ProtocolError, error_code_of
 
 MAX_ADDRS = 32
 MAX_ROLES = 16
@@ -145,10 +145,7 @@ class ErrorReply(Message):
 
     @property
     def error_code(self) -> ErrorCode:
-        try:
-            return ErrorCode(self.code)
-        except ValueError:
-            return ErrorCode.INTERNAL
+        return error_code_of(self.code)
 
     @classmethod
     def from_error(cls, err: ProtocolError, retry_after_ms: int | None = None) -> ErrorReply:
