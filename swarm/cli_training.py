@@ -50,7 +50,8 @@ def bench_train(
 
         def on_system(name: str, result: dict[str, Any] | None) -> None:
             if result is None:
-                status.update(f"running {name} ({SYSTEMS.index(name) + 1}/{len(SYSTEMS)})")
+                where = f" ({SYSTEMS.index(name) + 1}/{len(SYSTEMS)})" if name in SYSTEMS else ""
+                status.update(f"running {name}{where}")
             else:
                 console.print(f"{name}: eval loss {result['final_eval_loss']:.4f} in {result['wall_s']:.1f} s")
 

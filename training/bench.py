@@ -31,7 +31,7 @@ SYSTEMS = ("ddp", "diloco", "noloco", "streaming_int4")
 
 def bench_configs(quick: bool) -> tuple[dict[str, TrainingConfig], int]:
     """Per system config and the number of inner steps; only the exchange differs between systems."""
-    steps = 300 if quick else 800
+    steps = 200 if quick else 800
     base = TrainingConfig(
         inner_lr=3e-3,
         warmup_steps=20,
@@ -46,23 +46,33 @@ def bench_configs(quick: bool) -> tuple[dict[str, TrainingConfig], int]:
         target_group_size=4,
         min_group_size=4,
     )
-    h = 100 if quick else 200
+    diloco = {"outer_optimizer": "diloco", "inner_steps": 20, "codec": "int4"}
+    noloco = {"outer_optimizer": "noloco", "inner_steps": 20, "codec": "fp16", "min_group_size": 2}
+    streaming = {"outer_optimizer": "streaming", "inner_steps": 64, "codec": "int4", "num_fragments": 4}
     return {
         "ddp": base,
-        "diloco": base.model_copy(update={"outer_optimizer": "diloco", "inner_steps": h, "codec": "fp16"}),
-        "noloco": base.model_copy(
-            update={"outer_optimizer": "noloco", "inner_steps": h // 2, "codec": "fp16", "min_group_size": 2}
-        ),
-        "streaming_int4": base.model_copy(
-            update={
-                "outer_optimizer": "streaming",
-                "inner_steps": h,
-                "codec": "int4",
-                "num_fragments": 4,
-                "overlap_steps": 1,
-            }
-        ),
+        "diloco": base.model_copy(update=diloco),
+        "noloco": base.model_copy(update=noloco),
+        "streaming_int4": base.model_copy(update={**streaming, "overlap_steps": 1}),
     }, steps
+
+
+def warm_start(cfg: TrainingConfig, tokens: np.ndarray, steps: int, path: Path) -> float:
+    """Train one model alone for `steps` plain AdamW steps on the whole train split and save it: every system
+    starts from it (as DiLoCo starts from a pretrained model). Returns its eval loss."""
+    from safetensors.torch import save_file
+
+    from training.data import TokenData
+    from training.trainer import TrainingPeer
+
+    data = TokenData(torch.from_numpy(tokens.astype(np.int64)), cfg.eval_fraction, cfg.seq_len)
+    warm_cfg = cfg.model_copy(update={"total_steps": steps, "seed": cfg.seed + 1})
+    peer = TrainingPeer(warm_cfg, data, peer_id="warm-start", shard_index=0, num_shards=1)
+    for _ in range(steps):
+        peer.inner.step(peer.next_batch())
+        peer.status.step += 1
+    save_file({n: p.detach().contiguous() for n, p in peer.inner.model.named_parameters()}, str(path))
+    return peer.evaluate()
 
 
 def machine_info() -> dict[str, Any]:
@@ -78,48 +88,61 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def run_system(
-    system: str, cfg: TrainingConfig, steps: int, tokens: np.ndarray, world: int, bandwidth_mbps: float | None
-) -> dict[str, Any]:
-    """Start `world` peers of one system, wait for them (bounded), reap them, aggregate their results."""
-    with tempfile.TemporaryDirectory(prefix=f"bench-{system}-") as tmp:
+def _reap(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+    for proc in procs:
+        proc.wait(timeout=10)
+
+
+def run_systems(
+    spec: dict[str, Any],
+    tokens: np.ndarray,
+    on_system: Callable[[str, dict[str, Any] | None], None] | None = None,
+    timeout_s: float = 900.0,
+) -> tuple[dict[str, dict[str, Any]], float | None]:
+    """Start `world` peer processes that run every system in turn; collect each system's results as they
+    land; kill and reap the peers on any failure or timeout."""
+    world = spec["world"]
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         workdir = Path(tmp)
         np.save(workdir / "tokens.npy", tokens)
-        spec = {
-            "system": system,
-            "world": world,
-            "config": json.loads(cfg.model_dump_json()),
-            "steps": steps,
-            "eval_every": max(1, steps // 12),
-            "workdir": str(workdir),
-            "timeout_s": 120.0,
-            "bandwidth_mbps": bandwidth_mbps,
-        }
-        (workdir / "spec.json").write_text(json.dumps(spec))
+        warm_loss = None
+        if spec["warm_start_steps"]:
+            if on_system:
+                on_system("warm start", None)
+            base = TrainingConfig.model_validate(spec["configs"][spec["systems"][0]])
+            warm_loss = warm_start(base, tokens, spec["warm_start_steps"], workdir / "warm.safetensors")
+            spec = {**spec, "warm_start": str(workdir / "warm.safetensors")}
+        (workdir / "spec.json").write_text(json.dumps({**spec, "workdir": str(workdir)}))
         env = {**os.environ, "PYTHONPATH": str(_ROOT), "OMP_NUM_THREADS": "1"}
-        started = time.monotonic()
-        procs = [
-            subprocess.Popen([sys.executable, "-m", "training.bench_peer", str(workdir / "spec.json"), str(r)], env=env)
-            for r in range(world)
-        ]
+        cmd = [sys.executable, "-m", "training.bench_peer", str(workdir)]
+        procs = [subprocess.Popen([*cmd, str(r)], env=env) for r in range(world)]
+        deadline = time.monotonic() + timeout_s
         try:
-            deadline = started + 600.0
+            for system in spec["systems"]:
+                if on_system:
+                    on_system(system, None)
+                files = [workdir / system / f"result-{r}.json" for r in range(world)]
+                while not all(f.exists() for f in files):
+                    if any(p.poll() not in (None, 0) for p in procs):
+                        raise RuntimeError(f"{system}: a bench peer exited with an error")
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"bench train did not finish in {timeout_s:.0f} s")
+                    time.sleep(0.2)
+                results[system] = summarize([json.loads(f.read_text()) for f in files])
+                if on_system:
+                    on_system(system, results[system])
             for proc in procs:
                 proc.wait(timeout=max(1.0, deadline - time.monotonic()))
         finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait(timeout=10)
-        wall = time.monotonic() - started
-        failed = [r for r, p in enumerate(procs) if p.returncode != 0]
-        if failed:
-            raise RuntimeError(f"{system}: peers {failed} exited with an error")
-        results = [json.loads((workdir / f"result-{r}.json").read_text()) for r in range(world)]
-    return summarize(results, wall)
+            _reap(procs)
+    return results, warm_loss
 
 
-def summarize(results: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
+def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
     steps = [s for s, _ in results[0]["eval_history"]]
     curve = [float(np.mean([r["eval_history"][i][1] for r in results])) for i in range(len(steps))]
     return {
@@ -130,8 +153,7 @@ def summarize(results: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
         "bytes_counted": results[0]["bytes_counted"],
         "exchanges_ok": sum(r["exchanges_ok"] for r in results),
         "exchanges_failed": sum(r["exchanges_failed"] for r in results),
-        "wall_s": wall_s,
-        "train_wall_s": float(np.max([r["train_wall_s"] for r in results])),
+        "wall_s": float(np.max([r["wall_s"] for r in results])),
         "eval_curve": {"steps": steps, "loss": curve},
     }
 
@@ -158,14 +180,19 @@ def run_bench(
 ) -> dict[str, Any]:
     """Run every system in one go and return the report (JSON-ready)."""
     configs, steps = bench_configs(quick)
+    warm_steps = 600 if quick else 1000
     tokens = load_corpus(None, configs["ddp"].max_corpus_bytes).numpy().astype(np.uint8)
-    results: dict[str, dict[str, Any]] = {}
-    for name in systems:
-        if on_system:
-            on_system(name, None)
-        results[name] = run_system(name, configs[name], steps, tokens, world, bandwidth_mbps)
-        if on_system:
-            on_system(name, results[name])
+    spec = {
+        "systems": list(systems),
+        "world": world,
+        "configs": {k: json.loads(configs[k].model_dump_json()) for k in systems},
+        "steps": steps,
+        "eval_every": max(1, steps // 8),
+        "timeout_s": 120.0,
+        "bandwidth_mbps": bandwidth_mbps,
+        "warm_start_steps": warm_steps,
+    }
+    results, warm_loss = run_systems(spec, tokens, on_system)
     return {
         "bench": "train",
         "config": {
@@ -173,6 +200,8 @@ def run_bench(
             "world": world,
             "steps": steps,
             "bandwidth_mbps": bandwidth_mbps,
+            "warm_start_steps": warm_steps,
+            "warm_start_eval_loss": warm_loss,
             "systems": {k: json.loads(configs[k].model_dump_json()) for k in systems},
         },
         "machine": machine_info(),

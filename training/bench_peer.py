@@ -1,9 +1,9 @@
-"""One peer of `swarm bench train`, run as `python -m training.bench_peer SPEC RANK` (a separate process).
+"""One peer of `swarm bench train`, run as `python -m training.bench_peer WORKDIR RANK` (its own process).
 
-The spec (JSON written by `training.bench`) names the system (ddp, diloco, noloco, streaming_int4), the
-training config, the number of steps and a work directory that holds the corpus and is the rendezvous:
-rank 0 publishes its hivemind multiaddrs (or every rank its ring port) there. The peer writes its losses,
-bytes and wall time to `result-RANK.json`. It knows nothing about the other systems or the report.
+`WORKDIR/spec.json` (written by `training.bench`) lists the systems (ddp, diloco, noloco, streaming_int4),
+their training configs and step count; the peer runs them in turn from a fresh model each, using
+`WORKDIR/<system>/` as the rendezvous (rank 0's hivemind multiaddrs, or every rank's ring port) and writing
+its losses, bytes and wall time to `WORKDIR/<system>/result-RANK.json`. It knows nothing about the report.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from comms.averaging import AveragingSettings, HivemindAverager
 from training.config import TrainingConfig
 from training.data import TokenData
 from training.ring_allreduce import RingAllReduce
-from training.trainer import TrainingPeer, flatten, unflatten
+from training.trainer import TrainingPeer, averaging_settings, flatten, unflatten
 
 
 def _wait_for(path: Path, timeout_s: float) -> str:
@@ -87,49 +88,52 @@ def run_hivemind(peer: TrainingPeer, spec: dict[str, Any], rank: int, settings: 
     }
 
 
-def main() -> None:
-    spec = json.loads(Path(sys.argv[1]).read_text())
-    rank = int(sys.argv[2])
-    torch.set_num_threads(1)
-    cfg = TrainingConfig.model_validate(spec["config"])
-    tokens = torch.from_numpy(np.load(Path(spec["workdir"]) / "tokens.npy").astype(np.int64))
+def run_one(system: str, spec: dict[str, Any], tokens: torch.Tensor, rank: int) -> dict[str, Any]:
+    """Train one system from a fresh model; `spec["workdir"]/system` is its rendezvous."""
+    cfg = TrainingConfig.model_validate(spec["configs"][system])
     data = TokenData(tokens, cfg.eval_fraction, cfg.seq_len)
     labels = [f"rank-{r}" for r in range(spec["world"])]
     peer = TrainingPeer(
         cfg, data, peer_id=labels[rank], shard_index=rank, num_shards=spec["world"], peers=lambda: labels
     )
+    if spec.get("warm_start"):
+        peer.start_from(load_file(spec["warm_start"]))
+    sys_spec = {**spec, "workdir": str(Path(spec["workdir"]) / system)}
     started = time.monotonic()
-    if spec["system"] == "ddp":
-        wire = run_ddp(peer, spec, rank)
+    if system == "ddp":
+        wire = run_ddp(peer, sys_spec, rank)
     else:
-        settings = AveragingSettings(
-            prefix=f"bench{spec['system']}",
-            codec=cfg.codec,
-            codec_block_size=cfg.codec_block_size,
-            target_group_size=cfg.target_group_size,
-            min_group_size=cfg.min_group_size,
-            matchmaking_time_s=cfg.matchmaking_time_s,
-            allreduce_timeout_s=cfg.allreduce_timeout_s,
-            request_timeout_s=cfg.request_timeout_s,
-            bandwidth_mbps=spec.get("bandwidth_mbps"),
-        )
-        wire = run_hivemind(peer, spec, rank, settings)
-    train_s = time.monotonic() - started
+        settings = averaging_settings(cfg, prefix=f"bench{system}", bandwidth_mbps=spec.get("bandwidth_mbps"))
+        wire = run_hivemind(peer, sys_spec, rank, settings)
     final = peer.evaluate()
     peer.close()
-    result = {
+    return {
         "rank": rank,
         "final_eval_loss": final,
-        "train_wall_s": train_s,
+        "wall_s": time.monotonic() - started,
         "history": peer.status.history,
         "eval_history": peer.status.eval_history,
         "exchanges_ok": peer.status.exchanges_ok,
         "exchanges_failed": peer.status.exchanges_failed,
         **wire,
     }
-    out = Path(spec["workdir"]) / f"result-{rank}.json"
-    out.with_suffix(".tmp").write_text(json.dumps(result))
-    out.with_suffix(".tmp").rename(out)
+
+
+def main() -> None:
+    workdir = Path(sys.argv[1])
+    rank = int(sys.argv[2])
+    spec = json.loads((workdir / "spec.json").read_text())
+    torch.set_num_threads(1)
+    tokens = torch.from_numpy(np.load(workdir / "tokens.npy").astype(np.int64))
+    for system in spec["systems"]:
+        (workdir / system).mkdir(exist_ok=True)
+        result = run_one(system, spec, tokens, rank)
+        out = workdir / system / f"result-{rank}.json"
+        out.with_suffix(".tmp").write_text(json.dumps(result))
+        out.with_suffix(".tmp").rename(out)
+        # all peers finish a system before any starts the next (no CPU stolen from a slower peer's last steps)
+        for r in range(spec["world"]):
+            _wait_for(workdir / system / f"result-{r}.json", spec["timeout_s"] * 5)
 
 
 if __name__ == "__main__":

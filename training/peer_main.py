@@ -8,6 +8,7 @@ prefers a process to a thread. It knows nothing about gossip.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -16,10 +17,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from comms.averaging import AveragingSettings, HivemindAverager
+from comms.averaging import HivemindAverager
 from training.config import TrainingConfig
 from training.data import TokenData, load_corpus
-from training.trainer import TrainingPeer
+from training.trainer import TrainingPeer, averaging_settings
 
 
 def _write_json(path: Path, obj: object) -> None:
@@ -37,18 +38,10 @@ def main() -> None:
     peer = TrainingPeer(
         cfg, data, peer_id=spec["peer_id"], shard_index=spec["shard_index"], num_shards=spec["num_shards"]
     )
-    settings = AveragingSettings(
-        prefix=spec.get("prefix", "swarm"),
-        initial_peers=tuple(spec.get("initial_peers", ())),
-        codec=cfg.codec,
-        codec_block_size=cfg.codec_block_size,
-        target_group_size=cfg.target_group_size,
-        min_group_size=cfg.min_group_size,
-        matchmaking_time_s=cfg.matchmaking_time_s,
-        allreduce_timeout_s=cfg.allreduce_timeout_s,
-        request_timeout_s=cfg.request_timeout_s,
-        declare_state_period_s=2.0,
+    settings = averaging_settings(
+        cfg, prefix=spec.get("prefix", "swarm"), initial_peers=tuple(spec.get("initial_peers", ()))
     )
+    settings = dataclasses.replace(settings, declare_state_period_s=2.0)
     with HivemindAverager(settings, [(peer.exchange_len,)], peer.model_hash) as averager:
         _write_json(out / "maddrs.json", averager.visible_maddrs)
         peer.averager = averager

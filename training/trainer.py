@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import torch
 
-from comms.averaging import AveragingError, AveragingResult
+from comms.averaging import AveragingError, AveragingResult, AveragingSettings
 from training.checkpoint import load_latest, save_checkpoint
 from training.config import TrainingConfig
 from training.data import TokenData
@@ -51,6 +51,30 @@ class PeerStatus:
     history: list[tuple[int, float]] = field(default_factory=list)
     eval_history: list[tuple[int, float]] = field(default_factory=list)
     last_group: list[str] = field(default_factory=list)
+
+
+def averaging_settings(
+    cfg: TrainingConfig,
+    *,
+    prefix: str,
+    initial_peers: tuple[str, ...] = (),
+    host_maddrs: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",),
+    bandwidth_mbps: float | None = None,
+) -> AveragingSettings:
+    """The averager settings a training config implies (codec, group sizes, timeouts)."""
+    return AveragingSettings(
+        prefix=prefix,
+        initial_peers=tuple(initial_peers),
+        host_maddrs=tuple(host_maddrs),
+        codec=cfg.codec,
+        codec_block_size=cfg.codec_block_size,
+        target_group_size=cfg.target_group_size,
+        min_group_size=cfg.min_group_size,
+        matchmaking_time_s=cfg.matchmaking_time_s,
+        allreduce_timeout_s=cfg.allreduce_timeout_s,
+        request_timeout_s=cfg.request_timeout_s,
+        bandwidth_mbps=bandwidth_mbps,
+    )
 
 
 def exchange_length(outer: OuterOptimizer) -> int:
@@ -113,6 +137,11 @@ class TrainingPeer:
         with torch.no_grad():
             for p, t in zip(self.inner.params, tensors[:n], strict=True):
                 p.copy_(t)
+
+    def start_from(self, weights: dict[str, torch.Tensor]) -> None:
+        """Start from these weights (theta = phi = weights, zero outer momentum, fresh AdamW state)."""
+        tensors = [weights[name].to(torch.float32) for name, _ in self.inner.model.named_parameters()]
+        self._load_state_tensors([*tensors, *tensors, *(torch.zeros_like(t) for t in tensors)])
 
     def resume_or_join(self, join_timeout_s: float | None = 30.0) -> str:
         """Resume from the newest valid checkpoint, else (unless `join_timeout_s` is None) download the state
