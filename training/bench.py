@@ -39,15 +39,21 @@ def bench_configs(quick: bool) -> tuple[dict[str, TrainingConfig], int]:
         batch_size=8,
         seq_len=64,
         max_corpus_bytes=3_000_000,
-        eval_batches=8,
+        eval_batches=16,
         matchmaking_time_s=1.0,
         round_timeout_s=30.0,
         allreduce_timeout_s=30.0,
         target_group_size=4,
         min_group_size=4,
     )
-    diloco = {"outer_optimizer": "diloco", "inner_steps": 20, "codec": "int4"}
-    noloco = {"outer_optimizer": "noloco", "inner_steps": 20, "codec": "fp16", "min_group_size": 2}
+    diloco = {"outer_optimizer": "diloco", "inner_steps": 16, "codec": "int4"}
+    noloco = {
+        "outer_optimizer": "noloco",
+        "inner_steps": 20,
+        "codec": "fp16",
+        "min_group_size": 2,
+        "target_group_size": 2,
+    }
     streaming = {"outer_optimizer": "streaming", "inner_steps": 64, "codec": "int4", "num_fragments": 4}
     return {
         "ddp": base,
@@ -110,18 +116,22 @@ def run_systems(
         workdir = Path(tmp)
         np.save(workdir / "tokens.npy", tokens)
         warm_loss = None
+        warm_path = workdir / "warm.safetensors"
         if spec["warm_start_steps"]:
-            if on_system:
-                on_system("warm start", None)
-            base = TrainingConfig.model_validate(spec["configs"][spec["systems"][0]])
-            warm_loss = warm_start(base, tokens, spec["warm_start_steps"], workdir / "warm.safetensors")
-            spec = {**spec, "warm_start": str(workdir / "warm.safetensors")}
+            spec = {**spec, "warm_start": str(warm_path)}
         (workdir / "spec.json").write_text(json.dumps({**spec, "workdir": str(workdir)}))
         env = {**os.environ, "PYTHONPATH": str(_ROOT), "OMP_NUM_THREADS": "1"}
         cmd = [sys.executable, "-m", "training.bench_peer", str(workdir)]
         procs = [subprocess.Popen([*cmd, str(r)], env=env) for r in range(world)]
         deadline = time.monotonic() + timeout_s
         try:
+            if spec["warm_start_steps"]:  # while the peers import and load the corpus
+                if on_system:
+                    on_system("warm start", None)
+                base = TrainingConfig.model_validate(spec["configs"][spec["systems"][0]])
+                tmp_path = workdir / "warm.tmp.safetensors"
+                warm_loss = warm_start(base, tokens, spec["warm_start_steps"], tmp_path)
+                tmp_path.rename(warm_path)
             for system in spec["systems"]:
                 if on_system:
                     on_system(system, None)

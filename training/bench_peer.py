@@ -125,6 +125,8 @@ def main() -> None:
     spec = json.loads((workdir / "spec.json").read_text())
     torch.set_num_threads(1)
     tokens = torch.from_numpy(np.load(workdir / "tokens.npy").astype(np.int64))
+    if spec.get("warm_start"):
+        _wait_for(Path(spec["warm_start"]), spec["timeout_s"] * 3)
     for system in spec["systems"]:
         (workdir / system).mkdir(exist_ok=True)
         result = run_one(system, spec, tokens, rank)

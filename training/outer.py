@@ -151,10 +151,23 @@ def noloco_group_bits(round_index: int, peers: list[str], me: str, seed: int = 0
     return f"{round_index % 4:02b}{pair:0{width}b}"
 
 
+def balanced_fragments(sizes: list[int], num: int) -> list[list[int]]:
+    """Deal parameter indices, largest first, each to the currently lightest fragment: fragments of near-equal
+    size whose layers interleave (the strided pattern of streaming DiLoCo, balanced so that the fixed-length
+    exchange vector carries little padding). Deterministic: every peer derives the same partition."""
+    loads = [0] * num
+    parts: list[list[int]] = [[] for _ in range(num)]
+    for i in sorted(range(len(sizes)), key=lambda k: (-sizes[k], k)):
+        f = min(range(num), key=lambda k: (loads[k], k))
+        parts[f].append(i)
+        loads[f] += sizes[i]
+    return [sorted(p) for p in parts]
+
+
 class StreamingOuter(OuterOptimizer):
-    """Streaming DiLoCo: P strided fragments (parameter i belongs to fragment i % P), fragment p first synced
-    after (p+1)*H/P inner steps then every H; the exchange overlaps `overlap_steps` inner steps; on arrival
-    the outer Nesterov step updates phi_p and theta_p <- alpha*phi_p + (1-alpha)*theta_p (merge)."""
+    """Streaming DiLoCo: P fragments (`balanced_fragments`), fragment p first synced after (p+1)*H/P inner
+    steps then every H; the exchange overlaps `overlap_steps` inner steps; on arrival the outer Nesterov step
+    updates phi_p and theta_p <- alpha*phi_p + (1-alpha)*theta_p (merge)."""
 
     name = "streaming"
 
@@ -162,6 +175,7 @@ class StreamingOuter(OuterOptimizer):
         super().__init__(params, cfg)
         self.overlap_steps = cfg.overlap_steps
         self._num = min(cfg.num_fragments, len(self.params))
+        self._fragments = balanced_fragments([p.numel() for p in self.params], self._num)
         self._pending: dict[int, list[torch.Tensor]] = {}
 
     @property
@@ -169,7 +183,7 @@ class StreamingOuter(OuterOptimizer):
         return self._num
 
     def fragment(self, f: int) -> list[int]:
-        return list(range(f, len(self.params), self._num))
+        return self._fragments[f]
 
     def first_sync(self, f: int) -> int:
         return max(1, (f + 1) * self.cfg.inner_steps // self._num)

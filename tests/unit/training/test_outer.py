@@ -5,7 +5,15 @@ from __future__ import annotations
 import torch
 
 from training.config import TrainingConfig
-from training.outer import DilocoOuter, NolocoOuter, StreamingOuter, make_outer, noloco_group_bits, noloco_pairs
+from training.outer import (
+    DilocoOuter,
+    NolocoOuter,
+    StreamingOuter,
+    balanced_fragments,
+    make_outer,
+    noloco_group_bits,
+    noloco_pairs,
+)
 
 
 def params(*values: list[float]) -> list[torch.nn.Parameter]:
@@ -94,7 +102,7 @@ def test_streaming_fragments_schedule_and_merge() -> None:
     ps = params([1.0], [2.0], [3.0], [4.0], [5.0])
     outer = make_outer(ps, cfg)
     assert isinstance(outer, StreamingOuter)
-    assert outer.fragment(0) == [0, 4] and outer.fragment(1) == [1]
+    assert [outer.fragment(f) for f in range(4)] == [[0, 4], [1], [2], [3]]
     due = {s: outer.due(s) for s in range(1, 17) if outer.due(s)}
     assert due == {2: [0], 4: [1], 6: [2], 8: [3], 10: [0], 12: [1], 14: [2], 16: [3]}
     with torch.no_grad():
@@ -106,6 +114,14 @@ def test_streaming_fragments_schedule_and_merge() -> None:
     assert torch.allclose(outer.slow[1], torch.tensor([-1.0]))  # 2 - 1.0 * 3
     assert torch.allclose(ps[1].detach(), torch.tensor([0.5 * 0.5 + 0.5 * -1.0]))
     assert torch.allclose(ps[0].detach(), torch.tensor([1.0]))  # other fragments untouched
+
+
+def test_balanced_fragments_partition_evenly() -> None:
+    sizes = [16384, 4096, 4096, 11264, 11264, 64, 16384, 11264, 4096, 64]
+    parts = balanced_fragments(sizes, 4)
+    assert sorted(i for p in parts for i in p) == list(range(len(sizes)))
+    loads = [sum(sizes[i] for i in p) for p in parts]
+    assert max(loads) - min(loads) <= max(sizes) and max(loads) <= sum(sizes) / 4 * 1.25
 
 
 def test_state_round_trip() -> None:
