@@ -73,6 +73,10 @@ class LocalPeer:
     def terminate(self, timeout_s: float = 5.0) -> int | None:
         """SIGTERM, wait; SIGKILL if it is still there. Returns the exit code of the SIGTERM, or None."""
         self.signal(signal.SIGTERM)
+        return self.wait_exit(timeout_s)
+
+    def wait_exit(self, timeout_s: float) -> int | None:
+        """Wait for the process to exit; SIGKILL it after ``timeout_s``. Returns its exit code, or None if killed."""
         try:
             return self.proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -89,4 +93,4 @@ def stop_all(peers: list[LocalPeer], timeout_s: float = 5.0) -> list[int | None]
     """SIGTERM every peer at once, then collect exit codes (None for one that had to be killed)."""
     for peer in peers:
         peer.signal(signal.SIGTERM)
-    return [peer.terminate(timeout_s) for peer in peers]
+    return [peer.wait_exit(timeout_s) for peer in peers]
