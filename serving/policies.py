@@ -6,7 +6,7 @@ They know nothing about tensors, threads or tokenizers.
 
 from __future__ import annotations
 
-import math
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
@@ -34,39 +34,77 @@ def tightest_tpot_s(requests: Sequence[Request], default_tpot_ms: float | None) 
 
 
 class TokenBudgetPolicy(ABC):
-    """How many tokens the next step may compute."""
+    """How many tokens a step may compute."""
 
     @abstractmethod
-    def budget(self, running: Sequence[Request], extra_tpot_ms: float | None = None) -> int:
-        """Token budget given the running requests (and one more request's TPOT target, when asked)."""
+    def budget(self, running: Sequence[Request]) -> int:
+        """Token budget of the next step given the running requests."""
+
+    def steady_budget(self, decoders: Sequence[Request]) -> int:
+        """Tokens per step while `decoders` decode (for predictions); by default the next step's budget."""
+        return self.budget(decoders)
 
 
 class FixedBudget(TokenBudgetPolicy):
     def __init__(self, max_batch_tokens: int) -> None:
         self.max_batch_tokens = max_batch_tokens
 
-    def budget(self, running: Sequence[Request], extra_tpot_ms: float | None = None) -> int:
+    def budget(self, running: Sequence[Request]) -> int:
         return self.max_batch_tokens
 
 
 class SloBudget(TokenBudgetPolicy):
-    """Largest budget whose predicted step time fits the tightest TPOT target among running requests."""
+    """Largest budget whose predicted step time keeps every decoding request's mean TPOT within its target.
+
+    TPOT is a mean over a request's tokens, so a step may last as long as the request's slack allows: what it
+    has banked (k tokens x target - time since its first token) plus part of what its remaining decode steps
+    will bank (each takes about one decode step, less than the target). Requests far from their end let long
+    prompts go in big chunks; a request near its end, out of slack, forces small chunks (stall-free steps).
+    Prefilling requests have no TPOT yet; their TTFT is the admission policy's business.
+    """
+
+    FUTURE_SLACK_SHARE = 0.5  # other prefills will spend some of the future slack too
 
     def __init__(self, latency: LatencyModel, config: ServingConfig) -> None:
         self.latency = latency
         self.config = config
 
-    def budget(self, running: Sequence[Request], extra_tpot_ms: float | None = None) -> int:
+    def _target_s(self, req: Request) -> float | None:
+        tpot_ms = req.params.tpot_ms or self.config.default_tpot_ms
+        return tpot_ms * self.config.admission_headroom / 1000.0 if tpot_ms else None
+
+    def step_limit_s(self, requests: Sequence[Request], now: float | None = None) -> float | None:
+        """Longest next step the requests' TPOT slack allows (None: no target constrains it). A request that
+        has not started decoding counts as just started."""
+        now = time.perf_counter() if now is None else now
+        decode_s = self.latency.decode_step_s(len(requests), max((r.num_tokens for r in requests), default=1))
+        limits = []
+        for r in requests:
+            target = self._target_s(r)
+            if target is None:
+                continue
+            started = r.first_token_s is not None and r.output_ids
+            banked = len(r.output_ids) * target - (now - r.first_token_s) if started else target
+            remaining = r.max_new_tokens - max(len(r.output_ids), 1)
+            future = self.FUTURE_SLACK_SHARE * remaining * max(target - decode_s, 0.0)
+            limits.append(max(banked + future, 0.0))
+        return min(limits) if limits else None
+
+    def budget(self, running: Sequence[Request]) -> int:
+        decoders = decoding(running)
+        return self._tokens_within(self.step_limit_s(decoders), decoders, running)
+
+    def steady_budget(self, decoders: Sequence[Request]) -> int:
+        return self._tokens_within(self.step_limit_s(decoders), decoders, decoders)
+
+    def _tokens_within(self, limit_s: float | None, decoders: Sequence[Request], running: Sequence[Request]) -> int:
         cap = self.config.max_batch_tokens
-        tpot_s = tightest_tpot_s(running, self.config.default_tpot_ms)
-        if extra_tpot_ms is not None:
-            tpot_s = min(tpot_s or math.inf, extra_tpot_ms / 1000.0)
-        if tpot_s is None or tpot_s == math.inf:
+        if limit_s is None:
             return cap
-        decodes = [(1, r.num_tokens) for r in decoding(running)]
+        decodes = [(1, r.num_tokens) for r in decoders]
         prefilling = [r for r in running if r.num_pending_tokens > 1]
         chunk_ctx = prefilling[0].num_computed_tokens if prefilling else 0
-        room = self.latency.max_prefill_tokens(tpot_s, decodes, chunk_ctx, max(cap - len(decodes), 0))
+        room = self.latency.max_prefill_tokens(limit_s, decodes, chunk_ctx, max(cap - len(decodes), 0))
         return max(len(decodes) + max(room, self.config.min_chunk_tokens), 1)
 
 
@@ -148,12 +186,16 @@ def predict_ttft_s(
 ) -> float:
     """Time until `req`'s first token if admitted now: what is left of the step in flight, the prefill of
     everything ahead of it (counted whole, as if the step in flight had not advanced it), then its own."""
-    decodes = [(1, r.num_tokens) for r in decoding(running)]
-    tokens = budget.budget([*running, *waiting], req.params.tpot_ms)
-    chunk = max(tokens - len(decodes), 1)
+    decoders = decoding(running)
+    decodes = [(1, r.num_tokens) for r in decoders]
     ahead = [r for r in running if r.num_pending_tokens > 1]
     ahead += [r for r in waiting if queue_key(r) <= queue_key(req)]
-    prefills = [(r.num_pending_tokens, r.num_computed_tokens) for r in ahead]
+    # Requests ahead decode while this one prefills: their targets bound the chunks it gets.
+    chunk = max(budget.steady_budget([*decoders, *ahead]) - len(decodes), 1)
+    # The step in flight is already computing some of their tokens: only the rest is ahead of this request.
+    prefills = [
+        (r.num_pending_tokens - r.num_inflight_tokens, r.num_computed_tokens + r.num_inflight_tokens) for r in ahead
+    ]
     prefills.append((req.num_pending_tokens, req.num_computed_tokens))
     total = latency.prefill_s(prefills, chunk, decodes)
     return total + inflight_left_s

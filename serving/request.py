@@ -162,6 +162,7 @@ class Request:
     eos_token_ids: frozenset[int] = frozenset()
     output_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
+    num_inflight_tokens: int = 0  # scheduled in the step now running, not yet counted as computed
     block_table: list[int] = field(default_factory=list)
     status: RequestStatus = RequestStatus.WAITING
     first_scheduled_s: float | None = None

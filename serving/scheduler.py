@@ -97,8 +97,7 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         """Plan the next step: decodes, then partial prefills, then waiting requests, within the budget."""
         self.running.sort(key=queue_key)
-        # Waiting requests count too: once admitted they decode, and a long step would stall them.
-        budget = self.budget_policy.budget([*self.running, *self.waiting])
+        budget = self.budget_policy.budget(self.running)
         chunks: list[ScheduledChunk] = []
         decodes = [r for r in self.running if r.num_pending_tokens == 1]
         prefills = [r for r in self.running if r.num_pending_tokens > 1]
@@ -118,6 +117,8 @@ class Scheduler:
         shape = [(len(c.token_ids), c.start_pos + len(c.token_ids)) for c in chunks]
         predicted = self.latency.step_s(shape) if chunks else 0.0
         self._inflight_end_s = time.perf_counter() + predicted if chunks else None
+        for c in chunks:
+            self.requests[c.request_id].num_inflight_tokens = len(c.token_ids)
         return SchedulerOutput(chunks, released, predicted)
 
     def _schedule_waiting(self, budget: int, chunks: list[ScheduledChunk]) -> int:
@@ -188,7 +189,7 @@ class Scheduler:
     def _preempt(self, req: Request) -> None:
         self.running.remove(req)
         self._release_blocks(req)
-        req.num_computed_tokens = 0
+        req.num_computed_tokens = req.num_inflight_tokens = 0
         req.status = RequestStatus.WAITING
         req.num_preemptions += 1
         self.num_preemptions += 1
@@ -211,6 +212,7 @@ class Scheduler:
             if req is None or req.status is not RequestStatus.RUNNING or req.block_table is not chunk.block_table:
                 continue  # cancelled or preempted while the step ran
             req.num_computed_tokens += len(chunk.token_ids)
+            req.num_inflight_tokens = 0
             if not chunk.sample:
                 continue
             token = sampled[chunk.request_id]

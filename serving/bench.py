@@ -1,0 +1,238 @@
+"""`swarm bench serve`: the engine against transformers `generate()`, `generate_batch()` and FCFS batching.
+
+Two measurements, all systems in one run on the same seeded requests: output tokens/s at saturation (every
+request queued at t=0) on a decode-heavy mix, and capacity at SLO (highest Poisson rate at which >= 90% of all
+requests sent meet both TTFT and TPOT targets, refusals counting as misses; found by bracketing then bisection)
+on a long-prompt mix. SLOs are scale-free: k x this machine's isolated prefill / decode step, measured here.
+This module orchestrates and reports; it returns a dict and knows nothing about the CLI or JSON files.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from serving.bench_drivers import (
+    measure_hf_generate,
+    replay_sequential,
+    run_engine_trace,
+    run_hf_continuous_batching,
+)
+from serving.bench_workload import DECODE_HEAVY, LONG_PROMPT, BenchRequest, Mix, make_requests, summarize
+from serving.config import ServingConfig
+from serving.engine import Engine
+from serving.request import GenerateParams
+
+TARGET_ATTAINMENT = 0.9
+BRACKET_STEP = 1.5
+
+
+@dataclass
+class BenchSettings:
+    """Sizes and knobs of one bench run (`for_size` gives the --quick and default sizes)."""
+
+    model: str = "default"
+    device: str = "auto"
+    threads: int | None = None
+    seed: int = 0
+    saturation_mix: Mix = DECODE_HEAVY
+    saturation_requests: int = 128
+    hf_generate_requests: int = 16  # one-at-a-time throughput does not depend on the queue: a prefix suffices
+    goodput_mix: Mix = LONG_PROMPT
+    goodput_requests: int = 40
+    probes_per_system: int = 6
+    hf_curve: bool = True  # HF generate attainment curve on the long-prompt mix (replayed service times)
+    hf_batch_rates: int = 2  # live HF continuous-batching runs on the long-prompt mix, for the plot
+    ttft_slo_factor: float = field(default_factory=lambda: ServingConfig().ttft_slo_factor)
+    tpot_slo_factor: float = field(default_factory=lambda: ServingConfig().tpot_slo_factor)
+    max_batch_tokens: int = field(default_factory=lambda: ServingConfig().max_batch_tokens)
+    kv_cache_bytes: int = field(default_factory=lambda: ServingConfig().kv_cache_bytes)
+
+    @classmethod
+    def for_size(cls, quick: bool, **overrides: object) -> BenchSettings:
+        size: dict[str, object] = {}
+        if quick:
+            size = dict(
+                saturation_requests=64,
+                hf_generate_requests=8,
+                goodput_requests=16,
+                probes_per_system=3,
+                hf_batch_rates=0,
+                hf_curve=True,
+            )
+        size.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**size)
+
+    def engine_config(self, slo: bool) -> ServingConfig:
+        return ServingConfig(
+            model=self.model,
+            device=self.device,
+            num_threads=self.threads,
+            chunked_prefill=slo,
+            slo_admission=slo,
+            max_batch_tokens=self.max_batch_tokens,
+            kv_cache_bytes=self.kv_cache_bytes,
+            ttft_slo_factor=self.ttft_slo_factor,
+            tpot_slo_factor=self.tpot_slo_factor,
+        )
+
+
+@dataclass
+class Slo:
+    ttft_s: float
+    tpot_s: float
+    isolated_prefill_s: float
+    isolated_decode_s: float
+
+
+def calibrate_slo(engine: Engine, requests: list[BenchRequest], settings: BenchSettings) -> Slo:
+    """Isolated prefill of the median prompt and isolated single-request decode step, on this machine now."""
+    prompt = sorted(requests, key=lambda r: len(r.prompt_ids))[len(requests) // 2].prompt_ids
+    prefill, decode = [], []
+    for _ in range(3):
+        prefill.append(engine.generate(GenerateParams(prompt_token_ids=prompt, max_new_tokens=1)).timings["ttft_ms"])
+        short = GenerateParams(prompt_token_ids=prompt[:32], max_new_tokens=32)
+        decode.append(engine.generate(short).timings["tpot_ms"])
+    p_s, d_s = statistics.median(prefill) / 1000, statistics.median(decode) / 1000
+    return Slo(settings.ttft_slo_factor * p_s, settings.tpot_slo_factor * d_s, p_s, d_s)
+
+
+def capacity_search(probe, start_rate: float, probes: int) -> tuple[float, list[tuple[float, float]]]:
+    """Highest rate with attainment >= 90%: step up or down from `start_rate` to bracket, then bisect
+    (geometric midpoint). `probe(rate) -> attainment`. Returns capacity (0 if none passed) and the probes."""
+    points: list[tuple[float, float]] = []
+    lo, hi, rate = 0.0, math.inf, start_rate
+    for _ in range(probes):
+        attained = probe(rate)
+        points.append((rate, attained))
+        if attained >= TARGET_ATTAINMENT:
+            lo = max(lo, rate)
+        else:
+            hi = min(hi, rate)
+        if hi == math.inf:
+            rate = lo * BRACKET_STEP
+        elif lo == 0.0:
+            rate = hi / BRACKET_STEP
+        else:
+            rate = math.sqrt(lo * hi)
+    return lo, points
+
+
+def _engine_probe(engine: Engine, settings: BenchSettings, slo: Slo, log: list[dict], name: str):
+    def probe(rate: float) -> float:
+        reqs = make_requests(settings.goodput_mix, settings.goodput_requests, rate, settings.seed + 1, 256)
+        timeout = reqs[-1].arrival_s + 60
+        records, wall = run_engine_trace(engine, reqs, slo.ttft_s, slo.tpot_s, timeout)
+        summary = summarize(records, wall, slo.ttft_s, slo.tpot_s)
+        log.append({"system": name, "rate_req_s": rate, **summary})
+        return summary["slo_attainment"]
+
+    return probe
+
+
+def saturation(settings: BenchSettings, slo_engine: Engine, fcfs_engine: Engine, hf_model, eos: list[int]) -> dict:
+    """Output tok/s with every request queued at t=0, systems interleaved on the same requests."""
+    reqs = make_requests(settings.saturation_mix, settings.saturation_requests, math.inf, settings.seed, 256)
+    no_slo = math.inf
+    results: dict[str, dict] = {}
+
+    def engine_run(engine: Engine) -> dict:
+        records, wall = run_engine_trace(engine, reqs, None, None, 600)
+        return summarize(records, wall, no_slo, no_slo)
+
+    first = engine_run(slo_engine)
+    subset = reqs[: settings.hf_generate_requests]
+    services, wall = measure_hf_generate(hf_model, subset, eos)
+    results["hf_generate"] = summarize(replay_sequential(services, subset), wall, no_slo, no_slo)
+    kv_tokens = settings.kv_cache_bytes // slo_engine.runner.layout.bytes_per_token()
+    records, wall = run_hf_continuous_batching(hf_model, reqs, eos, 600, settings.max_batch_tokens, kv_tokens)
+    results["hf_generate_batch"] = summarize(records, wall, no_slo, no_slo)
+    results["engine_fcfs"] = engine_run(fcfs_engine)
+    second = engine_run(slo_engine)
+    results["engine"] = second
+    results["engine"]["output_tok_s"] = (first["output_tok_s"] + second["output_tok_s"]) / 2
+    results["engine"]["output_tok_s_passes"] = [first["output_tok_s"], second["output_tok_s"]]
+    return results
+
+
+def goodput(settings: BenchSettings, slo_engine: Engine, fcfs_engine: Engine, hf_model, eos: list[int]) -> dict:
+    """Capacity at SLO of the engine and of FCFS batching (probes interleaved), plus HF attainment curves."""
+    reqs = make_requests(settings.goodput_mix, settings.goodput_requests, 1.0, settings.seed + 1, 256)
+    slo = calibrate_slo(fcfs_engine, reqs, settings)
+    # Start the search near half of what the machine could serve back to back (prefill + decode demand).
+    mean_prompt = statistics.mean(len(r.prompt_ids) for r in reqs)
+    median_prompt = sorted(len(r.prompt_ids) for r in reqs)[len(reqs) // 2]
+    demand_s = slo.isolated_prefill_s * mean_prompt / median_prompt
+    demand_s += statistics.mean(r.max_new_tokens for r in reqs) * slo.isolated_decode_s / 2
+    start_rate = 0.5 / demand_s
+    probes: list[dict] = []
+    capacities = {}
+    for name, engine in (("engine", slo_engine), ("engine_fcfs", fcfs_engine)):
+        probe = _engine_probe(engine, settings, slo, probes, name)
+        capacities[name], _ = capacity_search(probe, start_rate, settings.probes_per_system)
+    rates = sorted({p["rate_req_s"] for p in probes})
+    if settings.hf_curve:
+        services, _ = measure_hf_generate(hf_model, reqs, eos)
+        for rate in rates:
+            trace = make_requests(settings.goodput_mix, settings.goodput_requests, rate, settings.seed + 1, 256)
+            records = replay_sequential(services, trace)
+            wall = max(r.token_times_s[-1] for r in records) - trace[0].arrival_s
+            probes.append(
+                {"system": "hf_generate", "rate_req_s": rate, **summarize(records, wall, slo.ttft_s, slo.tpot_s)}
+            )
+    kv_tokens = settings.kv_cache_bytes // slo_engine.runner.layout.bytes_per_token()
+    for rate in rates[: settings.hf_batch_rates]:
+        trace = make_requests(settings.goodput_mix, settings.goodput_requests, rate, settings.seed + 1, 256)
+        records, wall = run_hf_continuous_batching(
+            hf_model, trace, eos, trace[-1].arrival_s + 120, settings.max_batch_tokens, kv_tokens
+        )
+        summary = summarize(records, wall, slo.ttft_s, slo.tpot_s)
+        probes.append({"system": "hf_generate_batch", "rate_req_s": rate, **summary})
+    return {"slo": asdict(slo), "capacity_req_s": capacities, "probes": probes}
+
+
+def run_serving_bench(settings: BenchSettings, plot_path=None) -> dict:
+    """Run everything; returns the bench JSON object (machine info is added by the caller)."""
+    from serving.model import load_model
+
+    started = time.perf_counter()
+    if settings.threads is None and not torch.cuda.is_available():
+        settings.threads = 1  # shared CPU machines: one thread per system avoids OpenMP oversubscription
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    hf_model = load_model(settings.model).hf_model
+    with Engine(settings.engine_config(slo=True)) as slo_engine, Engine(settings.engine_config(False)) as fcfs:
+        hf_model = hf_model.to(slo_engine.device)
+        eos = sorted(slo_engine.eos_token_ids) or [-1]
+        sat = saturation(settings, slo_engine, fcfs, hf_model, eos)
+        good = goodput(settings, slo_engine, fcfs, hf_model, eos)
+        model_id, model_hash, device = slo_engine.model_id, slo_engine.model_hash, str(slo_engine.device)
+    ratios = _ratios(sat, good)
+    config = asdict(settings)
+    config.update(model_id=model_id, model_hash=model_hash, device=device, slo_targets=good["slo"])
+    result = {
+        "bench": "serve",
+        "config": config,
+        "results": {"saturation": sat, "goodput": good, "bench_wall_s": time.perf_counter() - started},
+        "ratios": ratios,
+    }
+    if plot_path is not None:
+        from serving.bench_plot import plot_attainment
+
+        plot_attainment(good["probes"], good["capacity_req_s"], plot_path)
+    return result
+
+
+def _ratios(sat: dict, good: dict) -> dict:
+    engine = sat["engine"]["output_tok_s"]
+    cap = good["capacity_req_s"]
+    return {
+        "throughput_vs_hf_generate": engine / sat["hf_generate"]["output_tok_s"],
+        "throughput_vs_hf_generate_batch": engine / sat["hf_generate_batch"]["output_tok_s"],
+        "throughput_vs_fcfs": engine / sat["engine_fcfs"]["output_tok_s"],
+        "goodput_vs_fcfs": cap["engine"] / cap["engine_fcfs"] if cap["engine_fcfs"] > 0 else None,
+    }

@@ -1,0 +1,125 @@
+"""Serving bench workloads and metrics: seeded request mixes, Poisson arrivals, latency summaries, SLO checks.
+
+Pure data and arithmetic: this module knows nothing about engines or transformers. Every system in a run is
+fed the same `BenchRequest`s and reports the same `RequestRecord`s, which are summarised here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+import statistics
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Mix:
+    """Length distributions: log-normal around a median, clipped."""
+
+    name: str
+    prompt_median: int
+    prompt_sigma: float
+    prompt_range: tuple[int, int]
+    output_median: int
+    output_sigma: float
+    output_range: tuple[int, int]
+
+
+DECODE_HEAVY = Mix("decode-heavy", 96, 0.5, (16, 384), 96, 0.3, (32, 160))
+LONG_PROMPT = Mix("long-prompt", 512, 0.6, (128, 1536), 48, 0.4, (16, 96))
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    arrival_s: float
+    prompt_ids: list[int]
+    max_new_tokens: int
+
+
+@dataclass
+class RequestRecord:
+    """What one system did with one request. Refused requests have no timings."""
+
+    refused: bool = False
+    ttft_s: float | None = None
+    token_times_s: list[float] = field(default_factory=list)  # absolute times of each generated token
+    start_s: float = 0.0  # when the request was sent
+    num_tokens: int = 0
+
+    @property
+    def tpot_s(self) -> float | None:
+        t = self.token_times_s
+        return (t[-1] - t[0]) / (len(t) - 1) if len(t) > 1 else None
+
+    def itls_s(self) -> list[float]:
+        t = self.token_times_s
+        return [b - a for a, b in itertools.pairwise(t)]
+
+    def meets(self, ttft_slo_s: float, tpot_slo_s: float) -> bool:
+        if self.refused or self.ttft_s is None:
+            return False
+        tpot = self.tpot_s
+        return self.ttft_s <= ttft_slo_s and (tpot is None or tpot <= tpot_slo_s)
+
+
+def _lognormal_int(rng: random.Random, median: int, sigma: float, bounds: tuple[int, int]) -> int:
+    value = round(median * math.exp(rng.gauss(0.0, sigma)))
+    return min(max(value, bounds[0]), bounds[1])
+
+
+def make_requests(mix: Mix, n: int, rate_per_s: float, seed: int, vocab: int) -> list[BenchRequest]:
+    """`n` requests of `mix` with Poisson arrivals at `rate_per_s` (inf: all at t=0). Same seed, same lengths
+    and tokens whatever the rate: only the arrival times scale."""
+    rng = random.Random(seed)
+    lengths = [
+        (
+            _lognormal_int(rng, mix.prompt_median, mix.prompt_sigma, mix.prompt_range),
+            _lognormal_int(rng, mix.output_median, mix.output_sigma, mix.output_range),
+        )
+        for _ in range(n)
+    ]
+    gaps = [rng.expovariate(1.0) for _ in range(n)]
+    requests, t = [], 0.0
+    for (p_len, o_len), gap in zip(lengths, gaps, strict=True):
+        if math.isfinite(rate_per_s):
+            t += gap / rate_per_s
+        prompt = [rng.randrange(min(vocab, 256)) for _ in range(p_len)]
+        requests.append(BenchRequest(t, prompt, o_len))
+    return requests
+
+
+def percentiles(values: list[float], scale: float = 1000.0) -> dict[str, float]:
+    """p50/p90/p99 (in ms by default) of `values`; empty dict when there are none."""
+    if not values:
+        return {}
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return scale * ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+
+    return {"p50": at(0.5), "p90": at(0.9), "p99": at(0.99)}
+
+
+def summarize(records: list[RequestRecord], wall_s: float, ttft_slo_s: float, tpot_slo_s: float) -> dict:
+    """Latency percentiles, output tok/s, goodput and SLO attainment of one run."""
+    served = [r for r in records if not r.refused and r.ttft_s is not None]
+    tokens = sum(r.num_tokens for r in served)
+    met = sum(r.meets(ttft_slo_s, tpot_slo_s) for r in records)
+    return {
+        "requests": len(records),
+        "refused": sum(r.refused for r in records),
+        "output_tokens": tokens,
+        "wall_s": wall_s,
+        "output_tok_s": tokens / wall_s if wall_s > 0 else 0.0,
+        "goodput_req_s": met / wall_s if wall_s > 0 else 0.0,
+        "slo_attainment": met / len(records) if records else 0.0,
+        "ttft_ms": percentiles([r.ttft_s for r in served]),
+        "tpot_ms": percentiles([r.tpot_s for r in served if r.tpot_s is not None]),
+        "itl_ms": percentiles([x for r in served for x in r.itls_s()]),
+        "e2e_ms": percentiles([r.token_times_s[-1] - r.start_s for r in served if r.token_times_s]),
+    }
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
