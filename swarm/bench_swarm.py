@@ -1,0 +1,171 @@
+"""`swarm bench serve --swarm N`: routing across serving peers. N `swarm join --roles serve` processes on
+127.0.0.1, one of them throttled (its engine made `throttle`x slower with `serving.slowdown_factor`), Poisson load
+through the Python client at a rate of `load_fraction` of the peers' combined capacity, where one peer's capacity
+is measured first, in this run, by the single-node bench's capacity search. Routing by predicted TTFT and random
+routing run on the same requests, interleaved.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from serving.bench import BenchSettings, calibrate_slo, capacity_search
+from serving.bench import _engine_probe as engine_probe
+from serving.bench_workload import BenchRequest, RequestRecord, make_requests, summarize
+from serving.engine import Engine
+from swarm.client import AsyncClient, GenerationRefused, NoPeerAvailable
+from swarm.local_swarm import LocalPeer, stop_all
+
+POLICIES = ("ttft", "random")
+
+
+def _single_node(settings: BenchSettings, progress) -> tuple[Any, float, list]:
+    """SLO targets and the capacity of one unthrottled peer on this machine (the single-node bench's search)."""
+    probes: list[dict] = []
+    with Engine(settings.engine_config(slo=True)) as engine:
+        reqs = make_requests(settings.goodput_mix, settings.goodput_requests, 1.0, settings.seed + 1, 256)
+        slo = calibrate_slo(engine, reqs, settings)
+        mean_out = statistics.mean(r.max_new_tokens for r in reqs)
+        start_rate = 0.5 / (slo.isolated_prefill_s + mean_out * slo.isolated_decode_s / 2)
+        progress("measuring one peer's capacity at SLO")
+        capacity, _ = capacity_search(engine_probe(engine, settings, slo, probes, "single_node"), start_rate,
+                                      settings.probes_per_system)  # fmt: skip
+    return slo, capacity, probes
+
+
+async def _send(client: AsyncClient, req: BenchRequest, record: RequestRecord, slo: Any, started: float) -> None:
+    await trio.sleep_until(started + req.arrival_s)
+    record.start_s = time.perf_counter()
+    try:
+        async for delta in client.stream(
+            prompt_token_ids=req.prompt_ids, max_new_tokens=req.max_new_tokens, temperature=0.0,
+            ttft_ms=1000 * slo.ttft_s, tpot_ms=1000 * slo.tpot_s,
+        ):  # fmt: skip
+            now = time.perf_counter()
+            if record.ttft_s is None:
+                record.ttft_s = now - record.start_s
+            record.token_times_s.extend([now] * len(delta.token_ids))
+            record.num_tokens += len(delta.token_ids)
+    except (NoPeerAvailable, GenerationRefused):
+        record.refused = record.ttft_s is None
+
+
+async def _run_trace(client: AsyncClient, policy: str, reqs: list[BenchRequest], slo: Any) -> dict:
+    client.dispatch.routing = policy
+    records = [RequestRecord() for _ in reqs]
+    wall_start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        started = trio.current_time()
+        for req, record in zip(reqs, records, strict=True):
+            nursery.start_soon(_send, client, req, record, slo, started)
+    ends = [r.token_times_s[-1] for r in records if r.token_times_s]
+    wall = (max(ends) if ends else time.perf_counter()) - wall_start
+    return summarize(records, wall, slo.ttft_s, slo.tpot_s)
+
+
+def _start_peers(workdir: Path, settings: BenchSettings, num_peers: int, throttle: float) -> list[LocalPeer]:
+    common = ["--roles", "serve", "--model", settings.model, "--heartbeat-s", "0.5", "--peer-timeout-s", "5",
+              "--set", f"serving.num_threads={settings.threads or 1}",
+              "--set", f"serving.max_batch_tokens={settings.max_batch_tokens}",
+              "--set", f"serving.kv_cache_bytes={settings.kv_cache_bytes}"]  # fmt: skip
+    peers: list[LocalPeer] = []
+    try:
+        for i in range(num_peers):
+            extra = ["--set", f"serving.slowdown_factor={throttle}"] if i == num_peers - 1 else []
+            bootstrap = ["--peer", peers[0].addr] if peers else []
+            peers.append(LocalPeer(workdir, f"serve-{i}", [*common, *extra, *bootstrap]))
+            if i == 0:
+                peers[0].wait_ready(timeout_s=300)
+        for peer in peers:
+            peer.wait_ready(timeout_s=300)
+    except BaseException:
+        stop_all(peers)
+        raise
+    return peers
+
+
+async def _compare(peers: list[LocalPeer], reqs: list[BenchRequest], slo: Any, repeats: int, progress) -> dict:
+    results: dict[str, list[dict]] = {p: [] for p in POLICIES}
+    client = AsyncClient(peers=[peers[0].addr], timeout_s=max(2 * slo.ttft_s, 1.0), stall_timeout_s=30)
+    async with client:
+        await client.wait_for_servers(len(peers), timeout_s=60)
+        for rep in range(repeats):  # A B A B on the same requests
+            for policy in POLICIES:
+                progress(f"routing={policy}, pass {rep + 1}/{repeats}")
+                results[policy].append(await _run_trace(client, policy, reqs, slo))
+                await trio.sleep(1.0)  # let queues drain and announces refresh between runs
+    return results
+
+
+def _mean(runs: list[dict], key: str) -> float:
+    return statistics.mean(r[key] for r in runs)
+
+
+def run_swarm_bench(
+    *, quick: bool, num_peers: int = 3, throttle: float = 3.0, load_fraction: float = 0.6, model: str = "default",
+    progress=None,
+) -> dict:  # fmt: skip
+    """Run the routing bench; returns the bench JSON object (machine info is added by the caller)."""
+    progress = progress or (lambda _msg: None)
+    started = time.perf_counter()
+    settings = BenchSettings.for_size(quick, model=model, threads=1)
+    slo, capacity, single_probes = _single_node(settings, progress)
+    if capacity <= 0:
+        raise RuntimeError("one peer met no SLO at any probed rate: nothing to route")
+    combined = capacity * (num_peers - 1 + 1 / throttle)
+    rate = load_fraction * combined
+    requests = (30 if quick else 80) * num_peers // 3
+    reqs = make_requests(settings.goodput_mix, requests, rate, settings.seed + 2, 256)
+    progress(f"starting {num_peers} serving peers")
+    with tempfile.TemporaryDirectory(prefix="swarm-bench-") as workdir:
+        peers = _start_peers(Path(workdir), settings, num_peers, throttle)
+        try:
+            runs = trio.run(_compare, peers, reqs, slo, 1 if quick else 2, progress)
+        finally:
+            stop_all(peers)
+    summary = {
+        p: {
+            "goodput_req_s": _mean(r, "goodput_req_s"),
+            "slo_attainment": _mean(r, "slo_attainment"),
+            "refused": _mean(r, "refused"),
+            "runs": r,
+        }
+        for p, r in runs.items()
+    }
+    random_goodput = summary["random"]["goodput_req_s"]
+    return {
+        "bench": "serve-swarm",
+        "config": {
+            "num_peers": num_peers,
+            "throttle": throttle,
+            "load_fraction": load_fraction,
+            "model": model,
+            "requests": requests,
+            "mix": asdict(settings.goodput_mix),
+            "threads_per_peer": settings.threads,
+            "slo": asdict(slo),
+        },
+        "results": {
+            "single_node_capacity_req_s": capacity,
+            "combined_capacity_req_s": combined,
+            "rate_req_s": rate,
+            "single_node_probes": single_probes,
+            "routing": summary,
+            "bench_wall_s": time.perf_counter() - started,
+        },
+        "ratios": {
+            "goodput_routing_vs_random": summary["ttft"]["goodput_req_s"] / random_goodput if random_goodput else None,
+            "attainment_routing_vs_random": (
+                summary["ttft"]["slo_attainment"] / summary["random"]["slo_attainment"]
+                if summary["random"]["slo_attainment"]
+                else None
+            ),
+        },
+    }
