@@ -64,40 +64,48 @@ class BlockAllocator:
 
 
 class PagedKVCache:
-    """The cache tensors: per layer, keys and values of shape [num_blocks, block_size, kv_heads, head_dim]."""
+    """The cache tensors: per layer, keys and values of shape [kv_heads, num_blocks, block_size, head_dim].
+
+    Head-major, so that gathering a batch's blocks yields [kv_heads, batch, tokens, head_dim] with contiguous
+    (tokens, head_dim) matrices per head: the layout attention reads fastest.
+    """
 
     def __init__(self, layout: KVLayout, num_blocks: int, block_size: int, device: torch.device) -> None:
         self.layout = layout
         self.block_size = block_size
         self.num_blocks = num_blocks
-        shape = (num_blocks, block_size, layout.num_kv_heads, layout.head_dim)
+        shape = (layout.num_kv_heads, num_blocks, block_size, layout.head_dim)
         self.keys = [torch.zeros(shape, dtype=layout.dtype, device=device) for _ in range(layout.num_layers)]
         self.values = [torch.zeros(shape, dtype=layout.dtype, device=device) for _ in range(layout.num_layers)]
-        self._block_elems = block_size * layout.num_kv_heads * layout.head_dim
+        self._block_elems = block_size * layout.head_dim
+        self._head_offsets = torch.arange(layout.num_kv_heads, device=device)[:, None] * num_blocks
         # Gather workspaces, grown on demand and reused: fresh multi-MB buffers each call cost page faults.
         self._workspace = [torch.empty(0, dtype=layout.dtype, device=device) for _ in range(2)]
 
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store `k`, `v` ([T, kv_heads, head_dim]) at flat slot ids `slots` ([T]) of `layer`, in place."""
-        flat = (self.num_blocks * self.block_size, self.layout.num_kv_heads, self.layout.head_dim)
-        self.keys[layer].view(flat).index_copy_(0, slots, k)
-        self.values[layer].view(flat).index_copy_(0, slots, v)
+        flat = (self.layout.num_kv_heads, self.num_blocks * self.block_size, self.layout.head_dim)
+        self.keys[layer].view(flat).index_copy_(1, slots, k.transpose(0, 1))
+        self.values[layer].view(flat).index_copy_(1, slots, v.transpose(0, 1))
 
-    def gather(self, layer: int, block_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of the blocks `block_ids` (any leading shape) -> [..., n*block_size, heads, dim].
+    def expand_ids(self, block_ids: torch.Tensor) -> torch.Tensor:
+        """Row ids of `block_ids` ([..., n]) in every head's part of the pool (compute once per step)."""
+        return (self._head_offsets + block_ids.reshape(1, -1)).reshape(-1)
+
+    def gather(self, layer: int, block_ids: torch.Tensor, expanded: torch.Tensor | None = None):
+        """Keys and values of the blocks `block_ids` ([..., n]) -> [kv_heads, ..., n*block_size, head_dim].
 
         The result lives in a reused workspace: it is valid until the next `gather`.
         """
-        # index_select on a [num_blocks, block_elems] view is an order of magnitude faster than fancy indexing.
-        flat_ids = block_ids.reshape(-1)
-        n = flat_ids.shape[0]
-        lead = block_ids.shape[:-1]
-        tail = (block_ids.shape[-1] * self.block_size, self.layout.num_kv_heads, self.layout.head_dim)
+        ids = self.expand_ids(block_ids) if expanded is None else expanded
+        rows = ids.shape[0]
+        shape = (self.layout.num_kv_heads, *block_ids.shape[:-1], block_ids.shape[-1] * self.block_size, -1)
         out = []
         for i, pool in enumerate((self.keys[layer], self.values[layer])):
-            if self._workspace[i].numel() < n * self._block_elems:
-                self._workspace[i] = torch.empty(2 * n * self._block_elems, dtype=pool.dtype, device=pool.device)
-            buf = self._workspace[i][: n * self._block_elems].view(n, self._block_elems)
-            torch.index_select(pool.view(self.num_blocks, -1), 0, flat_ids, out=buf)
-            out.append(buf.view(*lead, *tail))
+            if self._workspace[i].numel() < rows * self._block_elems:
+                self._workspace[i] = torch.empty(2 * rows * self._block_elems, dtype=pool.dtype, device=pool.device)
+            buf = self._workspace[i][: rows * self._block_elems].view(rows, self._block_elems)
+            # index_select on a 2-D view is an order of magnitude faster than fancy indexing.
+            torch.index_select(pool.view(-1, self._block_elems), 0, ids, out=buf)
+            out.append(buf.view(shape))
         return out[0], out[1]

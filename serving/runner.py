@@ -72,7 +72,8 @@ class _StepLayout:
     sin: torch.Tensor
     num_decodes: int
     decode_blocks: torch.Tensor | None
-    decode_mask: torch.Tensor | None
+    decode_ids: torch.Tensor | None  # decode_blocks expanded over kv heads (see PagedKVCache.expand_ids)
+    decode_bias: torch.Tensor | None  # [1, B, 1, S]: 0 where a decode attends, -inf past its length
     prefills: list[tuple[int, int, int, torch.Tensor | None, torch.Tensor | None]]  # row0, n, start, blocks, mask
     sample_rows: torch.Tensor
 
@@ -164,13 +165,16 @@ class ModelRunner:
             if c.sample:
                 sample_rows.append(row - 1)
         decodes = [c for c in chunks if c.is_decode]
-        decode_blocks = decode_mask = None
+        decode_blocks = decode_ids = decode_bias = None
         if decodes:
             width = max(len(c.block_table[: (c.start_pos + bs) // bs]) for c in decodes)
             table = [c.block_table[: (c.start_pos + bs) // bs] for c in decodes]
             decode_blocks = torch.tensor([t + [0] * (width - len(t)) for t in table], device=dev)
+            decode_ids = self.kv.expand_ids(decode_blocks)
             lengths = torch.tensor([c.start_pos + 1 for c in decodes], device=dev)
-            decode_mask = (torch.arange(width * bs, device=dev)[None] < lengths[:, None])[:, None, None, :]
+            past = torch.arange(width * bs, device=dev)[None] >= lengths[:, None]
+            bias = torch.zeros(past.shape, dtype=self.dtype, device=dev).masked_fill_(past, float("-inf"))
+            decode_bias = bias[None, :, None, :]
         prefills = []
         row = len(decodes)
         for c in chunks[len(decodes) :]:
@@ -190,7 +194,8 @@ class ModelRunner:
             sin=self.sin[pos_t],
             num_decodes=len(decodes),
             decode_blocks=decode_blocks,
-            decode_mask=decode_mask,
+            decode_ids=decode_ids,
+            decode_bias=decode_bias,
             prefills=prefills,
             sample_rows=torch.tensor(sample_rows, device=dev),
         )
@@ -222,15 +227,7 @@ class ModelRunner:
         parts = []
         nd = step.num_decodes
         if nd:
-            kd, vd = self.kv.gather(layer, step.decode_blocks)
-            out = F.scaled_dot_product_attention(
-                q[:nd, :, None, :],
-                kd.transpose(1, 2),
-                vd.transpose(1, 2),
-                attn_mask=step.decode_mask,
-                enable_gqa=True,
-            )
-            parts.append(out.squeeze(2))
+            parts.append(self._decode_attention(layer, q[:nd], step))
         for row0, n, start, blocks, mask in step.prefills:
             qc = q[row0 : row0 + n].transpose(0, 1)[None]
             if start == 0:
@@ -238,9 +235,19 @@ class ModelRunner:
                 vc = v[row0 : row0 + n].transpose(0, 1)[None]
                 out = F.scaled_dot_product_attention(qc, kc, vc, is_causal=True, enable_gqa=True)
             else:
-                kg, vg = self.kv.gather(layer, blocks)
+                kg, vg = self.kv.gather(layer, blocks)  # [kv_heads, tokens, dim]
                 end = start + n
-                kc, vc = kg[:end].transpose(0, 1)[None], vg[:end].transpose(0, 1)[None]
-                out = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=mask, enable_gqa=True)
+                out = F.scaled_dot_product_attention(
+                    qc, kg[None, :, :end], vg[None, :, :end], attn_mask=mask, enable_gqa=True
+                )
             parts.append(out[0].transpose(0, 1))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+
+    def _decode_attention(self, layer: int, q: torch.Tensor, step: _StepLayout) -> torch.Tensor:
+        """All decodes at once. The query heads sharing a KV head are folded into the query length, and the
+        batch rides in sdpa's head dimension: q [kv_heads, B, group, dim] against K/V [kv_heads, B, S, dim]."""
+        nd, kvh, hd = q.shape[0], self.layout.num_kv_heads, self.layout.head_dim
+        kd, vd = self.kv.gather(layer, step.decode_blocks, step.decode_ids)
+        qf = q.view(nd, kvh, self.num_heads // kvh, hd).transpose(0, 1)
+        out = F.scaled_dot_product_attention(qf, kd, vd, attn_mask=step.decode_bias)
+        return out.transpose(0, 1).reshape(nd, self.num_heads, hd)
