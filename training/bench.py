@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.config import TrainingConfig
+from training.config import ModelShape, TrainingConfig
 from training.data import load_corpus
 
 _ROOT = Path(__file__).resolve().parents[1]
@@ -31,8 +31,10 @@ SYSTEMS = ("ddp", "diloco", "noloco", "streaming_int4")
 
 def bench_configs(quick: bool) -> tuple[dict[str, TrainingConfig], int]:
     """Per system config and the number of inner steps; only the exchange differs between systems."""
-    steps = 200 if quick else 800
+    steps = 192 if quick else 768  # multiples of DiLoCo's and NoLoCo's H: they end on an outer step
+    shape = ModelShape(hidden_size=32, intermediate_size=88) if quick else ModelShape()
     base = TrainingConfig(
+        model=shape,
         inner_lr=3e-3,
         warmup_steps=20,
         total_steps=steps,
@@ -49,12 +51,12 @@ def bench_configs(quick: bool) -> tuple[dict[str, TrainingConfig], int]:
     diloco = {"outer_optimizer": "diloco", "inner_steps": 16, "codec": "int4"}
     noloco = {
         "outer_optimizer": "noloco",
-        "inner_steps": 20,
+        "inner_steps": 16,
         "codec": "fp16",
         "min_group_size": 2,
         "target_group_size": 2,
     }
-    streaming = {"outer_optimizer": "streaming", "inner_steps": 64, "codec": "int4", "num_fragments": 4}
+    streaming = {"outer_optimizer": "streaming", "inner_steps": 56, "codec": "int4", "num_fragments": 4}
     return {
         "ddp": base,
         "diloco": base.model_copy(update=diloco),
@@ -158,6 +160,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "final_eval_loss": float(np.mean([r["final_eval_loss"] for r in results])),
         "final_eval_loss_per_peer": [r["final_eval_loss"] for r in results],
+        "final_eval_loss_local_weights": float(np.mean([r["final_eval_loss_local"] for r in results])),
         "bytes_sent_per_peer": float(np.mean([r["bytes_sent"] for r in results])),
         "bytes_received_per_peer": float(np.mean([r["bytes_received"] for r in results])),
         "bytes_counted": results[0]["bytes_counted"],

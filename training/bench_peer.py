@@ -25,13 +25,13 @@ from training.ring_allreduce import RingAllReduce
 from training.trainer import TrainingPeer, averaging_settings, flatten, unflatten
 
 
-def _wait_for(path: Path, timeout_s: float) -> str:
+def _wait_for(path: Path, timeout_s: float) -> Path:
     deadline = time.monotonic() + timeout_s
     while not path.exists():
         if time.monotonic() > deadline:
             raise TimeoutError(f"{path} did not appear in {timeout_s} s")
         time.sleep(0.1)
-    return path.read_text()
+    return path
 
 
 def run_ddp(peer: TrainingPeer, spec: dict[str, Any], rank: int) -> dict[str, Any]:
@@ -68,7 +68,10 @@ def run_hivemind(peer: TrainingPeer, spec: dict[str, Any], rank: int, settings: 
     workdir = Path(spec["workdir"])
     if rank > 0:
         settings = AveragingSettings(
-            **{**settings.__dict__, "initial_peers": tuple(json.loads(_wait_for(workdir / "maddrs.json", 120)))}
+            **{
+                **settings.__dict__,
+                "initial_peers": tuple(json.loads(_wait_for(workdir / "maddrs.json", 120).read_text())),
+            }
         )
     with HivemindAverager(settings, [(peer.exchange_len,)], peer.model_hash) as averager:
         if rank == 0:
@@ -105,11 +108,13 @@ def run_one(system: str, spec: dict[str, Any], tokens: torch.Tensor, rank: int) 
     else:
         settings = averaging_settings(cfg, prefix=f"bench{system}", bandwidth_mbps=spec.get("bandwidth_mbps"))
         wire = run_hivemind(peer, sys_spec, rank, settings)
-    final = peer.evaluate()
+    local = peer.evaluate()
+    final = local if system == "ddp" else peer.evaluate_global()
     peer.close()
     return {
         "rank": rank,
         "final_eval_loss": final,
+        "final_eval_loss_local": local,
         "wall_s": time.monotonic() - started,
         "history": peer.status.history,
         "eval_history": peer.status.eval_history,

@@ -243,6 +243,18 @@ class TrainingPeer:
         self.status.eval_history.append((self.status.step, loss))
         return loss
 
+    def evaluate_global(self) -> float:
+        """Eval loss of the outer (global) weights phi, the model the swarm agrees on; the live weights are
+        restored afterwards. For DiLoCo right after a round phi equals the live weights."""
+        live = [p.detach().clone() for p in self.inner.params]
+        with torch.no_grad():
+            for p, s in zip(self.inner.params, self.outer.slow, strict=True):
+                p.copy_(s)
+            loss = self.inner.evaluate(self.eval_set)
+            for p, t in zip(self.inner.params, live, strict=True):
+                p.copy_(t)
+        return loss
+
     def run(self, num_steps: int, *, eval_every: int = 0, should_stop: Callable[[], bool] | None = None) -> None:
         """Train `num_steps` more inner steps (bounded), exchanging as the outer optimizer says."""
         pending: dict[int, tuple[int, Future]] = {}
