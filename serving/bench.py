@@ -60,8 +60,8 @@ class BenchSettings:
                 saturation_requests=64,
                 hf_generate_requests=8,
                 goodput_requests=16,
-                probes_per_system=3,
-                hf_batch_rates=0,
+                probes_per_system=4,
+                hf_batch_rates=1,
                 hf_curve=True,
             )
         size.update({k: v for k, v in overrides.items() if v is not None})

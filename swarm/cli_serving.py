@@ -87,7 +87,6 @@ def bench_serve(
 ) -> None:
     """Serving benchmark: the engine against transformers generate(), generate_batch() and FCFS batching."""
     from serving.bench import BenchSettings, run_serving_bench
-
     from swarm.benchio import finish_bench, machine_info
 
     settings = BenchSettings.for_size(quick=quick, model=model, device=device, threads=threads, seed=seed)
