@@ -7,8 +7,9 @@ generation path lives in `generate_local` so that a remote path can sit beside i
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -33,18 +34,49 @@ def generate_local(prompt: str, model: str, max_new_tokens: int, temperature: fl
         return engine.generate(params)
 
 
+def generate_remote(prompt: str, peers: list[str], model: str, stream: bool, **sampling) -> Any:
+    """Generate through the swarm with the Python client; streamed text goes to stdout as it arrives."""
+    from swarm.client import Client
+    from swarm.logs import setup_logging
+
+    setup_logging("ERROR")  # the client's libp2p host is chatty about peers it cannot reach
+    with Client(peers=peers) as client:
+        client.wait_for_servers(1, model=model, timeout_s=60)
+        if not stream:
+            return client.generate(prompt, model=model, **sampling)
+        for delta in client.stream(prompt, model=model, **sampling):
+            sys.stdout.write(delta.text)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return None
+
+
 def generate(
     prompt: Annotated[str, typer.Argument(help="Prompt text.")],
     model: Annotated[str, typer.Option(help='"default" (embedded) or a local HF checkpoint directory.')] = "default",
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 64,
     temperature: Annotated[float, typer.Option(help="0 is greedy.")] = 0.0,
     seed: Annotated[int | None, typer.Option(help="Sampling seed (reproducible output).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1...")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1... (in-process engine only)")] = "auto",
+    peer: Annotated[
+        list[str] | None, typer.Option(help="Generate through the swarm from this peer (repeatable) instead of here.")
+    ] = None,
+    stream: Annotated[bool, typer.Option("--stream", help="With --peer: print tokens as they arrive.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print {text, token_ids, finish_reason, timings}.")] = False,
 ) -> None:
-    """Generate text with the engine in this process."""
+    """Generate text: with the engine in this process, or through the swarm with --peer."""
+    if stream and not peer:
+        _fail("--stream needs --peer (the in-process engine prints the whole answer)")
+    if stream and json_out:
+        _fail("--stream and --json do not go together")
     try:
-        result = generate_local(prompt, model, max_new_tokens, temperature, seed, device)
+        if peer:
+            sampling = {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
+            result = generate_remote(prompt, peer, model, stream, **sampling)
+            if result is None:
+                return
+        else:
+            result = generate_local(prompt, model, max_new_tokens, temperature, seed, device)
     except SwarmError as err:
         _fail(str(err))
     if json_out:
@@ -54,6 +86,8 @@ def generate(
             "finish_reason": result.finish_reason,
             "timings": result.timings,
         }
+        if peer:
+            out["peers"] = result.peers
         typer.echo(json.dumps(out))
     else:
         typer.echo(result.text)
@@ -84,10 +118,28 @@ def bench_serve(
         int | None, typer.Option(help="torch CPU threads for every system (default: 1 on CPU, shared machines)")
     ] = None,
     seed: Annotated[int, typer.Option(help="Workload seed.")] = 0,
+    swarm: Annotated[
+        int, typer.Option(help="Routing bench over this many serving processes (one throttled 3x); 0: one node.")
+    ] = 0,
 ) -> None:
-    """Serving benchmark: the engine against transformers generate(), generate_batch() and FCFS batching."""
+    """Serving benchmark: the engine against transformers generate(), generate_batch() and FCFS batching; with
+    --swarm N, predicted-TTFT routing against random routing across N serving peers."""
     from serving.bench import BenchSettings, run_serving_bench
     from swarm.benchio import finish_bench, machine_info
+
+    if swarm:
+        from rich.console import Console
+
+        from swarm.bench_swarm import run_swarm_bench
+
+        if swarm < 2:
+            _fail("--swarm needs at least 2 peers")
+        console = Console()
+        with console.status("routing bench") as spinner:
+            result = run_swarm_bench(quick=quick, num_peers=swarm, model=model, progress=spinner.update)
+        result["machine"] = machine_info()
+        finish_bench(result, json_path, console)
+        return
 
     settings = BenchSettings.for_size(quick=quick, model=model, device=device, threads=threads, seed=seed)
     result = run_serving_bench(settings, plot_path=plot)
