@@ -93,6 +93,22 @@ def test_bad_requests_get_typed_errors(client, servers) -> None:
     assert time.monotonic() - started < 15
 
 
+def test_cli_generate_through_the_swarm(servers, reference) -> None:
+    import json
+    import subprocess
+    import sys
+
+    prompt = PROMPTS[2]
+    out = subprocess.run(
+        [sys.executable, "-m", "swarm", "generate", prompt, "--peer", servers[0].addr, "--model", MODEL,
+         "--max-new-tokens", "12", "--json"], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    assert result["token_ids"] == reference[prompt][:12]
+    assert result["finish_reason"] == "length" and result["peers"]
+
+
 def test_openai_package_against_a_node(servers, reference) -> None:
     api = openai.OpenAI(base_url=f"{servers[1].http}/v1", api_key="unused", max_retries=0)
     models = [m.id for m in api.models.list().data]
