@@ -6,6 +6,7 @@ It only parses flags, shows progress and writes the report; the bench itself liv
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ def bench_train(
     from training.bench import SYSTEMS, plot_curves, run_bench
 
     console = Console()
+    started = time.monotonic()
     with console.status("starting") as status:
 
         def on_system(name: str, result: dict[str, Any] | None) -> None:
@@ -53,7 +55,10 @@ def bench_train(
                 where = f" ({SYSTEMS.index(name) + 1}/{len(SYSTEMS)})" if name in SYSTEMS else ""
                 status.update(f"running {name}{where}")
             else:
-                console.print(f"{name}: eval loss {result['final_eval_loss']:.4f} in {result['wall_s']:.1f} s")
+                console.print(
+                    f"{name}: eval loss {result['final_eval_loss']:.4f} in {result['wall_s']:.1f} s "
+                    f"(bench at {time.monotonic() - started:.0f} s)"
+                )
 
         report = run_bench(quick=quick, world=peers, bandwidth_mbps=bandwidth_mbps, on_system=on_system)
     console.print(_table(report))
