@@ -37,6 +37,7 @@ class BenchSettings:
 
     model: str = "default"
     device: str = "auto"
+    dtype: str = "auto"
     threads: int | None = None
     seed: int = 0
     saturation_mix: Mix = DECODE_HEAVY
@@ -71,6 +72,7 @@ class BenchSettings:
         return ServingConfig(
             model=self.model,
             device=self.device,
+            dtype=self.dtype,
             num_threads=self.threads,
             chunked_prefill=slo,
             slo_admission=slo,
@@ -206,14 +208,16 @@ def run_serving_bench(settings: BenchSettings, plot_path=None) -> dict:
         torch.set_num_threads(settings.threads)
     hf_model = load_model(settings.model).hf_model
     with Engine(settings.engine_config(slo=True)) as slo_engine, Engine(settings.engine_config(False)) as fcfs:
-        hf_model = hf_model.to(slo_engine.device)
+        # Baselines run in the engine's dtype (bf16 where the CPU has it natively): same arithmetic for all.
+        hf_model = hf_model.to(device=slo_engine.device, dtype=slo_engine.dtype)
         eos = sorted(slo_engine.eos_token_ids) or [-1]
         sat = saturation(settings, slo_engine, fcfs, hf_model, eos)
         good = goodput(settings, slo_engine, fcfs, hf_model, eos)
         model_id, model_hash, device = slo_engine.model_id, slo_engine.model_hash, str(slo_engine.device)
+        dtype = str(slo_engine.dtype).removeprefix("torch.")
     ratios = _ratios(sat, good)
     config = asdict(settings)
-    config.update(model_id=model_id, model_hash=model_hash, device=device, slo_targets=good["slo"])
+    config.update(model_id=model_id, model_hash=model_hash, device=device, dtype=dtype, slo_targets=good["slo"])
     result = {
         "bench": "serve",
         "config": config,

@@ -171,10 +171,10 @@ def run_hf_continuous_batching(
         max_generated_length=max(r.max_new_tokens for r in requests),
         num_requests=len(requests),
     )
-    page = 256
-    needed = sum(len(r.prompt_ids) + r.max_new_tokens for r in requests)
+    page = 256  # its default page size
+    pages_needed = sum(-(-(len(r.prompt_ids) + r.max_new_tokens) // page) for r in requests)
     cb_config = ContinuousBatchingConfig(
-        page_size=page, num_blocks=-(-min(needed, kv_tokens) // page) + 1, max_batch_tokens=max_batch_tokens
+        page_size=page, num_blocks=min(pages_needed, max(kv_tokens // page, 1)) + 1, max_batch_tokens=max_batch_tokens
     )
     records = [RequestRecord() for _ in requests]
     with model.continuous_batching_context_manager(

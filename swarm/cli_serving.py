@@ -114,6 +114,7 @@ def bench_serve(
     plot: Annotated[Path | None, typer.Option("--plot", help="Write SLO attainment vs rate (PNG) here.")] = None,
     model: Annotated[str, typer.Option(help='"default" (embedded) or a local HF checkpoint directory.')] = "default",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda...")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 (every system runs in it)")] = "auto",
     threads: Annotated[
         int | None, typer.Option(help="torch CPU threads for every system (default: 1 on CPU, shared machines)")
     ] = None,
@@ -141,7 +142,7 @@ def bench_serve(
         finish_bench(result, json_path, console)
         return
 
-    settings = BenchSettings.for_size(quick=quick, model=model, device=device, threads=threads, seed=seed)
+    settings = BenchSettings.for_size(quick=quick, model=model, device=device, dtype=dtype, threads=threads, seed=seed)
     result = run_serving_bench(settings, plot_path=plot)
     result["machine"] = machine_info()
     finish_bench(result, json_path)

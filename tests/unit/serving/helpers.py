@@ -13,7 +13,11 @@ from serving.request import DoneEvent, EngineEvent, GenerateParams, TokenEvent
 
 def tiny_config(tmp_path: Path, **overrides: object) -> ServingConfig:
     fields: dict[str, object] = dict(
-        model="tiny", num_threads=1, latency_profile_path=str(tmp_path / "latency.json"), kv_cache_bytes=8 << 20
+        model="tiny",
+        dtype="float32",
+        num_threads=1,
+        latency_profile_path=str(tmp_path / "latency.json"),
+        kv_cache_bytes=8 << 20,
     )
     fields.update(overrides)
     return ServingConfig(**fields)

@@ -152,3 +152,12 @@ def test_higher_priority_runs_first(tmp_path: Path) -> None:
         order = sorted(sink.done, key=lambda rid: sink.done[rid].timings["e2e_ms"] + 0 * len(rid))
     finish_at = {rid: sink.done[rid] for rid in order}
     assert finish_at["high"].timings["queue_ms"] < min(finish_at[f"low{i}"].timings["queue_ms"] for i in range(3))
+
+
+def test_bfloat16_engine_runs_and_is_deterministic(tmp_path: Path) -> None:
+    with Engine(tiny_config(tmp_path, dtype="bfloat16")) as engine:
+        assert engine.runner.kv.keys[0].dtype.is_floating_point and str(engine.dtype) == "torch.bfloat16"
+        first = engine.generate(GenerateParams(prompt_token_ids=PROMPT, max_new_tokens=20))
+        again = engine.generate(GenerateParams(prompt_token_ids=PROMPT, max_new_tokens=20))
+    assert first.token_ids == again.token_ids
+    assert 1 <= len(first.token_ids) <= 20
