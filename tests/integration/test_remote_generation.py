@@ -20,9 +20,10 @@ from tests.integration.nodes import NodeProcess, wait_until
 pytestmark = [pytest.mark.multipeer, pytest.mark.slow, pytest.mark.timeout(300)]
 
 MODEL = "tiny"
-# Slow steps (x4) so a stream lasts long enough to kill its server in the middle of it.
+# Slow steps (x4) so a stream lasts long enough to kill its server in the middle of it; float32 so that greedy
+# tokens are comparable with transformers' float32 generate() (auto picks bfloat16 on CPUs that have it).
 SERVE = ("--roles", "serve", "--model", MODEL, "--heartbeat-s", "0.5", "--peer-timeout-s", "3",
-         "--set", "serving.slowdown_factor=4")  # fmt: skip
+         "--set", "serving.slowdown_factor=4", "--set", "serving.dtype=float32")  # fmt: skip
 PROMPTS = ["def fib(n):", "import os\n", "class A:", "hello world", "for i in range(10):"]
 
 
