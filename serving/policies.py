@@ -71,7 +71,7 @@ class SloBudget(TokenBudgetPolicy):
 
     def _target_s(self, req: Request) -> float | None:
         tpot_ms = req.params.tpot_ms or self.config.default_tpot_ms
-        return tpot_ms * self.config.admission_headroom / 1000.0 if tpot_ms else None
+        return tpot_ms * self.config.tpot_budget_share / 1000.0 if tpot_ms else None
 
     def step_limit_s(self, requests: Sequence[Request], now: float | None = None) -> float | None:
         """Longest next step the requests' TPOT slack allows (None: no target constrains it). A request that

@@ -125,7 +125,7 @@ def bench_serve(
 ) -> None:
     """Serving benchmark: the engine against transformers generate(), generate_batch() and FCFS batching; with
     --swarm N, predicted-TTFT routing against random routing across N serving peers."""
-    from serving.bench import BenchSettings, run_serving_bench
+    from serving.bench import BenchSettings
     from swarm.benchio import finish_bench, machine_info
 
     if swarm:
@@ -142,10 +142,33 @@ def bench_serve(
         finish_bench(result, json_path, console)
         return
 
-    settings = BenchSettings.for_size(quick=quick, model=model, device=device, dtype=dtype, threads=threads, seed=seed)
+    _bench_one_node(
+        BenchSettings.for_size(quick=quick, model=model, device=device, dtype=dtype, threads=threads, seed=seed),
+        json_path,
+        plot,
+    )
+
+
+def _bench_one_node(settings, json_path: Path | None, plot: Path | None) -> None:
+    """The single-node serving bench: run, print the summary table, write JSON and plot."""
+    from rich.console import Console
+
+    from serving.bench import run_serving_bench
+    from serving.bench_report import summary_table
+    from swarm.benchio import machine_info
+
     result = run_serving_bench(settings, plot_path=plot)
-    result["machine"] = machine_info()
-    finish_bench(result, json_path)
+    machine = machine_info()
+    machine.setdefault("memory", f"{machine.get('memory_bytes', 0) / 2**30:.1f} GiB")
+    result["machine"] = machine
+    console = Console()
+    console.print(summary_table(result))
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+        console.print(f"wrote {json_path}")
+    if plot is not None:
+        console.print(f"wrote {plot}")
 
 
 def register(app: typer.Typer, bench_app: typer.Typer, model_app: typer.Typer) -> None:
