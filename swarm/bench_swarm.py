@@ -3,6 +3,10 @@
 through the Python client at a rate of `load_fraction` of the peers' combined capacity, where one peer's capacity
 is measured first, in this run, by the single-node bench's capacity search. Routing by predicted TTFT and random
 routing run on the same requests, interleaved.
+
+N peers share this machine's cores, so each stands in for a machine of its own by stretching every engine step
+`base_slowdown`x (the stretch is a sleep, not compute): a peer then uses 1/base_slowdown of a core and the peers do
+not steal each other's CPU. The single-peer capacity is measured with the same stretch.
 """
 
 from __future__ import annotations
@@ -18,18 +22,21 @@ import trio
 
 from serving.bench import BenchSettings, calibrate_slo, capacity_search
 from serving.bench import _engine_probe as engine_probe
-from serving.bench_workload import BenchRequest, RequestRecord, make_requests, summarize
+from serving.bench_workload import BenchRequest, Mix, RequestRecord, make_requests, summarize
 from serving.engine import Engine
 from swarm.client import AsyncClient, GenerationRefused, NoPeerAvailable
 from swarm.local_swarm import LocalPeer, stop_all
 
 POLICIES = ("ttft", "random")
+# Interactive-length requests: the routing decision, not one long prefill, should dominate each request's fate.
+ROUTING_MIX = Mix("interactive", 128, 0.5, (32, 512), 32, 0.3, (16, 64))
 
 
-def _single_node(settings: BenchSettings, progress) -> tuple[Any, float, list]:
+def _single_node(settings: BenchSettings, base_slowdown: float, progress) -> tuple[Any, float, list]:
     """SLO targets and the capacity of one unthrottled peer on this machine (the single-node bench's search)."""
     probes: list[dict] = []
-    with Engine(settings.engine_config(slo=True)) as engine:
+    config = settings.engine_config(slo=True).model_copy(update={"slowdown_factor": base_slowdown})
+    with Engine(config) as engine:
         reqs = make_requests(settings.goodput_mix, settings.goodput_requests, 1.0, settings.seed + 1, 256)
         slo = calibrate_slo(engine, reqs, settings)
         mean_out = statistics.mean(r.max_new_tokens for r in reqs)
@@ -70,7 +77,9 @@ async def _run_trace(client: AsyncClient, policy: str, reqs: list[BenchRequest],
     return summarize(records, wall, slo.ttft_s, slo.tpot_s)
 
 
-def _start_peers(workdir: Path, settings: BenchSettings, num_peers: int, throttle: float) -> list[LocalPeer]:
+def _start_peers(
+    workdir: Path, settings: BenchSettings, num_peers: int, base_slowdown: float, throttle: float
+) -> list[LocalPeer]:
     common = ["--roles", "serve", "--model", settings.model, "--heartbeat-s", "0.5", "--peer-timeout-s", "5",
               "--set", f"serving.num_threads={settings.threads or 1}",
               "--set", f"serving.max_batch_tokens={settings.max_batch_tokens}",
@@ -78,7 +87,8 @@ def _start_peers(workdir: Path, settings: BenchSettings, num_peers: int, throttl
     peers: list[LocalPeer] = []
     try:
         for i in range(num_peers):
-            extra = ["--set", f"serving.slowdown_factor={throttle}"] if i == num_peers - 1 else []
+            slowdown = base_slowdown * (throttle if i == num_peers - 1 else 1.0)
+            extra = ["--set", f"serving.slowdown_factor={slowdown}"]
             bootstrap = ["--peer", peers[0].addr] if peers else []
             peers.append(LocalPeer(workdir, f"serve-{i}", [*common, *extra, *bootstrap]))
             if i == 0:
@@ -109,25 +119,34 @@ def _mean(runs: list[dict], key: str) -> float:
 
 
 def run_swarm_bench(
-    *, quick: bool, num_peers: int = 3, throttle: float = 3.0, load_fraction: float = 0.6, model: str = "default",
+    *,
+    quick: bool,
+    num_peers: int = 3,
+    throttle: float = 3.0,
+    load_fraction: float = 0.6,
+    base_slowdown: float = 2.0,
+    model: str = "default",
     progress=None,
 ) -> dict:  # fmt: skip
     """Run the routing bench; returns the bench JSON object (machine info is added by the caller)."""
     progress = progress or (lambda _msg: None)
     started = time.perf_counter()
-    settings = BenchSettings.for_size(quick, model=model, threads=1)
-    slo, capacity, single_probes = _single_node(settings, progress)
+    size = (
+        {"goodput_requests": 16, "probes_per_system": 5} if quick else {"goodput_requests": 40, "probes_per_system": 7}
+    )
+    settings = BenchSettings.for_size(quick, model=model, threads=1, goodput_mix=ROUTING_MIX, **size)
+    slo, capacity, single_probes = _single_node(settings, base_slowdown, progress)
     if capacity <= 0:
         raise RuntimeError("one peer met no SLO at any probed rate: nothing to route")
     combined = capacity * (num_peers - 1 + 1 / throttle)
     rate = load_fraction * combined
-    requests = (30 if quick else 80) * num_peers // 3
+    requests = (40 if quick else 120) * num_peers // 3
     reqs = make_requests(settings.goodput_mix, requests, rate, settings.seed + 2, 256)
     progress(f"starting {num_peers} serving peers")
     with tempfile.TemporaryDirectory(prefix="swarm-bench-") as workdir:
-        peers = _start_peers(Path(workdir), settings, num_peers, throttle)
+        peers = _start_peers(Path(workdir), settings, num_peers, base_slowdown, throttle)
         try:
-            runs = trio.run(_compare, peers, reqs, slo, 1 if quick else 2, progress)
+            runs = trio.run(_compare, peers, reqs, slo, 2 if quick else 3, progress)
         finally:
             stop_all(peers)
     summary = {
@@ -146,6 +165,7 @@ def run_swarm_bench(
             "num_peers": num_peers,
             "throttle": throttle,
             "load_fraction": load_fraction,
+            "base_slowdown": base_slowdown,
             "model": model,
             "requests": requests,
             "mix": asdict(settings.goodput_mix),

@@ -161,15 +161,21 @@ class SwarmGenerator:
             if len(progress.token_ids) >= request.max_new_tokens:  # died right after the last token
                 progress.done = GenerateDone(request.request_id, "length")
                 break
-            self.state.in_flight[peer] = self.state.in_flight.get(peer, 0) + 1
+            queued = self.state.awaiting_first_token
+            queued[peer] = queued.get(peer, 0) + 1
+            waiting = True
             try:
                 async for delta in self._attempt(peer, attempt, progress):
+                    if waiting:
+                        queued[peer] -= 1
+                        waiting = False
                     yield delta
             except _PeerFailed as err:
                 log.info("peer %s failed mid-request (%s); resuming elsewhere", peer[-8:], err)
                 self.state.avoid(peer, DEAD_PEER_BACKOFF_S)
             finally:
-                self.state.in_flight[peer] -= 1
+                if waiting:
+                    queued[peer] -= 1
 
     async def _pick_peer(self, model: str, deadline: float) -> str:
         while True:

@@ -1,7 +1,8 @@
 """Choosing a serving peer for a request: peers that serve the requested model, best predicted TTFT first.
 
 Knows announces and what this asker has already sent where; nothing about streams. The predicted TTFT a peer
-gossips is up to one heartbeat old, so requests this asker sent since are charged to that peer as extra queueing.
+gossips is up to one heartbeat old, so this asker's requests still waiting for their first token there are charged
+to that peer as extra queueing (once decoding, a request is part of the load the peer itself reports).
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ def serves_model(announce: PeerAnnounce, model: str | None) -> bool:
 
 @dataclass
 class RouteState:
-    """What one asker remembers between requests: its own requests in flight per peer, and peers to avoid."""
+    """What one asker remembers between requests: its requests waiting for a first token, per peer, and peers
+    to avoid."""
 
-    in_flight: dict[str, int] = field(default_factory=dict)
+    awaiting_first_token: dict[str, int] = field(default_factory=dict)
     avoid_until: dict[str, float] = field(default_factory=dict)
 
     def avoid(self, peer_id: str, seconds: float) -> None:
@@ -45,10 +47,10 @@ class RouteState:
         return min(waits) if waits else 0.0
 
 
-def predicted_ttft_ms(announce: PeerAnnounce, in_flight: int) -> float:
-    """The peer's own prediction, plus this asker's requests sent since, each costing at least a prefill."""
+def predicted_ttft_ms(announce: PeerAnnounce, queued: int) -> float:
+    """The peer's own prediction, plus this asker's requests queued there, each costing at least a prefill."""
     base = max(announce.load.predicted_ttft_ms, 1.0)
-    return base * (1 + in_flight)
+    return base * (1 + queued)
 
 
 def rank_peers(
@@ -64,5 +66,5 @@ def rank_peers(
     jitter = {a.peer_id: random.random() for a in candidates}  # break ties without always picking the same
     return sorted(
         candidates,
-        key=lambda a: (predicted_ttft_ms(a, state.in_flight.get(a.peer_id, 0)), jitter[a.peer_id]),
+        key=lambda a: (predicted_ttft_ms(a, state.awaiting_first_token.get(a.peer_id, 0)), jitter[a.peer_id]),
     )

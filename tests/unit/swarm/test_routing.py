@@ -25,7 +25,7 @@ def test_best_predicted_ttft_first_and_own_queue_counts() -> None:
     peers = [server("slow", 300), server("fast", 100), server("mid", 150), server("other", 1, model="x")]
     state = RouteState()
     assert [p.peer_id for p in rank_peers(peers, "default", state)] == ["fast", "mid", "slow"]
-    state.in_flight["fast"] = 1  # 100 * 2 > 150: one request already sent there since its announce
+    state.awaiting_first_token["fast"] = 1  # 100 * 2 > 150: one of ours is still queued there
     assert rank_peers(peers, "default", state)[0].peer_id == "mid"
 
 
