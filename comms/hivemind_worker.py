@@ -164,6 +164,7 @@ def serve(conn_in: Connection, conn_out: Connection) -> None:
 def main() -> None:
     fd_in, fd_out = int(sys.argv[1]), int(sys.argv[2])
     np.seterr(all="ignore")
+    torch.set_num_threads(1)  # averaging small parts: extra threads only spin
     serve(Connection(fd_in, writable=False), Connection(fd_out, readable=False))
 
 
