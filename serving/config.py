@@ -36,10 +36,10 @@ class ServingConfig(BaseModel):
     )
     tpot_slo_factor: float = Field(5.0, gt=0, le=1000, description="bench SLO: k x isolated single-request decode step")
     admission_headroom: float = Field(
-        0.9, gt=0, le=1.0, description="admit only when the predicted TTFT/step time is within this share of target"
+        1.0, gt=0, le=1.0, description="admit only when the predicted TTFT/step time is within this share of target"
     )
     tpot_budget_share: float = Field(
-        0.6, gt=0, le=1.0, description="share of a TPOT target that step budgets plan for; the rest absorbs noise"
+        0.8, gt=0, le=1.0, description="share of a TPOT target that step budgets plan for; the rest absorbs noise"
     )
     default_tpot_ms: float | None = Field(
         None, gt=0, le=1e6, description="TPOT target for requests without one (None: no target)"

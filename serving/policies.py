@@ -58,12 +58,12 @@ class SloBudget(TokenBudgetPolicy):
 
     TPOT is a mean over a request's tokens, so a step may last as long as the request's slack allows: what it
     has banked (k tokens x target - time since its first token) plus part of what its remaining decode steps
-    will bank (each takes about one decode step, less than the target). Requests far from their end let long
-    prompts go in big chunks; a request near its end, out of slack, forces small chunks (stall-free steps).
+    will bank (each takes about one decode step, less than the target). Requests with slack let long prompts go
+    in big chunks; a request out of slack limits steps to its target (stall-free, target-sized chunks).
     Prefilling requests have no TPOT yet; their TTFT is the admission policy's business.
     """
 
-    FUTURE_SLACK_SHARE = 0.5  # other prefills will spend some of the future slack too
+    FUTURE_SLACK_SHARE = 0.25  # other prefills will spend some of the future slack too
 
     def __init__(self, latency: LatencyModel, config: ServingConfig) -> None:
         self.latency = latency
@@ -87,7 +87,9 @@ class SloBudget(TokenBudgetPolicy):
             banked = len(r.output_ids) * target - (now - r.first_token_s) if started else target
             remaining = r.max_new_tokens - max(len(r.output_ids), 1)
             future = self.FUTURE_SLACK_SHARE * remaining * max(target - decode_s, 0.0)
-            limits.append(max(banked + future, 0.0))
+            # Out of slack, a request still gets steps as long as its target: its mean TPOT stops growing
+            # there, and prompts keep moving in target-sized chunks (Sarathi's stall-free batches).
+            limits.append(max(banked + future, target))
         return min(limits) if limits else None
 
     def budget(self, running: Sequence[Request]) -> int:

@@ -1,0 +1,57 @@
+"""Serving bench arithmetic: workloads, replayed sequential service, summaries, the capacity search."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from serving.bench import TARGET_ATTAINMENT, capacity_search
+from serving.bench_drivers import ServiceTime, replay_sequential
+from serving.bench_workload import LONG_PROMPT, RequestRecord, make_requests, percentiles, summarize
+
+
+def test_requests_are_seeded_and_rate_only_scales_arrivals() -> None:
+    a = make_requests(LONG_PROMPT, 20, 2.0, seed=3, vocab=256)
+    b = make_requests(LONG_PROMPT, 20, 4.0, seed=3, vocab=256)
+    assert [r.prompt_ids for r in a] == [r.prompt_ids for r in b]
+    assert [r.max_new_tokens for r in a] == [r.max_new_tokens for r in b]
+    assert all(math.isclose(x.arrival_s, 2 * y.arrival_s) for x, y in zip(a, b, strict=True))
+    lo, hi = LONG_PROMPT.prompt_range
+    assert all(lo <= len(r.prompt_ids) <= hi for r in a)
+    assert all(r.arrival_s == 0.0 for r in make_requests(LONG_PROMPT, 5, math.inf, seed=3, vocab=256))
+
+
+def test_replay_queues_a_one_at_a_time_server() -> None:
+    reqs = make_requests(LONG_PROMPT, 3, math.inf, seed=0, vocab=256)  # all arrive at t=0
+    services = [ServiceTime(0.1, [0.1, 0.2, 0.3]) for _ in reqs]
+    records = replay_sequential(services, reqs)
+    assert [round(r.ttft_s, 6) for r in records] == [0.1, 0.4, 0.7]  # each waits for the previous one
+    assert all(math.isclose(r.tpot_s, 0.1) for r in records)
+
+
+def test_summary_counts_refusals_as_misses() -> None:
+    ok = RequestRecord(ttft_s=0.1, token_times_s=[1.0, 1.01, 1.02], num_tokens=3)
+    slow = RequestRecord(ttft_s=0.1, token_times_s=[1.0, 1.5, 2.0], num_tokens=3)
+    refused = RequestRecord(refused=True)
+    summary = summarize([ok, slow, refused], wall_s=2.0, ttft_slo_s=0.2, tpot_slo_s=0.05)
+    assert summary["slo_attainment"] == pytest.approx(1 / 3)
+    assert summary["refused"] == 1 and summary["output_tokens"] == 6
+    assert summary["output_tok_s"] == pytest.approx(3.0)
+    assert percentiles([1.0, 2.0, 3.0, 4.0], scale=1.0) == {"p50": 2.0, "p90": 4.0, "p99": 4.0}
+
+
+@pytest.mark.parametrize("true_capacity", [0.3, 1.7, 9.0])
+def test_capacity_search_brackets_then_bisects(true_capacity: float) -> None:
+    def probe(rate: float) -> float:
+        return 1.0 if rate <= true_capacity else TARGET_ATTAINMENT / 2
+
+    found, points = capacity_search(probe, start_rate=1.0, probes=10)
+    assert len(points) == 10
+    assert found <= true_capacity
+    assert found >= true_capacity / 1.1  # within 10% after 10 probes
+
+
+def test_capacity_is_zero_when_nothing_passes() -> None:
+    found, _ = capacity_search(lambda rate: 0.0, start_rate=1.0, probes=3)
+    assert found == 0.0

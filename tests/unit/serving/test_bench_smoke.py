@@ -1,0 +1,42 @@
+"""The whole serving bench at toy sizes on the tiny model: every system runs and the JSON has its shape."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from serving.bench import BenchSettings, run_serving_bench
+from serving.bench_workload import Mix
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_bench_runs_every_system_and_reports_ratios(tmp_path: Path) -> None:
+    small = Mix("toy", 24, 0.3, (8, 48), 8, 0.2, (4, 12))
+    settings = BenchSettings(
+        model="tiny",
+        dtype="float32",
+        threads=1,
+        saturation_mix=small,
+        saturation_requests=6,
+        hf_generate_requests=2,
+        goodput_mix=small,
+        goodput_requests=4,
+        probes_per_system=2,
+        hf_curve=True,
+        hf_batch_rates=1,
+    )
+    result = run_serving_bench(settings, plot_path=tmp_path / "serve.png")
+    json.dumps(result)  # serialisable as is
+    assert result["bench"] == "serve"
+    assert set(result["results"]["saturation"]) == {"engine", "engine_fcfs", "hf_generate", "hf_generate_batch"}
+    for system in result["results"]["saturation"].values():
+        assert system["output_tokens"] > 0 and system["output_tok_s"] > 0
+    ratios = result["ratios"]
+    assert ratios["throughput_vs_hf_generate"] > 0 and ratios["throughput_vs_hf_generate_batch"] > 0
+    assert "goodput_vs_fcfs" in ratios
+    systems = {p["system"] for p in result["results"]["goodput"]["probes"]}
+    assert systems == {"engine", "engine_fcfs", "hf_generate", "hf_generate_batch"}
+    assert (tmp_path / "serve.png").stat().st_size > 1000
