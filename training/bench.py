@@ -38,7 +38,7 @@ def bench_configs(quick: bool) -> tuple[dict[str, TrainingConfig], int]:
         inner_lr=3e-3,
         warmup_steps=20,
         total_steps=steps,
-        batch_size=8,
+        batch_size=16,
         seq_len=64,
         max_corpus_bytes=3_000_000,
         eval_batches=32,
@@ -48,7 +48,7 @@ def bench_configs(quick: bool) -> tuple[dict[str, TrainingConfig], int]:
         target_group_size=4,
         min_group_size=4,
     )
-    diloco = {"outer_optimizer": "diloco", "inner_steps": 16, "codec": "int4"}
+    diloco = {"outer_optimizer": "diloco", "inner_steps": 32, "codec": "int8"}
     noloco = {
         "outer_optimizer": "noloco",
         "inner_steps": 16,
