@@ -103,25 +103,39 @@ def calibrate_slo(engine: Engine, requests: list[BenchRequest], settings: BenchS
     return Slo(settings.ttft_slo_factor * p_s, settings.tpot_slo_factor * d_s, p_s, d_s)
 
 
-def capacity_search(probe, start_rate: float, probes: int) -> tuple[float, list[tuple[float, float]]]:
-    """Highest rate with attainment >= 90%: step up or down from `start_rate` to bracket, then bisect
-    (geometric midpoint). `probe(rate) -> attainment`. Returns capacity (0 if none passed) and the probes."""
-    points: list[tuple[float, float]] = []
-    lo, hi, rate = 0.0, math.inf, start_rate
-    for _ in range(probes):
-        attained = probe(rate)
-        points.append((rate, attained))
+class CapacitySearch:
+    """Highest rate with attainment >= 90%: step up or down from a start rate to bracket, then bisect
+    (geometric midpoint). Driven one probe at a time, so the searches of several systems can interleave."""
+
+    def __init__(self, start_rate: float) -> None:
+        self.lo, self.hi, self.rate = 0.0, math.inf, start_rate
+        self.points: list[tuple[float, float]] = []
+
+    def record(self, attained: float) -> None:
+        self.points.append((self.rate, attained))
         if attained >= TARGET_ATTAINMENT:
-            lo = max(lo, rate)
+            self.lo = max(self.lo, self.rate)
         else:
-            hi = min(hi, rate)
-        if hi == math.inf:
-            rate = lo * BRACKET_STEP
-        elif lo == 0.0:
-            rate = hi / BRACKET_STEP
+            self.hi = min(self.hi, self.rate)
+        if self.hi == math.inf:
+            self.rate = self.lo * BRACKET_STEP
+        elif self.lo == 0.0:
+            self.rate = self.hi / BRACKET_STEP
         else:
-            rate = math.sqrt(lo * hi)
-    return lo, points
+            self.rate = math.sqrt(self.lo * self.hi)
+
+    @property
+    def capacity(self) -> float:
+        """Highest passing rate so far (0 if none passed)."""
+        return self.lo
+
+
+def capacity_search(probe, start_rate: float, probes: int) -> tuple[float, list[tuple[float, float]]]:
+    """Run one `CapacitySearch` to the end. `probe(rate) -> attainment`; returns capacity and the probes."""
+    search = CapacitySearch(start_rate)
+    for _ in range(probes):
+        search.record(probe(search.rate))
+    return search.capacity, search.points
 
 
 def _engine_probe(engine: Engine, settings: BenchSettings, slo: Slo, log: list[dict], name: str):
@@ -172,10 +186,13 @@ def goodput(settings: BenchSettings, slo_engine: Engine, fcfs_engine: Engine, hf
     demand_s += statistics.mean(r.max_new_tokens for r in reqs) * slo.isolated_decode_s / 2
     start_rate = 0.5 / demand_s
     probes: list[dict] = []
-    capacities = {}
-    for name, engine in (("engine", slo_engine), ("engine_fcfs", fcfs_engine)):
-        probe = _engine_probe(engine, settings, slo, probes, name)
-        capacities[name], _ = capacity_search(probe, start_rate, settings.probes_per_system)
+    systems = {"engine": slo_engine, "engine_fcfs": fcfs_engine}
+    searches = {name: CapacitySearch(start_rate) for name in systems}
+    for _ in range(settings.probes_per_system):  # A B A B: both systems see the machine in the same state
+        for name, engine in systems.items():
+            probe = _engine_probe(engine, settings, slo, probes, name)
+            searches[name].record(probe(searches[name].rate))
+    capacities = {name: search.capacity for name, search in searches.items()}
     rates = sorted({p["rate_req_s"] for p in probes})
     if settings.hf_curve:
         services, _ = measure_hf_generate(hf_model, reqs, eos)

@@ -37,6 +37,7 @@ class LatencyModel:
     key: str = ""
     correction: float = 1.0
     slowdown: float = 1.0  # the engine's artificial slowdown factor, applied to predictions
+    ttft_correction: float = 1.0  # actual / predicted TTFT of admitted requests, smoothed
     samples: list[list[float]] = field(default_factory=list)
 
     def step_s(self, shape: StepShape) -> float:
@@ -86,6 +87,14 @@ class LatencyModel:
         predicted = self.step_s(shape) / (self.correction * self.slowdown)
         ratio = min(max(measured_s / predicted, 0.25), 8.0)
         self.correction = min(max((1 - weight) * self.correction + weight * ratio, 0.25), 8.0)
+
+    def observe_ttft(self, predicted_s: float, actual_s: float, weight: float = 0.1) -> None:
+        """Fold one admitted request's raw predicted TTFT and its actual TTFT into `ttft_correction`: the
+        queue model ignores scheduling overheads and interleaving, so it learns how far off it runs here."""
+        if predicted_s < 1e-3:
+            return
+        ratio = min(max(actual_s / predicted_s, 0.3), 3.0)
+        self.ttft_correction = min(max((1 - weight) * self.ttft_correction + weight * ratio, 0.3), 3.0)
 
     def to_json(self) -> dict:
         return {"coefficients": self.coefficients, "key": self.key, "samples": self.samples}

@@ -129,9 +129,9 @@ class AdmissionPolicy(ABC):
     @abstractmethod
     def check(
         self, req: Request, running: Sequence[Request], waiting: Sequence[Request], inflight_left_s: float = 0.0
-    ) -> None:
-        """Return to admit; raise `OverloadedError` to refuse. `inflight_left_s`: predicted rest of the step
-        that is running now."""
+    ) -> float | None:
+        """Return to admit (with the raw predicted TTFT in seconds, when one was made); raise `OverloadedError`
+        to refuse. `inflight_left_s`: predicted rest of the step that is running now."""
 
 
 class QueueBound(AdmissionPolicy):
@@ -143,10 +143,11 @@ class QueueBound(AdmissionPolicy):
 
     def check(
         self, req: Request, running: Sequence[Request], waiting: Sequence[Request], inflight_left_s: float = 0.0
-    ) -> None:
+    ) -> float | None:
         if len(waiting) >= self.config.max_waiting_requests:
             step_s = self.latency.decode_step_s(max(len(running), 1), 256)
             raise OverloadedError("waiting queue is full", retry_after_ms=max(MIN_RETRY_MS, 1000 * step_s))
+        return None
 
 
 class SloAdmission(QueueBound):
@@ -158,7 +159,7 @@ class SloAdmission(QueueBound):
 
     def check(
         self, req: Request, running: Sequence[Request], waiting: Sequence[Request], inflight_left_s: float = 0.0
-    ) -> None:
+    ) -> float | None:
         super().check(req, running, waiting, inflight_left_s)
         decoders = decoding(running)
         tpot_s = tightest_tpot_s([*running, req], self.config.default_tpot_ms)
@@ -168,14 +169,14 @@ class SloAdmission(QueueBound):
                 left = min(r.max_new_tokens - len(r.output_ids) for r in decoders)
                 retry = 1000 * left * step_s
                 raise OverloadedError(f"decode batch cannot meet tpot {1000 * tpot_s:.1f} ms", retry)
-        if req.params.ttft_ms is None:
-            return
-        ttft_s = predict_ttft_s(self.latency, self.budget, req, running, waiting, inflight_left_s)
-        if ttft_s * 1000 > req.params.ttft_ms * self.config.admission_headroom:
+        raw_s = predict_ttft_s(self.latency, self.budget, req, running, waiting, inflight_left_s)
+        ttft_s = raw_s * self.latency.ttft_correction
+        if req.params.ttft_ms is not None and ttft_s * 1000 > req.params.ttft_ms * self.config.admission_headroom:
             raise OverloadedError(
                 f"predicted ttft {1000 * ttft_s:.1f} ms exceeds {req.params.ttft_ms:.1f} ms",
                 retry_after_ms=max(MIN_RETRY_MS, 1000 * ttft_s - req.params.ttft_ms * self.config.admission_headroom),
             )
+        return raw_s
 
 
 def predict_ttft_s(

@@ -170,6 +170,7 @@ class Request:
     last_token_s: float | None = None
     finish_reason: FinishReason | None = None
     num_preemptions: int = 0
+    predicted_ttft_s: float | None = None  # raw queue-model prediction at admission (SLO admission only)
 
     @property
     def priority(self) -> int:

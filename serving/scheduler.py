@@ -65,7 +65,7 @@ class Scheduler:
     # ----- admission and removal -----
     def add(self, req: Request) -> None:
         """Admit `req` or raise `OverloadedError` (admission policy)."""
-        self.admission.check(req, self.running, self.waiting, self.inflight_left_s())
+        req.predicted_ttft_s = self.admission.check(req, self.running, self.waiting, self.inflight_left_s())
         self.requests[req.request_id] = req
         self.waiting.append(req)
         self.waiting.sort(key=queue_key)
@@ -219,6 +219,8 @@ class Scheduler:
             req.output_ids.append(token)
             if req.first_token_s is None:
                 req.first_token_s = now
+                if req.predicted_ttft_s is not None and req.num_preemptions == 0:
+                    self.latency.observe_ttft(req.predicted_ttft_s, now - req.arrival_s)
             req.last_token_s = now
             reason = self._finish_reason(req, token)
             if reason is not None:
