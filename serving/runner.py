@@ -173,7 +173,7 @@ class ModelRunner:
             decode_ids = self.kv.expand_ids(decode_blocks)
             lengths = torch.tensor([c.start_pos + 1 for c in decodes], device=dev)
             past = torch.arange(width * bs, device=dev)[None] >= lengths[:, None]
-            bias = torch.zeros(past.shape, dtype=self.dtype, device=dev).masked_fill_(past, float("-inf"))
+            bias = torch.zeros(past.shape, dtype=torch.float32, device=dev).masked_fill_(past, float("-inf"))
             decode_bias = bias[None, :, None, :]
         prefills = []
         row = len(decodes)
@@ -244,10 +244,13 @@ class ModelRunner:
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
     def _decode_attention(self, layer: int, q: torch.Tensor, step: _StepLayout) -> torch.Tensor:
-        """All decodes at once. The query heads sharing a KV head are folded into the query length, and the
-        batch rides in sdpa's head dimension: q [kv_heads, B, group, dim] against K/V [kv_heads, B, S, dim]."""
+        """All decodes at once. The query heads sharing a KV head are folded into the query length and the
+        batch rides in the matmul batch: q [kv_heads, B, group, dim] against K/V [kv_heads, B, S, dim].
+        Two batched matmuls with a float32 softmax: several times faster than CPU sdpa for one query token
+        per request in bfloat16, and as fast in float32."""
         nd, kvh, hd = q.shape[0], self.layout.num_kv_heads, self.layout.head_dim
         kd, vd = self.kv.gather(layer, step.decode_blocks, step.decode_ids)
         qf = q.view(nd, kvh, self.num_heads // kvh, hd).transpose(0, 1)
-        out = F.scaled_dot_product_attention(qf, kd, vd, attn_mask=step.decode_bias)
+        scores = torch.matmul(qf, kd.transpose(-1, -2)).float().mul_(hd**-0.5).add_(step.decode_bias)
+        out = torch.matmul(torch.softmax(scores, dim=-1).to(q.dtype), vd)
         return out.transpose(0, 1).reshape(nd, self.num_heads, hd)
