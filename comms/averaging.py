@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -135,6 +136,7 @@ class HivemindAverager:
             pass_fds=(r_child, w_child),
             env=env,
             cwd=str(_PROJECT_ROOT),
+            start_new_session=True,  # its own process group: hivemind's DHT and p2pd children go down with it
         )
         os.close(r_child)
         os.close(w_child)
@@ -219,9 +221,14 @@ class HivemindAverager:
         return reply["metadata"], [torch.from_numpy(a) for a in reply["tensors"]]
 
     def _kill(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait(timeout=10)
+        """SIGKILL the child's whole process group (hivemind's own subprocesses included) and reap the child."""
+        if self._proc is None:
+            return
+        try:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self._proc.wait(timeout=10)
 
     def close(self, timeout_s: float = 15.0) -> None:
         """Stop the child (politely, then by force) and reap it."""

@@ -39,6 +39,12 @@ class NetMetrics:
             self.bytes_in[channel] += nbytes_in
             self.bytes_out[channel] += nbytes_out
 
+    def set_bytes(self, channel: str, total_in: int, total_out: int) -> None:
+        """Set a channel's totals when another component counts them (the averaging process)."""
+        with self._lock:
+            self.bytes_in[channel] = total_in
+            self.bytes_out[channel] = total_out
+
     def refuse(self, code: ErrorCode) -> None:
         with self._lock:
             self.refused[code.name] += 1

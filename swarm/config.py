@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from comms.config import NetworkConfig
 from protocols.errors import SwarmError
 from serving.config import ServingConfig
+from training.config import TrainingConfig
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 ROLES = ("serve", "train")
@@ -63,6 +64,7 @@ class NodeConfig(BaseModel):
     node: NodeSection = Field(default_factory=NodeSection)
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
 
 
 def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

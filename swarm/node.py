@@ -47,7 +47,7 @@ class Node:
         self.discovery = Discovery(self.host, self.membership, net.peers, net.max_dial_peers, net.request_timeout_s)
         self.hardware = detect_hardware()
         self.announce_topic = topic(net.swarm_id, ANNOUNCE_TOPIC)
-        self.roles = [] if client_only else build_roles(config)
+        self.roles = [] if client_only else build_roles(config, self)
         if self.serve_role is not None:
             GenerateService(self.host, self.serve_role, net.request_timeout_s)
         self.http_url: str | None = None
@@ -63,9 +63,6 @@ class Node:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.host.run)
-            for role in self.roles:
-                await nursery.start(role.run)
-            self.hardware = detect_hardware()  # a role may have brought up an accelerator
             self.host.set_topic_validator(self.announce_topic, self._validate_announce)
             async with self.host.subscribe(self.announce_topic) as announces:
                 nursery.start_soon(self._consume_announces, announces)
@@ -75,6 +72,10 @@ class Node:
                 nursery.start_soon(self.discovery.run_dialer)
                 if self.config.node.http:
                     self.http_url = await nursery.start(serve_http, self, self.config.node.http)
+                # Roles start once the node is in the swarm: training finds its averaging peers through gossip.
+                for role in self.roles:
+                    await nursery.start(role.run)
+                self.hardware = detect_hardware()  # a role may have brought up an accelerator
                 self._report_started()
                 task_status.started()
                 await trio.sleep_forever()

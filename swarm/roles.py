@@ -69,8 +69,12 @@ class ServeRole(Role):
         )
 
 
-def build_roles(config: Any) -> list[Role]:
+def build_roles(config: Any, node: Any) -> list[Role]:
     roles: list[Role] = []
     if "serve" in config.node.roles:
         roles.append(ServeRole(config.serving))
+    if "train" in config.node.roles:
+        from swarm.train_role import TrainRole
+
+        roles.append(TrainRole(config.training, node))
     return roles
