@@ -1,0 +1,42 @@
+"""`swarm join --roles train` processes: they find each other's averaging DHT through gossip, average every
+round (bytes counted in /metrics), show round/step/loss to `swarm status`, and leave cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import re
+import signal
+
+import httpx
+import pytest
+
+from tests.integration.nodes import wait_until
+
+pytestmark = [pytest.mark.multipeer, pytest.mark.slow, pytest.mark.timeout(240)]
+
+TRAIN = ("--roles", "train", "--heartbeat-s", "1", "--peer-timeout-s", "6",
+         "--set", "training.inner_steps=5", "--set", "training.total_steps=1000",
+         "--set", "training.max_corpus_bytes=100000", "--set", "training.eval_batches=1")  # fmt: skip
+
+
+def _averaging_bytes(http: str) -> float:
+    text = httpx.get(f"{http}/metrics", timeout=5).text
+    match = re.search(r'swarm_bytes_out_total\{channel="averaging"\} (\S+)', text)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_two_training_nodes_average_and_report_progress(start_node, tmp_path) -> None:
+    a = start_node("a", *TRAIN, "--set", f"training.checkpoint_dir={tmp_path / 'ca'}")
+    b = start_node("b", *TRAIN, "--peer", a.addr, "--set", f"training.checkpoint_dir={tmp_path / 'cb'}")
+
+    def rounds() -> list[int]:
+        rows = b.peers()
+        return [r["training"]["round"] for r in rows if "train" in r["roles"]]
+
+    wait_until(lambda: len(rounds()) == 2 and min(rounds()) >= 2, timeout_s=150, interval_s=1.0)
+    rows = a.peers()
+    assert all(r["training"]["loss"] is not None and r["training"]["step"] >= 10 for r in rows)
+    assert _averaging_bytes(a.http) > 0 and _averaging_bytes(b.http) > 0
+    assert list((tmp_path / "ca").iterdir()), "no checkpoint written"
+    for node in (a, b):
+        node.signal(signal.SIGTERM)
+        assert node.proc.wait(timeout=10) == 0
