@@ -93,8 +93,8 @@ class LatencyModel:
         queue model ignores scheduling overheads and interleaving, so it learns how far off it runs here."""
         if predicted_s < 1e-3:
             return
-        ratio = min(max(actual_s / predicted_s, 0.3), 3.0)
-        self.ttft_correction = min(max((1 - weight) * self.ttft_correction + weight * ratio, 0.3), 3.0)
+        ratio = min(max(actual_s / predicted_s, 0.5), 2.0)
+        self.ttft_correction = min(max((1 - weight) * self.ttft_correction + weight * ratio, 0.5), 2.0)
 
     def to_json(self) -> dict:
         return {"coefficients": self.coefficients, "key": self.key, "samples": self.samples}

@@ -219,7 +219,8 @@ class Scheduler:
             req.output_ids.append(token)
             if req.first_token_s is None:
                 req.first_token_s = now
-                if req.predicted_ttft_s is not None and req.num_preemptions == 0:
+                # Learn only from requests with a TTFT target: the workload admission actually judges.
+                if req.predicted_ttft_s is not None and req.params.ttft_ms and not req.num_preemptions:
                     self.latency.observe_ttft(req.predicted_ttft_s, now - req.arrival_s)
             req.last_token_s = now
             reason = self._finish_reason(req, token)
