@@ -28,7 +28,7 @@ from serving.engine import Engine
 from serving.request import GenerateParams
 
 TARGET_ATTAINMENT = 0.9
-BRACKET_STEP = 1.5
+BRACKET_STEP = 1.6
 
 
 @dataclass
@@ -179,12 +179,12 @@ def goodput(settings: BenchSettings, slo_engine: Engine, fcfs_engine: Engine, hf
     """Capacity at SLO of the engine and of FCFS batching (probes interleaved), plus HF attainment curves."""
     reqs = make_requests(settings.goodput_mix, settings.goodput_requests, 1.0, settings.seed + 1, 256)
     slo = calibrate_slo(fcfs_engine, reqs, settings)
-    # Start the search near half of what the machine could serve back to back (prefill + decode demand).
+    # Start the search near what the machine could serve back to back (prefill + half-batched decode demand).
     mean_prompt = statistics.mean(len(r.prompt_ids) for r in reqs)
     median_prompt = sorted(len(r.prompt_ids) for r in reqs)[len(reqs) // 2]
     demand_s = slo.isolated_prefill_s * mean_prompt / median_prompt
     demand_s += statistics.mean(r.max_new_tokens for r in reqs) * slo.isolated_decode_s / 2
-    start_rate = 0.5 / demand_s
+    start_rate = 0.8 / demand_s
     probes: list[dict] = []
     systems = {"engine": slo_engine, "engine_fcfs": fcfs_engine}
     searches = {name: CapacitySearch(start_rate) for name in systems}

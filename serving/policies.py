@@ -193,8 +193,10 @@ def predict_ttft_s(
     decodes = [(1, r.num_tokens) for r in decoders]
     ahead = [r for r in running if r.num_pending_tokens > 1]
     ahead += [r for r in waiting if queue_key(r) <= queue_key(req)]
-    # Requests ahead decode while this one prefills: their targets bound the chunks it gets.
-    chunk = max(budget.steady_budget([*decoders, *ahead]) - len(decodes), 1)
+    # Requests ahead decode while this one prefills: their targets bound the chunks it gets; decoders out of
+    # slack bound them now (the next step's budget), and under load that is what the queue will see.
+    tokens = min(budget.steady_budget([*decoders, *ahead]), budget.budget(running))
+    chunk = max(tokens - len(decodes), 1)
     # The step in flight is already computing some of their tokens: only the rest is ahead of this request.
     prefills = [
         (r.num_pending_tokens - r.num_inflight_tokens, r.num_computed_tokens + r.num_inflight_tokens) for r in ahead
