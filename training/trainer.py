@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,11 +22,12 @@ from comms.averaging import AveragingError, AveragingResult, AveragingSettings
 from training.checkpoint import load_latest, save_checkpoint
 from training.config import TrainingConfig
 from training.data import TokenData
-from training.inner import InnerLoop
+from training.inner import InnerLoop, lr_factor
 from training.model import build_model, model_hash
 from training.outer import OuterOptimizer, make_outer
 
 log = logging.getLogger(__name__)
+HISTORY_LEN = 20_000
 
 
 class Averager(Protocol):
@@ -48,8 +50,9 @@ class PeerStatus:
     eval_loss: float = float("nan")
     exchanges_ok: int = 0
     exchanges_failed: int = 0
-    history: list[tuple[int, float]] = field(default_factory=list)
-    eval_history: list[tuple[int, float]] = field(default_factory=list)
+    # bounded: a node may train for days
+    history: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=HISTORY_LEN))
+    eval_history: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=HISTORY_LEN))
     last_group: list[str] = field(default_factory=list)
 
 
@@ -160,19 +163,34 @@ class TrainingPeer:
                 meta, tensors = self.averager.load_state(timeout_s=join_timeout_s)
             except AveragingError as err:
                 return f"started fresh ({err})"
-            if meta.get("model_hash") != self.model_hash:
-                return "started fresh (peer state is for another model)"
+            problem = self._state_problem(meta, tensors)
+            if problem:
+                return f"started fresh (refused a peer's state: {problem})"
             self._load_state_tensors(tensors)
             self._set_position(int(meta["round"]), int(meta["step"]))
             return f"joined at step {self.status.step} with a peer's state"
         return "started fresh"
 
+    def _state_problem(self, meta: dict[str, Any], tensors: list[torch.Tensor]) -> str | None:
+        """Why a state downloaded from a peer must not be used (None when it is fine)."""
+        if meta.get("model_hash") != self.model_hash:
+            return "it is for another model"
+        mine = self.state_tensors()
+        if len(tensors) != len(mine) or any(t.shape != m.shape for t, m in zip(tensors, mine, strict=True)):
+            return "tensor shapes differ from this model's"
+        if not all(bool(torch.isfinite(t).all()) for t in tensors):
+            return "it holds NaN/Inf"
+        if not isinstance(meta.get("step"), int) or not isinstance(meta.get("round"), int) or meta["step"] < 0:
+            return "round/step are missing or not integers"
+        return None
+
     def _set_position(self, round_index: int, step: int) -> None:
         self.status.round_index, self.status.step = round_index, step
         self.inner.steps_done = step
+        self.inner.scheduler.last_epoch = step
         for group in self.inner.optimizer.param_groups:
             group.setdefault("initial_lr", self.cfg.inner_lr)
-        self.inner.scheduler.last_epoch = step
+            group["lr"] = group["initial_lr"] * lr_factor(step, self.cfg)
 
     def checkpoint(self) -> None:
         if self.cfg.checkpoint_dir is None:
@@ -233,7 +251,10 @@ class TrainingPeer:
         except AveragingError as err:
             log.warning("behind the group but could not load a peer's state: %s", err)
             return
-        if meta.get("model_hash") == self.model_hash and int(meta["step"]) > self.status.step:
+        problem = self._state_problem(meta, tensors)
+        if problem:
+            log.warning("behind the group; refused a peer's state: %s", problem)
+        elif meta["step"] > self.status.step:
             self._load_state_tensors(tensors)
             self._set_position(int(meta["round"]), int(meta["step"]))
 

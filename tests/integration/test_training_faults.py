@@ -79,14 +79,15 @@ def peers(tmp_path: Path) -> Iterator[Peers]:
         group.close()
 
 
-def wait_until(what: str, cond: Callable[[], Any], timeout_s: float) -> Any:
+def wait_until(what: str, cond: Callable[[], Any], timeout_s: float, peers: list[Path] | None = None) -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = cond()
         if value:
             return value
         time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+    seen = {p.name: status(p) for p in peers or []}
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; statuses: {seen}")
 
 
 def status(out: Path) -> dict[str, Any]:
@@ -119,11 +120,14 @@ def test_kill_mid_round_then_late_joiner_matches(peers: Peers) -> None:
         "a and b to finish a round without c",
         lambda: all(status(x)["round"] >= round_a + 2 and len(status(x).get("last_group", [])) == 2 for x in (a, b)),
         2 * round_timeout + 10,
+        [a, b],
     )
     assert time.monotonic() - killed_at < 2 * round_timeout + 10
 
     d = peers.start("peer-d", cfg, shard=3, initial=initial, join=True)
-    st_d = wait_until("d to join", lambda: status(d) if "joined" in status(d).get("started", "") else None, 60)
+    st_d = wait_until(
+        "d to join", lambda: status(d) if "joined" in status(d).get("started", "") else None, 60, [a, b, d]
+    )
     first_round = int(st_d["step"]) // cfg.inner_steps
     done = wait_until(
         "d's first round with a",
@@ -131,10 +135,13 @@ def test_kill_mid_round_then_late_joiner_matches(peers: Peers) -> None:
             status(d) if status(d).get("round", 0) > first_round and len(status(d).get("last_group", [])) == 3 else None
         ),
         60,
+        [a, b, d],
     )
     r = done["round"]
     wait_until("a's weights of the same round", lambda: (a / f"round-{r}.safetensors").exists(), 30)
     wa, wd = weights(a, r), weights(d, r)
     assert wa.keys() == wd.keys()
+    wb = weights(b, r) if (b / f"round-{r}.safetensors").exists() else None
     for name in wa:
-        assert torch.allclose(wa[name], wd[name], atol=1e-5), name
+        same_ab = wb is not None and torch.allclose(wa[name], wb[name], atol=1e-5)
+        assert torch.allclose(wa[name], wd[name], atol=1e-5), (name, r, status(a), status(b), status(d), same_ab)
