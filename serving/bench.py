@@ -160,6 +160,11 @@ def saturation(settings: BenchSettings, slo_engine: Engine, fcfs_engine: Engine,
         records, wall = run_engine_trace(engine, reqs, None, None, 600)
         return summarize(records, wall, no_slo, no_slo)
 
+    # Warm-up (first-touch pages of the KV pool, workspaces, allocator caches), untimed, for every system.
+    warm = reqs[:8]
+    for engine in (slo_engine, fcfs_engine):
+        run_engine_trace(engine, warm, None, None, 120)
+    measure_hf_generate(hf_model, warm[:1], eos)
     first = engine_run(slo_engine)
     subset = reqs[: settings.hf_generate_requests]
     services, wall = measure_hf_generate(hf_model, subset, eos)
