@@ -1,8 +1,9 @@
 """Checkpoints of a training peer: written atomically, verified by checksum, newest valid one wins.
 
 A checkpoint is a directory `round-NNNNNNNN/` holding `model.safetensors` (the live weights under the model's
-own parameter names, loadable by transformers/serving), `outer.safetensors` (slow weights and momentum),
-`inner_optimizer.pt` (AdamW state) and `meta.json` (round, step, sha256 of each file). It is written in a
+own parameter names; with the `config.json` the trainer adds, the directory loads with transformers'
+`from_pretrained`), `outer.safetensors` (slow weights and momentum), `inner_optimizer.pt` (AdamW state) and
+`meta.json` (round, step, sha256 of each file). It is written in a
 temporary directory then renamed. This module knows nothing about peers or networks.
 """
 
@@ -66,9 +67,12 @@ def save_checkpoint(
     outer: list[torch.Tensor],
     inner_optimizer: dict[str, Any],
     extra: dict[str, Any] | None = None,
+    files: dict[str, bytes] | None = None,
     keep: int = 2,
 ) -> Path:
-    """Write checkpoint `round_index` under `root` atomically; keep the newest `keep` ones."""
+    """Write checkpoint `round_index` under `root` atomically; keep the newest `keep` ones. `files` are extra
+    files written (and checksummed) alongside, e.g. a `config.json` that makes the directory a transformers
+    checkpoint."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"round-{round_index:08d}"
     tmp = root / f".tmp-round-{round_index:08d}-{os.getpid()}"
@@ -79,14 +83,17 @@ def save_checkpoint(
         {f"outer.{i}": t.detach().contiguous().cpu() for i, t in enumerate(outer)}, str(tmp / "outer.safetensors")
     )
     torch.save(inner_optimizer, tmp / "inner_optimizer.pt")
+    for name, data in (files or {}).items():
+        (tmp / Path(name).name).write_bytes(data)
+    names = [*_FILES, *(Path(n).name for n in files or {})]
     meta = {
         "round": round_index,
         "step": step,
         "extra": extra or {},
-        "sha256": {name: _sha256(tmp / name) for name in _FILES},
+        "sha256": {name: _sha256(tmp / name) for name in names},
     }
     (tmp / "meta.json").write_text(json.dumps(meta, sort_keys=True))
-    for name in (*_FILES, "meta.json"):
+    for name in (*names, "meta.json"):
         with (tmp / name).open("rb") as f:
             os.fsync(f.fileno())
     if final.exists():
@@ -105,7 +112,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         sums = meta["sha256"]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"checkpoint {path}: meta.json is missing or unreadable ({err})") from err
-    for name in _FILES:
+    for name in sorted({*_FILES, *sums}):
         file = path / name
         if not file.exists():
             raise CheckpointError(f"checkpoint {path}: {name} is missing")

@@ -23,7 +23,7 @@ from training.checkpoint import load_latest, save_checkpoint
 from training.config import TrainingConfig
 from training.data import TokenData
 from training.inner import InnerLoop, lr_factor
-from training.model import build_model, model_hash
+from training.model import build_model, llama_config, model_hash
 from training.outer import OuterOptimizer, make_outer
 
 log = logging.getLogger(__name__)
@@ -206,6 +206,7 @@ class TrainingPeer:
                 "scheduler": self.inner.scheduler.state_dict(),
             },
             extra={"peer_id": self.peer_id, "model_hash": self.model_hash},
+            files={"config.json": llama_config(self.cfg.model).to_json_string().encode()},
             keep=self.cfg.keep_checkpoints,
         )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from transformers import LlamaForCausalLM
 
 from training.config import TrainingConfig
 from training.data import TokenData
@@ -43,3 +44,12 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
         assert torch.allclose(a, b, atol=1e-6)
     for a, b in zip(straight.outer.state_tensors(), resumed.outer.state_tensors(), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_checkpoint_directory_loads_with_transformers(tmp_path: Path) -> None:
+    peer = TrainingPeer(tiny(tmp_path), corpus(), peer_id="p", shard_index=0, num_shards=1)
+    peer.run(3)
+    loaded = LlamaForCausalLM.from_pretrained(tmp_path / "round-00000001")
+    ours = dict(peer.inner.model.named_parameters())
+    for name, param in loaded.named_parameters():
+        assert torch.equal(param, ours[name].detach()), name
