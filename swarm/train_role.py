@@ -7,6 +7,7 @@ loss go into this node's announce; averaging bytes into its metrics. Knows the n
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -65,8 +66,14 @@ class TrainRole(Role):
         shard = shard_for_peer(self.node.peer_id, NUM_DATA_SHARDS)
         peer = TrainingPeer(cfg, data, peer_id=self.node.peer_id, shard_index=shard, num_shards=NUM_DATA_SHARDS,
                             peers=self._train_peer_ids)  # fmt: skip
-        settings = averaging_settings(cfg, prefix=f"swarm-{self.node.config.network.swarm_id}",
-                                      initial_peers=tuple(initial_peers))  # fmt: skip
+        settings = averaging_settings(
+            cfg,
+            prefix=f"swarm-{self.node.config.network.swarm_id}",
+            initial_peers=tuple(initial_peers),
+            host_maddrs=(f"/ip4/{self._averaging_host()}/tcp/0",),
+        )
+        if cfg.outer_optimizer == "noloco":  # pairs: a group of two forms without waiting for more peers
+            settings = dataclasses.replace(settings, target_group_size=2)
         averager = HivemindAverager(settings, [(peer.exchange_len,)], peer.model_hash)
         averager.start()
         peer.averager = averager
@@ -74,6 +81,11 @@ class TrainRole(Role):
         how = peer.resume_or_join(join_timeout_s=20.0 if initial_peers else None)
         self.peer = peer
         return how
+
+    def _averaging_host(self) -> str:
+        """Listen where the node listens: loopback for a local swarm, every interface otherwise."""
+        listen = self.node.config.network.listen
+        return "127.0.0.1" if all("/ip4/127." in a for a in listen) else "0.0.0.0"
 
     def _train(self) -> None:
         try:
