@@ -25,6 +25,18 @@ NUM_DATA_SHARDS = 16  # a peer's shard is derived from its PeerID among these
 DISCOVERY_WAIT_S = 6.0  # how long to listen for other training peers before starting a DHT alone
 
 
+def byte_tokenizer_files() -> dict[str, bytes]:
+    """The embedded byte-level tokenizer's files (bytes are ids 0-255, as in training), so that every checkpoint
+    directory is one `swarm join --roles serve --model DIR` can serve."""
+    import tempfile
+
+    from serving.model import build_byte_tokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        build_byte_tokenizer().save_pretrained(tmp)
+        return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
+
+
 class TrainRole(Role):
     """Runs a `training.trainer.TrainingPeer` until the node stops or `total_steps` is reached."""
 
@@ -74,6 +86,7 @@ class TrainRole(Role):
         )
         if cfg.outer_optimizer == "noloco":  # pairs: a group of two forms without waiting for more peers
             settings = dataclasses.replace(settings, target_group_size=2)
+        peer.checkpoint_files = byte_tokenizer_files()
         averager = HivemindAverager(settings, [(peer.exchange_len,)], peer.model_hash)
         averager.start()
         peer.averager = averager

@@ -128,6 +128,8 @@ class TrainingPeer:
         self.status = PeerStatus()
         self.exchange_len = exchange_length(self.outer)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exchange")
+        # Extra files for every checkpoint (the node adds its tokenizer so the serving engine loads the directory).
+        self.checkpoint_files: dict[str, bytes] = {}
         self._behind = False
 
     # state: checkpoints and late join -------------------------------------------------------------------
@@ -206,7 +208,7 @@ class TrainingPeer:
                 "scheduler": self.inner.scheduler.state_dict(),
             },
             extra={"peer_id": self.peer_id, "model_hash": self.model_hash},
-            files={"config.json": llama_config(self.cfg.model).to_json_string().encode()},
+            files={"config.json": llama_config(self.cfg.model).to_json_string().encode(), **self.checkpoint_files},
             keep=self.cfg.keep_checkpoints,
         )
 

@@ -3,8 +3,11 @@ round (bytes counted in /metrics), show round/step/loss to `swarm status`, and l
 
 from __future__ import annotations
 
+import json
 import re
 import signal
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -36,7 +39,15 @@ def test_two_training_nodes_average_and_report_progress(start_node, tmp_path) ->
     rows = a.peers()
     assert all(r["training"]["loss"] is not None and r["training"]["step"] >= 10 for r in rows)
     assert _averaging_bytes(a.http) > 0 and _averaging_bytes(b.http) > 0
-    assert list((tmp_path / "ca").iterdir()), "no checkpoint written"
     for node in (a, b):
         node.signal(signal.SIGTERM)
         assert node.proc.wait(timeout=10) == 0
+
+    # What the swarm trained is what a node serves: the newest checkpoint directory loads in the engine.
+    newest = sorted(p for p in (tmp_path / "ca").iterdir() if p.name.startswith("round-"))[-1]
+    out = subprocess.run(
+        [sys.executable, "-m", "swarm", "generate", "def ", "--model", str(newest), "--max-new-tokens", "4",
+         "--device", "cpu", "--json"], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert len(json.loads(out.stdout)["token_ids"]) == 4
