@@ -45,6 +45,11 @@ class NetMetrics:
             self.bytes_in[channel] = total_in
             self.bytes_out[channel] = total_out
 
+    def set_refused(self, label: str, total: int) -> None:
+        """Set a refusal total counted by another component (tensor parts the averaging process refused)."""
+        with self._lock:
+            self.refused[label] = total
+
     def refuse(self, code: ErrorCode) -> None:
         with self._lock:
             self.refused[code.name] += 1

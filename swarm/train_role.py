@@ -140,4 +140,6 @@ class TrainRole(Role):
             round=peer.status.round_index, step=peer.status.step, loss=loss if math.isfinite(loss) else None
         )
         announce.hivemind_addrs = list(averager.visible_maddrs)[:32]
-        self.node.metrics.set_bytes("averaging", averager.counters.bytes_received, averager.counters.bytes_sent)
+        counters = averager.counters
+        self.node.metrics.set_bytes("averaging", counters.bytes_received, counters.bytes_sent)
+        self.node.metrics.set_refused("AVERAGING_PART", counters.parts_refused)

@@ -39,6 +39,7 @@ def test_two_training_nodes_average_and_report_progress(start_node, tmp_path) ->
     rows = a.peers()
     assert all(r["training"]["loss"] is not None and r["training"]["step"] >= 10 for r in rows)
     assert _averaging_bytes(a.http) > 0 and _averaging_bytes(b.http) > 0
+    assert 'swarm_refused_messages_total{code="AVERAGING_PART"} 0.0' in httpx.get(f"{a.http}/metrics").text
     for node in (a, b):
         node.signal(signal.SIGTERM)
         assert node.proc.wait(timeout=10) == 0
