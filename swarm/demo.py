@@ -74,6 +74,7 @@ def run_demo(num_nodes: int = 3, timeout_s: float = 60.0, console: Console | Non
     if converged_at is None:
         console.print(f"[bold red]not converged within {timeout_s:.0f} s[/]; logs in {workdir}")
         return 1
+    console.print()
     console.print(
         f"[bold green]converged[/]: every node knows all {num_nodes} in {converged_at:.1f} s "
         f"(chain bootstrap, each node given only the previous one)"
