@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -14,18 +13,12 @@ from rich.table import Table
 
 def machine_info() -> dict[str, Any]:
     """cpu, cores, memory, torch version and device of this machine (torch only if installed)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    from swarm.hardware import cpu_name, logical_cores, system_memory_bytes
+
     info: dict[str, Any] = {
-        "cpu": cpu,
-        "cores": cores,
-        "memory_bytes": memory,
+        "cpu": cpu_name(),
+        "cores": logical_cores(),
+        "memory_bytes": system_memory_bytes(),
         "python": platform.python_version(),
     }
     try:
