@@ -27,14 +27,19 @@ def generate_identity() -> KeyPair:
 
 
 def write_identity(path: Path, key_pair: KeyPair) -> None:
-    """Write the private key atomically with mode 0600 (never world-readable, not even briefly)."""
+    """Write the private key atomically with mode 0600."""
+    write_private_file(path, key_pair.private_key.serialize())
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Write a secret atomically with mode 0600 (never world-readable, not even briefly)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(key_pair.private_key.serialize())
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o600)

@@ -26,6 +26,13 @@ def generate_swarm_key() -> str:
     return format_swarm_key(os.urandom(32))
 
 
+def write_swarm_key(path: Path) -> None:
+    """Write a new random swarm.key (atomically, mode 0600)."""
+    from comms.identity import write_private_file
+
+    write_private_file(path, generate_swarm_key().encode())
+
+
 def parse_swarm_key(text: str) -> str:
     """Return the key as 64 lowercase hex digits, or raise SwarmKeyError saying what is wrong."""
     lines = [line.strip() for line in text.strip().splitlines()]

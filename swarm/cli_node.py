@@ -56,15 +56,11 @@ def swarm_key(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
     """Create a pre-shared key for a private swarm (libp2p pnet `swarm.key` format)."""
-    import os
-
-    from comms.pnet import generate_swarm_key
+    from comms.pnet import write_swarm_key
 
     if path.exists() and not force:
         fail(f"{path} exists; pass --force to replace it")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(generate_swarm_key())
+    write_swarm_key(path)
     typer.echo(str(path))
 
 
