@@ -133,7 +133,7 @@ class Client:
         return self._async.node.peer_id
 
     def servers(self, model: str | None = None) -> list[PeerAnnounce]:
-        return self._call(_as_async(self._async.servers), model)
+        return trio.from_thread.run_sync(self._async.servers, model, trio_token=self._token)
 
     def wait_for_servers(self, count: int = 1, model: str | None = None, timeout_s: float = 30.0) -> None:
         self._call(self._async.wait_for_servers, count, model, timeout_s)
@@ -185,10 +185,3 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _as_async(fn: Any) -> Any:
-    async def _wrapper(*args: Any) -> Any:
-        return fn(*args)
-
-    return _wrapper
