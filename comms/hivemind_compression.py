@@ -22,7 +22,9 @@ from comms.codecs import EncodedTensor, TensorCodec, make_codec
 from protocols.errors import ProtocolError
 
 SLOT = "BLOCKWISE_8BIT"
-DTYPE_PREFIX = "swarm:"
+# r2: reducers return the encoded average, not `average - sender's part` (comms.hivemind_worker); peers on
+# another revision refuse each other's parts instead of misreading them
+DTYPE_PREFIX = "swarm:r2:"
 
 # indices into the shared counter array
 SENT, RECEIVED, REFUSED = 0, 1, 2
@@ -71,6 +73,10 @@ class SwarmCodecCompression(CompressionBase):
             raise ValueError(f"refused a tensor part: {err}") from err
         self._add(RECEIVED, serialized_tensor.ByteSize())
         return out
+
+    def roundtrip(self, tensor: torch.Tensor) -> torch.Tensor:
+        """What a peer decodes from `compress(tensor)`, without counting or pacing bytes (nothing is sent)."""
+        return self.codec.decode(self.codec.encode(tensor))
 
     def estimate_compression_ratio(self, info: CompressionInfo) -> float:
         numel = max(1, info.descriptor.numel())

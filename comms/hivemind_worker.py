@@ -4,22 +4,93 @@ Run as `python -m comms.hivemind_worker FD_IN FD_OUT` by `comms.averaging.Hivemi
 libp2p both register `crypto.pb` in protobuf's default descriptor pool, so they cannot live in one
 interpreter; this fresh interpreter never imports libp2p. Requests and replies are dicts of plain values and
 numpy arrays. The process exits when its parent's end of the pipe closes (including when the parent dies).
+The averager here returns every group member the same averaged values (see `_AverageReturningRunner`).
 This module knows nothing about models or optimizers: it averages lists of float tensors.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
+from collections.abc import AsyncIterator, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
+import hivemind
 import numpy as np
 import torch
 from hivemind import DHT, DecentralizedAverager
+from hivemind.averaging.allreduce import AllReduceRunner
+from hivemind.averaging.group_info import GroupInfo
+from hivemind.averaging.partition import BannedException
 from hivemind.compression import CompressionInfo, NoCompression
+from hivemind.proto import averaging_pb2
+from hivemind.utils.asyncio import amap_in_executor, as_aiter, azip
+from hivemind.utils.timed_storage import get_dht_time
 
 from comms.hivemind_compression import SwarmCodecCompression, install
+
+# The runner below overrides internals of this exact release; another one needs a review first.
+HIVEMIND_VERSION = "1.1.12"
+if hivemind.__version__ != HIVEMIND_VERSION:
+    raise RuntimeError(f"comms.hivemind_worker is written for hivemind {HIVEMIND_VERSION}, not {hivemind.__version__}")
+
+
+class _AverageReturningRunner(AllReduceRunner):
+    """hivemind's butterfly all-reduce, except that a reducer returns each sender the average of its part,
+    encoded with the swarm codec, instead of `average - sender's part`, and takes decode(encode(average)) itself.
+
+    With hivemind's deltas and a lossy codec each sender adds a delta quantised against its own part to its own
+    exact values, so group members end a round with different results and drift apart round after round. Here
+    every member of a part decodes the same bytes: all members end with bitwise equal tensors (a part whose
+    reducer failed keeps the member's own values, as in hivemind)."""
+
+    def __init__(self, *, compression: SwarmCodecCompression, **kwargs: Any) -> None:
+        super().__init__(compression=compression, **kwargs)
+        self.compression = compression
+        self.tensor_part_container.return_deltas = False  # outputs are averages: a failed part keeps local values
+
+    async def _communicate_with_peer(self, peer_id: Any) -> None:
+        if peer_id != self.peer_id:  # the remote reducer's reply is the encoded average: registered as it is
+            await super()._communicate_with_peer(peer_id)
+            return
+        peer_index = self.ordered_peer_ids.index(peer_id)
+        sender_index = self.sender_peer_ids.index(peer_id)
+        for part_index, tensor_part in enumerate(self.parts_for_local_averaging):
+            averaged = await self.tensor_part_reducer.accumulate_part(
+                sender_index, part_index, tensor_part, weight=self.weight
+            )
+            self.tensor_part_container.register_processed_part(
+                peer_index, part_index, self.compression.roundtrip(averaged)
+            )
+
+    def _encode(self, averaged: torch.Tensor) -> Any:
+        return self.compression.compress(averaged, CompressionInfo.from_tensor(averaged))
+
+    async def _accumulate_parts_streaming(
+        self, stream: AsyncIterator[averaging_pb2.AveragingData], sender_index: int
+    ) -> AsyncIterator[averaging_pb2.AveragingData]:
+        part_index = 0
+        try:
+            loop = asyncio.get_event_loop()
+            async for tensor_part, weight in amap_in_executor(
+                lambda msg: (self.compression.extract(msg.tensor_part), msg.weight),
+                stream,
+                max_prefetch=self.tensor_part_container.prefetch,
+            ):
+                try:
+                    averaged = await self.tensor_part_reducer.accumulate_part(
+                        sender_index, part_index, tensor_part, weight=weight
+                    )
+                    part_index += 1
+                except BannedException:
+                    break  # the sender was banned: its remaining parts are no longer aggregated
+                reply = await loop.run_in_executor(None, self._encode, averaged)
+                yield averaging_pb2.AveragingData(code=averaging_pb2.AVERAGED_PART, tensor_part=reply)
+        finally:
+            if part_index != self.tensor_part_reducer.num_parts:
+                await self._ban_sender(self.sender_peer_ids[sender_index])
 
 
 class _StateServingAverager(DecentralizedAverager):
@@ -28,6 +99,28 @@ class _StateServingAverager(DecentralizedAverager):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.served_state: tuple[Any, list[torch.Tensor]] | None = None
         super().__init__(*args, **kwargs)
+
+    async def _run_allreduce_inplace_(
+        self, tensors: Sequence[torch.Tensor], group_info: GroupInfo, group_id: bytes | None = None, **kwargs: Any
+    ) -> None:
+        """hivemind's version, with `_AverageReturningRunner` and its averages copied in (not deltas added)."""
+        group_id = group_info.group_id if group_id is None else group_id
+        runner = _AverageReturningRunner(
+            p2p=self._p2p,
+            servicer_type=type(self),
+            prefix=self.prefix,
+            tensors=tensors,
+            group_id=group_id,
+            ordered_peer_ids=group_info.peer_ids,
+            **kwargs,
+        )
+        if group_id not in self._running_groups:
+            raise RuntimeError(f"group {group_id!r} was not registered before its all-reduce")
+        self._running_groups[group_id].set_result(runner)
+        async for tensor, averaged in azip(as_aiter(*tensors), runner):
+            tensor.copy_(averaged)
+            self.last_updated = get_dht_time()
+            self._state_updated.set()
 
     def get_current_state(self) -> tuple[Any, list[torch.Tensor], list[CompressionInfo]]:
         if self.served_state is None:
