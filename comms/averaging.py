@@ -3,12 +3,14 @@
 `HivemindAverager` starts `comms.hivemind_worker` as a child interpreter (hivemind and libp2p cannot share
 one: both register `crypto.pb` in protobuf's default pool) and talks to it over two pipes. Calls are blocking
 and meant for the trainer's thread, never the trio loop. It knows nothing about models or optimizers: it
-averages lists of float tensors with the peers that share its prefix, model hash and shapes.
+averages lists of float tensors with the peers that share its prefix, model hash and shapes. Its byte
+counters come from the kernel's counts for the TCP sockets of the child's process tree (`comms.tcp_counters`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import signal
 import subprocess
@@ -23,9 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from comms.tcp_counters import TcpByteCounter, TcpCountersUnavailable
 from protocols.errors import ErrorCode, SwarmError
 
+log = logging.getLogger(__name__)
 _PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SOCKET_POLL_S = 0.5  # a closed connection keeps the bytes of the last poll that saw it
 
 
 class AveragingError(SwarmError):
@@ -76,12 +81,17 @@ class UplinkShaper:
 
 @dataclass
 class AveragingCounters:
-    """Cumulative wire figures for /metrics. Bytes are the serialized tensor messages this peer handed to and
-    took from hivemind's streams (payload + protobuf header), so libp2p framing/encryption and matchmaking
-    traffic are not included."""
+    """Cumulative wire figures for /metrics. `bytes_*` are counted at the TCP sockets of the averaging process
+    tree (hivemind's p2pd daemon carries all of it: tensor parts, matchmaking and DHT requests, libp2p framing
+    and encryption): bytes the remote ends acknowledged and bytes received, as the kernel counts them.
+    `payload_bytes_*` are the serialized tensor messages handed to and taken from hivemind's streams. Where
+    the kernel gives no per-socket counts (`bytes_counted_at` == "tensor messages"), `bytes_*` are those."""
 
     bytes_sent: int = 0
     bytes_received: int = 0
+    payload_bytes_sent: int = 0
+    payload_bytes_received: int = 0
+    bytes_counted_at: str = "tcp socket"
     parts_refused: int = 0
     rounds_ok: int = 0
     rounds_failed: int = 0
@@ -116,6 +126,10 @@ class HivemindAverager:
         self._proc: subprocess.Popen[bytes] | None = None
         self._to_child: Connection | None = None
         self._from_child: Connection | None = None
+        self._tcp: TcpByteCounter | None = None
+        self._poller: threading.Thread | None = None
+        self._stop_polling = threading.Event()
+        self._poll_lock = threading.Lock()  # polls from two threads must not publish out of order
 
     def __enter__(self) -> HivemindAverager:
         self.start()
@@ -140,6 +154,7 @@ class HivemindAverager:
         )
         os.close(r_child)
         os.close(w_child)
+        self._start_socket_counting(self._proc.pid)
         self._to_child = Connection(w_parent, readable=False)
         self._from_child = Connection(r_parent, writable=False)
         s = self.settings
@@ -151,6 +166,32 @@ class HivemindAverager:
         reply = self._call(init, timeout_s=s.startup_timeout_s + 30.0)
         self.peer_id = reply["peer_id"]
         self.visible_maddrs = list(reply["visible_maddrs"])
+
+    def _start_socket_counting(self, pid: int) -> None:
+        try:
+            self._tcp = TcpByteCounter(pid)
+        except (TcpCountersUnavailable, OSError) as err:
+            log.warning("averaging bytes are counted as tensor messages: %s", err)
+            self.counters.bytes_counted_at = "tensor messages"
+            return
+        self._stop_polling.clear()
+        self._poller = threading.Thread(target=self._poll_sockets, name="averaging-tcp-bytes", daemon=True)
+        self._poller.start()
+
+    def _poll_sockets(self) -> None:
+        while not self._stop_polling.wait(SOCKET_POLL_S):
+            self._count_socket_bytes()
+
+    def _count_socket_bytes(self) -> None:
+        if self._tcp is None:
+            return
+        with self._poll_lock:
+            try:
+                totals = self._tcp.poll()
+            except OSError as err:  # keep the last totals: they stay monotonic
+                log.debug("could not read averaging socket counters: %s", err)
+                return
+            self.counters.bytes_sent, self.counters.bytes_received = totals.sent, totals.received
 
     def _call(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         if self._proc is None or self._to_child is None or self._from_child is None:
@@ -170,9 +211,13 @@ class HivemindAverager:
                 raise AveragingError(ErrorCode.INTERNAL, f"averaging process pipe broke: {err}") from err
         counters = reply.get("counters")
         if counters:
-            self.counters.bytes_sent = counters["bytes_sent"]
-            self.counters.bytes_received = counters["bytes_received"]
+            self.counters.payload_bytes_sent = counters["bytes_sent"]
+            self.counters.payload_bytes_received = counters["bytes_received"]
             self.counters.parts_refused = counters["parts_refused"]
+            if self._tcp is None:
+                self.counters.bytes_sent = counters["bytes_sent"]
+                self.counters.bytes_received = counters["bytes_received"]
+        self._count_socket_bytes()
         if not reply.get("ok"):
             raise AveragingError(ErrorCode.INTERNAL, str(reply.get("error")))
         return reply
@@ -224,6 +269,7 @@ class HivemindAverager:
         """SIGKILL the child's whole process group (hivemind's own subprocesses included) and reap the child."""
         if self._proc is None:
             return
+        self._count_socket_bytes()
         try:
             os.killpg(self._proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -234,6 +280,7 @@ class HivemindAverager:
         """Stop the child (politely, then by force) and reap it."""
         if self._proc is None:
             return
+        self._count_socket_bytes()  # the last look: the child's sockets close with it
         try:
             if self._to_child is not None and self._proc.poll() is None:
                 self._to_child.send({"op": "stop"})
@@ -247,3 +294,7 @@ class HivemindAverager:
             if conn is not None:
                 conn.close()
         self._proc = None
+        self._stop_polling.set()
+        if self._poller is not None:
+            self._poller.join(timeout=5.0)
+            self._poller = None

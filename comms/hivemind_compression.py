@@ -1,4 +1,4 @@
-"""Our tensor codecs as a hivemind compression, with wire byte counters and refusal of bad parts.
+"""Our tensor codecs as a hivemind compression, with payload byte counters and refusal of bad parts.
 
 hivemind's all-reduce decodes every incoming part through its module-level registry keyed by the
 `CompressionType` enum, so the reducer side can only use a codec registered there. `install` puts one
@@ -32,8 +32,9 @@ SENT, RECEIVED, REFUSED = 0, 1, 2
 
 class SwarmCodecCompression(CompressionBase):
     """hivemind `CompressionBase` backed by a `TensorCodec`. Counts, in a fork-shared array, the serialized
-    size of every tensor message it produces (bytes this process sends) and consumes (bytes it receives), and
-    the parts it refuses (wrong codec, wrong size, NaN/Inf): hivemind then bans that sender for the round."""
+    size of every tensor message it produces (payload this process sends) and consumes (payload it receives),
+    and the parts it refuses (wrong codec, wrong size, NaN/Inf): hivemind then bans that sender for the round.
+    What crosses the sockets is counted by the kernel (`comms.tcp_counters`)."""
 
     compression_type = getattr(runtime_pb2.CompressionType, SLOT)
 

@@ -3,12 +3,16 @@
 `WORKDIR/spec.json` (written by `training.bench`) lists the systems (ddp, diloco, noloco, streaming_int4),
 their training configs and step count; the peer runs them in turn from a fresh model each, using
 `WORKDIR/<system>/` as the rendezvous (rank 0's hivemind multiaddrs, or every rank's ring port) and writing
-its losses, bytes and wall time to `WORKDIR/<system>/result-RANK.json`. It knows nothing about the report.
+its losses, bytes and wall time to `WORKDIR/<system>/result-RANK.json`: `bytes_*` as the bench compares them
+(the ring's socket sends for ddp, tensor messages for hivemind) and `tcp_bytes_*`, the kernel's counts for the
+TCP sockets that carried the exchange (everything hivemind's daemon sent: parts, matchmaking, DHT, framing).
+It knows nothing about the report.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,6 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 from comms.averaging import AveragingSettings, HivemindAverager
+from comms.tcp_counters import TcpByteCounter
 from training.config import TrainingConfig
 from training.data import TokenData
 from training.ring_allreduce import RingAllReduce
@@ -36,6 +41,8 @@ def _wait_for(path: Path, timeout_s: float) -> Path:
 
 def run_ddp(peer: TrainingPeer, spec: dict[str, Any], rank: int) -> dict[str, Any]:
     """Data-parallel baseline: full-precision gradient all-reduce (TCP ring) after every backward."""
+    tcp = TcpByteCounter(os.getpid())  # the ring's sockets are the only TCP sockets of this process
+    start = tcp.poll()
     ring = RingAllReduce(
         rank,
         spec["world"],
@@ -59,9 +66,16 @@ def run_ddp(peer: TrainingPeer, spec: dict[str, Any], rank: int) -> dict[str, An
             st.history.append((st.step, loss))
             if st.step % spec["eval_every"] == 0:
                 peer.evaluate()
+        end = tcp.poll()
     finally:
         ring.close()
-    return {"bytes_sent": ring.bytes_sent, "bytes_received": ring.bytes_received, "bytes_counted": "tcp socket"}
+    return {
+        "bytes_sent": ring.bytes_sent,
+        "bytes_received": ring.bytes_received,
+        "bytes_counted": "tcp socket",
+        "tcp_bytes_sent": end.sent - start.sent,
+        "tcp_bytes_received": end.received - start.received,
+    }
 
 
 def run_hivemind(peer: TrainingPeer, spec: dict[str, Any], rank: int, settings: AveragingSettings) -> dict[str, Any]:
@@ -84,9 +98,11 @@ def run_hivemind(peer: TrainingPeer, spec: dict[str, Any], rank: int, settings: 
         peer.run(spec["steps"], eval_every=spec["eval_every"])
         counters = averager.counters
     return {
-        "bytes_sent": counters.bytes_sent,
-        "bytes_received": counters.bytes_received,
+        "bytes_sent": counters.payload_bytes_sent,
+        "bytes_received": counters.payload_bytes_received,
         "bytes_counted": "serialized tensor messages handed to hivemind streams",
+        "tcp_bytes_sent": counters.bytes_sent,
+        "tcp_bytes_received": counters.bytes_received,
         "parts_refused": counters.parts_refused,
     }
 

@@ -4,6 +4,7 @@ lossy codecs included; a different model hash never joins."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator
 
@@ -114,3 +115,38 @@ def test_refuses_to_send_non_finite_or_misshapen(closing: list[HivemindAverager]
         av.step(bad, round_index=0, timeout_s=5.0)
     with pytest.raises(AveragingError, match="shapes"):
         av.step([torch.zeros(3)], round_index=0, timeout_s=5.0)
+
+
+def test_socket_bytes_cover_the_exchanged_payload(closing: list[HivemindAverager]) -> None:
+    """Two averagers, fp32: in a group of two every value is sent once to its reducer and its average once back,
+    so each peer sends and receives 4 bytes per value, whatever the split. The kernel's counts for each peer's
+    daemon sockets must cover that payload and the serialized messages, with bounded overhead."""
+    n = 500_000
+    shapes = [(n,)]
+    a = HivemindAverager(AveragingSettings(prefix="tcp", codec="fp32", matchmaking_time_s=1.0), shapes, "h")
+    closing.append(a)
+    a.start()
+    b = HivemindAverager(
+        AveragingSettings(prefix="tcp", codec="fp32", matchmaking_time_s=1.0, initial_peers=tuple(a.visible_maddrs)),
+        shapes,
+        "h",
+    )
+    closing.append(b)
+    b.start()
+    assert a.counters.bytes_counted_at == b.counters.bytes_counted_at == "tcp socket"
+    before = [dataclasses.replace(av.counters) for av in (a, b)]
+    gen = torch.Generator().manual_seed(1)
+    results = step_all([a, b], [[torch.randn(n, generator=gen)] for _ in range(2)])
+    assert all(isinstance(r, AveragingResult) and r.group_size == 2 for r in results), results
+    payload = 4 * n
+    for av, old in zip((a, b), before, strict=True):
+        sent, received = av.counters.bytes_sent - old.bytes_sent, av.counters.bytes_received - old.bytes_received
+        messages_out = av.counters.payload_bytes_sent - old.payload_bytes_sent
+        messages_in = av.counters.payload_bytes_received - old.payload_bytes_received
+        assert payload <= messages_out <= sent < 3 * payload, (sent, messages_out)
+        assert payload <= messages_in <= received < 3 * payload, (received, messages_in)
+    # each daemon's sockets are its own: what one side's kernel saw acknowledged, the other's received
+    for x, y, old_x, old_y in ((a, b, before[0], before[1]), (b, a, before[1], before[0])):
+        sent = x.counters.bytes_sent - old_x.bytes_sent
+        received = y.counters.bytes_received - old_y.bytes_received
+        assert abs(sent - received) <= 0.01 * payload, (sent, received)

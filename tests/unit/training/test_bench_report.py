@@ -10,7 +10,8 @@ from training.bench import bench_configs, ratios, summarize
 def peer(loss: float, sent: int, curve: list[float]) -> dict:
     return {
         "final_eval_loss": loss, "final_eval_loss_local": loss + 0.01, "bytes_sent": sent, "bytes_received": sent,
-        "bytes_counted": "x", "exchanges_ok": 1, "exchanges_failed": 0, "wall_s": 2.0,
+        "bytes_counted": "x", "tcp_bytes_sent": 2 * sent, "tcp_bytes_received": 2 * sent,
+        "exchanges_ok": 1, "exchanges_failed": 0, "wall_s": 2.0,
         "eval_history": [[10 * (i + 1), v] for i, v in enumerate(curve)],
     }  # fmt: skip
 
@@ -24,7 +25,14 @@ def test_summary_averages_peers_and_ratios_divide_by_the_baseline() -> None:
     r = ratios({"ddp": ddp, "diloco": diloco})
     assert r["diloco_loss_vs_ddp"] == pytest.approx(1.1)
     assert r["diloco_bytes_reduction"] == pytest.approx(50)
-    assert set(r) == {"diloco_loss_vs_ddp", "diloco_bytes_reduction", "diloco_wall_vs_ddp"}
+    assert diloco["tcp_bytes_sent_per_peer"] == pytest.approx(40)
+    assert r["diloco_tcp_bytes_reduction"] == pytest.approx(50)
+    assert set(r) == {
+        "diloco_loss_vs_ddp",
+        "diloco_bytes_reduction",
+        "diloco_tcp_bytes_reduction",
+        "diloco_wall_vs_ddp",
+    }
 
 
 @pytest.mark.parametrize("quick", [True, False])
