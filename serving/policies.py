@@ -6,7 +6,6 @@ They know nothing about tensors, threads or tokenizers.
 
 from __future__ import annotations
 
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
@@ -54,16 +53,14 @@ class FixedBudget(TokenBudgetPolicy):
 
 
 class SloBudget(TokenBudgetPolicy):
-    """Largest budget whose predicted step time keeps every decoding request's mean TPOT within its target.
+    """Largest budget whose predicted step time fits the tightest TPOT target of the decoding requests.
 
-    TPOT is a mean over a request's tokens, so a step may last as long as the request's slack allows: what it
-    has banked (k tokens x target - time since its first token) plus part of what its remaining decode steps
-    will bank (each takes about one decode step, less than the target). Requests with slack let long prompts go
-    in big chunks; a request out of slack limits steps to its target (stall-free, target-sized chunks).
-    Prefilling requests have no TPOT yet; their TTFT is the admission policy's business.
+    Every step is a gap between two tokens of each decoding request, so a step that fits the target keeps
+    every gap within it: long prompts go in target-sized chunks beside the decodes (Sarathi-Serve's stall-free
+    batches) instead of stalling them for a whole prefill. `tpot_budget_share` of the target is planned for;
+    the rest absorbs prediction error and machine noise. Prefilling requests have no TPOT yet; their TTFT is
+    the admission policy's business.
     """
-
-    FUTURE_SLACK_SHARE = 0.25  # other prefills will spend some of the future slack too
 
     def __init__(self, latency: LatencyModel, config: ServingConfig) -> None:
         self.latency = latency
@@ -73,24 +70,10 @@ class SloBudget(TokenBudgetPolicy):
         tpot_ms = req.params.tpot_ms or self.config.default_tpot_ms
         return tpot_ms * self.config.tpot_budget_share / 1000.0 if tpot_ms else None
 
-    def step_limit_s(self, requests: Sequence[Request], now: float | None = None) -> float | None:
-        """Longest next step the requests' TPOT slack allows (None: no target constrains it). A request that
-        has not started decoding counts as just started."""
-        now = time.perf_counter() if now is None else now
-        decode_s = self.latency.decode_step_s(len(requests), max((r.num_tokens for r in requests), default=1))
-        limits = []
-        for r in requests:
-            target = self._target_s(r)
-            if target is None:
-                continue
-            started = r.first_token_s is not None and r.output_ids
-            banked = len(r.output_ids) * target - (now - r.first_token_s) if started else target
-            remaining = r.max_new_tokens - max(len(r.output_ids), 1)
-            future = self.FUTURE_SLACK_SHARE * remaining * max(target - decode_s, 0.0)
-            # Out of slack, a request still gets steps as long as its target: its mean TPOT stops growing
-            # there, and prompts keep moving in target-sized chunks (Sarathi's stall-free batches).
-            limits.append(max(banked + future, target))
-        return min(limits) if limits else None
+    def step_limit_s(self, requests: Sequence[Request]) -> float | None:
+        """Longest next step the requests' TPOT targets allow (None: no target constrains it)."""
+        targets = [t for t in map(self._target_s, requests) if t is not None]
+        return min(targets) if targets else None
 
     def budget(self, running: Sequence[Request]) -> int:
         decoders = decoding(running)

@@ -41,6 +41,19 @@ def test_summary_counts_refusals_as_misses() -> None:
     assert percentiles([1.0, 2.0, 3.0, 4.0], scale=1.0) == {"p50": 2.0, "p90": 4.0, "p99": 4.0}
 
 
+def test_tpot_slo_counts_stalls_not_only_the_mean() -> None:
+    steady = [1.0 + 0.01 * i for i in range(21)]  # 20 gaps of 10 ms
+    one_hiccup = [*steady[:10], *(t + 0.03 for t in steady[10:])]  # one 40 ms gap: forgiven
+    stalled = [*steady[:5], *(t + 0.03 for t in steady[5:15]), *(t + 0.06 for t in steady[15:])]  # two stalls
+    records = [RequestRecord(ttft_s=0.1, token_times_s=t, num_tokens=len(t)) for t in (steady, one_hiccup, stalled)]
+    assert [r.tpot_s < 0.02 for r in records] == [True, True, True]  # every mean is within a 20 ms target
+    assert [r.meets(0.2, 0.02) for r in records] == [True, True, False]
+    assert [r.meets(0.2, 0.02, stalls=False) for r in records] == [True, True, True]
+    summary = summarize(records, wall_s=1.0, ttft_slo_s=0.2, tpot_slo_s=0.02)
+    assert summary["slo_attainment"] == pytest.approx(2 / 3)
+    assert summary["slo_attainment_mean_tpot"] == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize("true_capacity", [0.3, 1.7, 9.0])
 def test_capacity_search_brackets_then_bisects(true_capacity: float) -> None:
     def probe(rate: float) -> float:
