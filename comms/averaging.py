@@ -99,11 +99,18 @@ class AveragingCounters:
 
 @dataclass
 class AveragingResult:
+    """The group's averages and who took part: `members` maps each member's peer id to the round and state
+    digest it gathered (-1 and "" where it sent none)."""
+
     tensors: list[torch.Tensor]
     group_size: int
     peers: list[str]
     elapsed_s: float
-    rounds: list[int] = field(default_factory=list)
+    members: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    @property
+    def rounds(self) -> list[int]:
+        return sorted(r for r, _ in self.members.values())
 
 
 def model_hash_of(shapes: list[tuple[int, ...]], extra: str = "") -> str:
@@ -230,9 +237,11 @@ class HivemindAverager:
         timeout_s: float,
         weight: float = 1.0,
         group_bits: str | None = None,
+        digest: str = "",
     ) -> AveragingResult:
         """Average `tensors` with a group of peers; raise `AveragingError` if no round completed in time.
-        `group_bits` ('0'/'1' string) pins the group key, so peers given the same bits average together."""
+        `group_bits` ('0'/'1' string) pins the group key, so peers given the same bits average together;
+        `digest` (of the caller's state) is gathered with `round_index` and comes back in `members`."""
         arrays = [t.detach().to(torch.float32).cpu().contiguous().numpy() for t in tensors]
         if [a.shape for a in arrays] != self.shapes:
             raise AveragingError(ErrorCode.BAD_REQUEST, "tensor shapes differ from the averager's")
@@ -244,6 +253,7 @@ class HivemindAverager:
             "round": round_index,
             "weight": weight,
             "group_bits": group_bits,
+            "digest": digest,
         }
         req["timeout_s"] = timeout_s
         try:
@@ -253,16 +263,19 @@ class HivemindAverager:
             raise
         self.counters.rounds_ok += 1
         out = [torch.from_numpy(a) for a in reply["tensors"]]
-        return AveragingResult(out, reply["group_size"], reply["peers"], reply["elapsed_s"], reply["rounds"])
+        members = {p: (int(r), str(d)) for p, (r, d) in reply["members"].items()}
+        return AveragingResult(out, reply["group_size"], reply["peers"], reply["elapsed_s"], members)
 
     def share_state(self, metadata: dict[str, Any], tensors: list[torch.Tensor]) -> None:
         """Offer this state (e.g. weights + outer optimizer buffers) to peers that call `load_state`."""
         arrays = [t.detach().to(torch.float32).cpu().contiguous().numpy() for t in tensors]
         self._call({"op": "share_state", "metadata": metadata, "tensors": arrays}, timeout_s=30.0)
 
-    def load_state(self, timeout_s: float) -> tuple[dict[str, Any], list[torch.Tensor]]:
-        """Download the state a peer of this run shares; raise `AveragingError` if none did in time."""
-        reply = self._call({"op": "load_state", "timeout_s": timeout_s}, timeout_s=timeout_s + 15.0)
+    def load_state(self, timeout_s: float, peer: str | None = None) -> tuple[dict[str, Any], list[torch.Tensor]]:
+        """Download the state a peer of this run shares (`peer`, a hivemind peer id, or hivemind's choice);
+        raise `AveragingError` if none did in time."""
+        req = {"op": "load_state", "timeout_s": timeout_s, "peer": peer}
+        reply = self._call(req, timeout_s=timeout_s + 15.0)
         return reply["metadata"], [torch.from_numpy(a) for a in reply["tensors"]]
 
     def _kill(self) -> None:

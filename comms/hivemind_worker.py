@@ -24,9 +24,12 @@ from hivemind import DHT, DecentralizedAverager
 from hivemind.averaging.allreduce import AllReduceRunner
 from hivemind.averaging.group_info import GroupInfo
 from hivemind.averaging.partition import BannedException
-from hivemind.compression import CompressionInfo, NoCompression
+from hivemind.compression import CompressionInfo, NoCompression, deserialize_torch_tensor
+from hivemind.p2p import PeerID
 from hivemind.proto import averaging_pb2
-from hivemind.utils.asyncio import amap_in_executor, as_aiter, azip
+from hivemind.utils import MPFuture
+from hivemind.utils.asyncio import aiter_with_timeout, amap_in_executor, as_aiter, azip
+from hivemind.utils.streaming import combine_from_streaming
 from hivemind.utils.timed_storage import get_dht_time
 
 from comms.hivemind_compression import SwarmCodecCompression, install
@@ -93,6 +96,9 @@ class _AverageReturningRunner(AllReduceRunner):
                 await self._ban_sender(self.sender_peer_ids[sender_index])
 
 
+MAX_DIGEST_CHARS = 128
+
+
 class _StateServingAverager(DecentralizedAverager):
     """Serves the state its parent last pushed (weights + outer optimizer state) to peers that join late."""
 
@@ -122,11 +128,46 @@ class _StateServingAverager(DecentralizedAverager):
             self.last_updated = get_dht_time()
             self._state_updated.set()
 
+    def load_state_from(self, peer: str, timeout: float) -> tuple[Any, list[torch.Tensor]] | None:
+        """Download the state one given peer serves (hivemind's own `load_state_from_peers` picks the peer)."""
+        future: MPFuture = MPFuture()
+        self._outer_pipe.send(("_load_state_from_peer", [], dict(peer=peer, timeout=timeout, future=future)))
+        return future.result(timeout=timeout + 5.0)
+
+    async def _load_state_from_peer(self, peer: str, timeout: float, future: MPFuture) -> None:
+        try:
+            stub = self.get_stub(self._p2p, PeerID.from_base58(peer), namespace=self.prefix)
+            stream = await stub.rpc_download_state(averaging_pb2.DownloadRequest())
+            metadata, parts, tensors = None, [], []
+            async for message in aiter_with_timeout(stream, timeout=timeout):
+                if message.metadata:
+                    metadata = self.serializer.loads(message.metadata)
+                if message.tensor_part.dtype and parts:  # a dtype starts the next tensor
+                    tensors.append(deserialize_torch_tensor(combine_from_streaming(parts)))
+                    parts = []
+                parts.append(message.tensor_part)
+            if parts:
+                tensors.append(deserialize_torch_tensor(combine_from_streaming(parts)))
+            future.set_result(None if metadata is None else (metadata, tensors))
+        except Exception as err:  # a dead or refusing peer: the caller decides what to do
+            if not future.done():
+                future.set_exception(err)
+
     def get_current_state(self) -> tuple[Any, list[torch.Tensor], list[CompressionInfo]]:
         if self.served_state is None:
             return {"empty": True}, [], []
         metadata, tensors = self.served_state
         return metadata, tensors, [CompressionInfo.from_tensor(t, key=i) for i, t in enumerate(tensors)]
+
+
+def gathered_member(value: Any) -> tuple[int, str]:
+    """(round, state digest) a group member gathered; (-1, "") for what is missing or mistyped (peers are
+    untrusted)."""
+    value = value if isinstance(value, dict) else {}
+    rnd, digest = value.get("round"), value.get("digest")
+    rnd = rnd if isinstance(rnd, int) and not isinstance(rnd, bool) else -1
+    digest = digest if isinstance(digest, str) and len(digest) <= MAX_DIGEST_CHARS else ""
+    return rnd, digest
 
 
 class Worker:
@@ -181,7 +222,9 @@ class Worker:
         started = time.monotonic()
         try:
             gathered = self.averager.step(
-                gather={"round": req["round"]}, weight=req["weight"], timeout=req["timeout_s"]
+                gather={"round": req["round"], "digest": req.get("digest", "")},
+                weight=req["weight"],
+                timeout=req["timeout_s"],
             )
         except Exception as err:  # hivemind raises many kinds (matchmaking, allreduce, timeouts)
             return {
@@ -198,7 +241,7 @@ class Worker:
             "tensors": out,
             "group_size": len(gathered),
             "peers": sorted(str(p) for p in gathered),
-            "rounds": sorted(int(v.get("round", -1)) if isinstance(v, dict) else -1 for v in gathered.values()),
+            "members": {str(p): gathered_member(v) for p, v in gathered.items()},
             "elapsed_s": time.monotonic() - started,
         }
 
@@ -208,7 +251,10 @@ class Worker:
 
     def handle_load_state(self, req: dict[str, Any]) -> dict[str, Any]:
         try:
-            loaded = self.averager.load_state_from_peers(timeout=req["timeout_s"])
+            if req.get("peer"):
+                loaded = self.averager.load_state_from(req["peer"], timeout=req["timeout_s"])
+            else:
+                loaded = self.averager.load_state_from_peers(timeout=req["timeout_s"])
         except Exception as err:
             return {"ok": False, "error": f"{type(err).__name__}: {err}"}
         if loaded is None or (isinstance(loaded[0], dict) and loaded[0].get("empty")):

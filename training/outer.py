@@ -21,6 +21,10 @@ class OuterOptimizer(ABC):
 
     name: str
     overlap_steps: int = 0
+    # Every member of a completed round ends it with the same outer state (so a peer whose state differs from
+    # the group's takes a member's, training.consensus). NoLoCo pairs never agree; streaming DiLoCo would, but
+    # its fragments are exchanged mid-round, between the states peers share.
+    group_agrees: bool = False
 
     def __init__(self, params: list[torch.nn.Parameter], cfg: TrainingConfig) -> None:
         self.params = list(params)
@@ -84,6 +88,7 @@ class DilocoOuter(OuterOptimizer):
     theta <- phi."""
 
     name = "diloco"
+    group_agrees = True
 
     def outgoing(self, f: int) -> list[torch.Tensor]:
         return self.pseudo_gradient(f)

@@ -58,7 +58,7 @@ def main() -> None:
                 weights = {n: p.detach().clone() for n, p in peer.inner.model.named_parameters()}
                 save_file(weights, str(out / f"round-{st.round_index}.safetensors"))
                 status = {"started": how, "step": st.step, "round": st.round_index, "loss": st.loss}
-                status.update(exchanges_ok=st.exchanges_ok, exchanges_failed=st.exchanges_failed)
+                status.update(exchanges_ok=st.exchanges_ok, exchanges_failed=st.exchanges_failed, resyncs=st.resyncs)
                 status["last_group"] = peer.status.last_group
                 _write_json(out / "status.json", status)
     peer.close()

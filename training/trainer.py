@@ -1,15 +1,18 @@
 """One training peer: inner steps, exchanges through an averager, outer steps, state sharing, checkpoints.
 
 `TrainingPeer.run` is blocking and meant for a worker thread or process. The averager is anything with the
-`HivemindAverager` methods `step`, `share_state` and `load_state` (None trains alone). Exchanged tensors are
-flattened into one fixed-length fp32 vector per exchange (zero-padded to the largest fragment), so one
-averager serves every fragment. This module knows nothing about gossip or HTTP.
+`HivemindAverager` methods `step`, `share_state` and `load_state` and its `peer_id` (None trains alone).
+Exchanged tensors are flattened into one fixed-length fp32 vector per exchange (zero-padded to the largest
+fragment), so one averager serves every fragment. Where the group must agree on the outer state (DiLoCo), a peer
+whose state differed from the group's at the start of a round takes a member's state after it
+(`training.consensus`). This module knows nothing about gossip or HTTP.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,6 +24,7 @@ import torch
 from comms.averaging import AveragingError, AveragingResult, AveragingSettings
 from training.checkpoint import load_latest, save_checkpoint
 from training.config import TrainingConfig
+from training.consensus import reference_peer, state_digest
 from training.data import TokenData
 from training.inner import InnerLoop, lr_factor
 from training.model import build_model, llama_config, model_hash
@@ -31,13 +35,21 @@ HISTORY_LEN = 20_000
 
 
 class Averager(Protocol):
+    peer_id: str
+
     def step(
-        self, tensors: list[torch.Tensor], *, round_index: int, timeout_s: float, group_bits: str | None = None
+        self,
+        tensors: list[torch.Tensor],
+        *,
+        round_index: int,
+        timeout_s: float,
+        group_bits: str | None = None,
+        digest: str = "",
     ) -> AveragingResult: ...
 
     def share_state(self, metadata: dict[str, Any], tensors: list[torch.Tensor]) -> None: ...
 
-    def load_state(self, timeout_s: float) -> tuple[dict[str, Any], list[torch.Tensor]]: ...
+    def load_state(self, timeout_s: float, peer: str | None = None) -> tuple[dict[str, Any], list[torch.Tensor]]: ...
 
 
 @dataclass
@@ -50,6 +62,7 @@ class PeerStatus:
     eval_loss: float = float("nan")
     exchanges_ok: int = 0
     exchanges_failed: int = 0
+    resyncs: int = 0  # rounds after which this peer took a group member's state (see training.consensus)
     # bounded: a node may train for days
     history: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=HISTORY_LEN))
     eval_history: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=HISTORY_LEN))
@@ -131,6 +144,7 @@ class TrainingPeer:
         # Extra files for every checkpoint (the node adds its tokenizer so the serving engine loads the directory).
         self.checkpoint_files: dict[str, bytes] = {}
         self._behind = False
+        self._reference: str | None = None  # the member whose state to take after this round
 
     # state: checkpoints and late join -------------------------------------------------------------------
     def state_tensors(self) -> list[torch.Tensor]:
@@ -219,7 +233,12 @@ class TrainingPeer:
         self.averager.share_state(meta, self.state_tensors())
 
     # the loop ------------------------------------------------------------------------------------------
-    def _exchange(self, f: int, round_index: int, outgoing: list[torch.Tensor]) -> list[torch.Tensor] | None:
+    def _exchange(
+        self, f: int, round_index: int, outgoing: list[torch.Tensor], digest: str = ""
+    ) -> list[torch.Tensor] | None:
+        """Average `outgoing` with a group; `digest` (of the outer state this round starts from, or "") is
+        compared with the members' to pick a state to take after the round."""
+        self._reference = None
         if self.averager is None:
             return None
         bits = self.outer.group_bits(round_index, self.peers(), self.peer_id)
@@ -231,6 +250,7 @@ class TrainingPeer:
                 round_index=round_index,
                 timeout_s=self.cfg.round_timeout_s,
                 group_bits=bits,
+                digest=digest,
             )
         except AveragingError as err:
             log.warning("round %d fragment %d: no average (%s); applying the local update", round_index, f, err)
@@ -239,6 +259,8 @@ class TrainingPeer:
         self.status.exchanges_ok += 1
         self.status.last_group = list(result.peers)
         self._behind = any(r > round_index for r in result.rounds)
+        if digest:
+            self._reference = reference_peer(self.averager.peer_id, digest, round_index, result.members)
         return unflatten(result.tensors[0], outgoing)
 
     def next_batch(self) -> torch.Tensor:
@@ -260,6 +282,33 @@ class TrainingPeer:
         elif meta["step"] > self.status.step:
             self._load_state_tensors(tensors)
             self._set_position(int(meta["round"]), int(meta["step"]))
+
+    def _take_reference_state(self) -> None:
+        """This peer started the round from another outer state than the group's reference: take the reference
+        member's state after the same round (it shares it right after its outer step; wait for that)."""
+        peer, self._reference = self._reference, None
+        if self.averager is None or peer is None:
+            return
+        deadline = time.monotonic() + self.cfg.round_timeout_s
+        while True:
+            try:
+                meta, tensors = self.averager.load_state(timeout_s=self.cfg.round_timeout_s, peer=peer)
+            except AveragingError as err:
+                log.warning("state differs from the group's; could not load %s's state: %s", peer, err)
+                return
+            problem = self._state_problem(meta, tensors)
+            if problem:
+                log.warning("state differs from the group's; refused %s's state: %s", peer, problem)
+                return
+            if meta["step"] >= self.status.step:
+                self._load_state_tensors(tensors)
+                self._set_position(int(meta["round"]), int(meta["step"]))
+                self.status.resyncs += 1
+                return
+            if time.monotonic() > deadline:
+                log.warning("state differs from the group's; %s did not share this round's state in time", peer)
+                return
+            time.sleep(0.05)
 
     def evaluate(self) -> float:
         loss = self.inner.evaluate(self.eval_set)
@@ -298,9 +347,12 @@ class TrainingPeer:
             for f in self.outer.due(st.step):
                 outgoing = self.outer.outgoing(f)
                 if self.outer.overlap_steps == 0:
-                    self.outer.incoming(f, self._exchange(f, st.step // h, outgoing))
+                    digest = state_digest(self.outer.state_tensors()) if self.outer.group_agrees else ""
+                    self.outer.incoming(f, self._exchange(f, st.step // h, outgoing, digest))
                     if self._behind:
                         self._catch_up()
+                    elif self._reference is not None:
+                        self._take_reference_state()
                 else:
                     fut = self._pool.submit(self._exchange, f, st.step // h, outgoing)
                     pending[f] = (st.step + self.outer.overlap_steps, fut)

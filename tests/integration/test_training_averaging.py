@@ -150,3 +150,18 @@ def test_socket_bytes_cover_the_exchanged_payload(closing: list[HivemindAverager
         sent = x.counters.bytes_sent - old_x.bytes_sent
         received = y.counters.bytes_received - old_y.bytes_received
         assert abs(sent - received) <= 0.01 * payload, (sent, received)
+
+
+def test_load_state_from_a_named_peer(closing: list[HivemindAverager]) -> None:
+    """A peer whose state left the group's takes the state of one named member, not whichever hivemind picks."""
+    group = start_group("fp32", ["h"] * 3)
+    closing.extend(group)
+    a, b, c = group
+    a.share_state({"round": 1, "who": "a"}, [torch.zeros(4)])
+    b.share_state({"round": 1, "who": "b"}, [torch.arange(4, dtype=torch.float32)])
+    for source, want in ((b, torch.arange(4, dtype=torch.float32)), (a, torch.zeros(4))):
+        meta, tensors = c.load_state(timeout_s=10.0, peer=source.peer_id)
+        assert meta["who"] == ("b" if source is b else "a")
+        assert len(tensors) == 1 and torch.equal(tensors[0], want)
+    with pytest.raises(AveragingError):
+        c.load_state(timeout_s=3.0, peer=c.peer_id)  # c serves nothing
