@@ -137,7 +137,7 @@ class _StateServingAverager(DecentralizedAverager):
     async def _load_state_from_peer(self, peer: str, timeout: float, future: MPFuture) -> None:
         try:
             stub = self.get_stub(self._p2p, PeerID.from_base58(peer), namespace=self.prefix)
-            stream = await stub.rpc_download_state(averaging_pb2.DownloadRequest())
+            stream = await asyncio.wait_for(stub.rpc_download_state(averaging_pb2.DownloadRequest()), timeout)
             metadata, parts, tensors = None, [], []
             async for message in aiter_with_timeout(stream, timeout=timeout):
                 if message.metadata:

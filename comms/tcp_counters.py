@@ -22,7 +22,9 @@ SOCK_DIAG_BY_FAMILY = 20
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 INET_DIAG_INFO = 2
-ALL_TCP_STATES = 0xFFFFFFFF
+TCP_TIME_WAIT, TCP_LISTEN, TCP_NEW_SYN_RECV = 6, 10, 12
+# states that can have moved bytes and report tcp_info (a dump is host-wide: skip listeners and time-wait)
+DATA_STATES = 0xFFFFFFFF & ~((1 << TCP_TIME_WAIT) | (1 << TCP_LISTEN) | (1 << TCP_NEW_SYN_RECV))
 
 _NLMSG_HDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _DIAG_REQ = struct.Struct("=BBBxI48x")  # family, protocol, extensions, pad, states, inet_diag_sockid (any)
@@ -58,10 +60,10 @@ def _align4(n: int) -> int:
 
 def tcp_socket_bytes(family: int) -> dict[int, tuple[int, int, int]]:
     """cookie -> (inode, bytes_acked, bytes_received) for every TCP socket of `family` in this network namespace
-    that reports tcp_info (TIME_WAIT and request sockets do not)."""
+    that can carry data (not listening, not in TIME_WAIT, which reports no tcp_info)."""
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG) as nl:
         nl.settimeout(5.0)
-        req = _DIAG_REQ.pack(family, socket.IPPROTO_TCP, 1 << (INET_DIAG_INFO - 1), ALL_TCP_STATES)
+        req = _DIAG_REQ.pack(family, socket.IPPROTO_TCP, 1 << (INET_DIAG_INFO - 1), DATA_STATES)
         nl.send(
             _NLMSG_HDR.pack(_NLMSG_HDR.size + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + req
         )
