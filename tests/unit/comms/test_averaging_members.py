@@ -1,0 +1,32 @@
+"""What group members gathered (round, state digest) is untrusted: mistyped or oversized values count as none.
+
+hivemind cannot be imported in a process that imports libp2p, so the checks run in a fresh interpreter."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+SCRIPT = r"""
+from comms.hivemind_worker import MAX_DIGEST_CHARS, gathered_member
+assert gathered_member({"round": 7, "digest": "ab12"}) == (7, "ab12")
+assert gathered_member({"round": 7}) == (7, "")
+assert gathered_member({"round": True, "digest": "x"}) == (-1, "x")
+assert gathered_member({"round": "7", "digest": 5}) == (-1, "")
+assert gathered_member({"round": 1, "digest": "f" * (MAX_DIGEST_CHARS + 1)}) == (1, "")
+assert gathered_member(None) == (-1, "") and gathered_member([1, 2]) == (-1, "")
+assert gathered_member({"round": 3, "digest": "d", "later_field": 1}) == (3, "d")
+print("ok")
+"""
+
+
+@pytest.mark.timeout(60)
+def test_mistyped_gathered_values_count_as_none() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=50, check=False
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
