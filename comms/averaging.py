@@ -271,10 +271,13 @@ class HivemindAverager:
         arrays = [t.detach().to(torch.float32).cpu().contiguous().numpy() for t in tensors]
         self._call({"op": "share_state", "metadata": metadata, "tensors": arrays}, timeout_s=30.0)
 
-    def load_state(self, timeout_s: float, peer: str | None = None) -> tuple[dict[str, Any], list[torch.Tensor]]:
+    def load_state(
+        self, timeout_s: float, peer: str | None = None, min_step: int = 0
+    ) -> tuple[dict[str, Any], list[torch.Tensor]]:
         """Download the state a peer of this run shares (`peer`, a hivemind peer id, or hivemind's choice);
-        raise `AveragingError` if none did in time."""
-        req = {"op": "load_state", "timeout_s": timeout_s, "peer": peer}
+        raise `AveragingError` if none did in time. From a named `peer`, a state whose metadata `step` is below
+        `min_step` comes back with no tensors (they are not downloaded): ask again later."""
+        req = {"op": "load_state", "timeout_s": timeout_s, "peer": peer, "min_step": min_step}
         reply = self._call(req, timeout_s=timeout_s + 15.0)
         return reply["metadata"], [torch.from_numpy(a) for a in reply["tensors"]]
 

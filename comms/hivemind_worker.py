@@ -128,13 +128,15 @@ class _StateServingAverager(DecentralizedAverager):
             self.last_updated = get_dht_time()
             self._state_updated.set()
 
-    def load_state_from(self, peer: str, timeout: float) -> tuple[Any, list[torch.Tensor]] | None:
-        """Download the state one given peer serves (hivemind's own `load_state_from_peers` picks the peer)."""
+    def load_state_from(self, peer: str, timeout: float, min_step: int = 0) -> tuple[Any, list[torch.Tensor]] | None:
+        """Download the state one given peer serves (hivemind's own `load_state_from_peers` picks the peer). A
+        state whose metadata says `step` < `min_step` comes back as its metadata alone, its tensors not fetched."""
         future: MPFuture = MPFuture()
-        self._outer_pipe.send(("_load_state_from_peer", [], dict(peer=peer, timeout=timeout, future=future)))
+        call = dict(peer=peer, timeout=timeout, min_step=min_step, future=future)
+        self._outer_pipe.send(("_load_state_from_peer", [], call))
         return future.result(timeout=timeout + 5.0)
 
-    async def _load_state_from_peer(self, peer: str, timeout: float, future: MPFuture) -> None:
+    async def _load_state_from_peer(self, peer: str, timeout: float, min_step: int, future: MPFuture) -> None:
         try:
             stub = self.get_stub(self._p2p, PeerID.from_base58(peer), namespace=self.prefix)
             stream = await asyncio.wait_for(stub.rpc_download_state(averaging_pb2.DownloadRequest()), timeout)
@@ -142,6 +144,10 @@ class _StateServingAverager(DecentralizedAverager):
             async for message in aiter_with_timeout(stream, timeout=timeout):
                 if message.metadata:
                     metadata = self.serializer.loads(message.metadata)
+                    if _step_of(metadata) < min_step:  # not the state wanted yet: skip its tensors
+                        await stream.aclose()
+                        future.set_result((metadata, []))
+                        return
                 if message.tensor_part.dtype and parts:  # a dtype starts the next tensor
                     tensors.append(deserialize_torch_tensor(combine_from_streaming(parts)))
                     parts = []
@@ -158,6 +164,11 @@ class _StateServingAverager(DecentralizedAverager):
             return {"empty": True}, [], []
         metadata, tensors = self.served_state
         return metadata, tensors, [CompressionInfo.from_tensor(t, key=i) for i, t in enumerate(tensors)]
+
+
+def _step_of(metadata: Any) -> int:
+    step = metadata.get("step") if isinstance(metadata, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else -1
 
 
 def gathered_member(value: Any) -> tuple[int, str]:
@@ -252,7 +263,7 @@ class Worker:
     def handle_load_state(self, req: dict[str, Any]) -> dict[str, Any]:
         try:
             if req.get("peer"):
-                loaded = self.averager.load_state_from(req["peer"], timeout=req["timeout_s"])
+                loaded = self.averager.load_state_from(req["peer"], req["timeout_s"], req.get("min_step", 0))
             else:
                 loaded = self.averager.load_state_from_peers(timeout=req["timeout_s"])
         except Exception as err:

@@ -49,7 +49,9 @@ class Averager(Protocol):
 
     def share_state(self, metadata: dict[str, Any], tensors: list[torch.Tensor]) -> None: ...
 
-    def load_state(self, timeout_s: float, peer: str | None = None) -> tuple[dict[str, Any], list[torch.Tensor]]: ...
+    def load_state(
+        self, timeout_s: float, peer: str | None = None, min_step: int = 0
+    ) -> tuple[dict[str, Any], list[torch.Tensor]]: ...
 
 
 @dataclass
@@ -292,23 +294,27 @@ class TrainingPeer:
         deadline = time.monotonic() + self.cfg.round_timeout_s
         while True:
             try:
-                meta, tensors = self.averager.load_state(timeout_s=self.cfg.round_timeout_s, peer=peer)
+                meta, tensors = self.averager.load_state(
+                    timeout_s=self.cfg.round_timeout_s, peer=peer, min_step=self.status.step
+                )
             except AveragingError as err:
                 log.warning("state differs from the group's; could not load %s's state: %s", peer, err)
                 return
+            step = meta.get("step")
+            if isinstance(step, int) and step < self.status.step:  # not shared yet: tensors were not fetched
+                if time.monotonic() > deadline:
+                    log.warning("state differs from the group's; %s did not share this round's state in time", peer)
+                    return
+                time.sleep(0.1)
+                continue
             problem = self._state_problem(meta, tensors)
             if problem:
                 log.warning("state differs from the group's; refused %s's state: %s", peer, problem)
                 return
-            if meta["step"] >= self.status.step:
-                self._load_state_tensors(tensors)
-                self._set_position(int(meta["round"]), int(meta["step"]))
-                self.status.resyncs += 1
-                return
-            if time.monotonic() > deadline:
-                log.warning("state differs from the group's; %s did not share this round's state in time", peer)
-                return
-            time.sleep(0.05)
+            self._load_state_tensors(tensors)
+            self._set_position(int(meta["round"]), int(meta["step"]))
+            self.status.resyncs += 1
+            return
 
     def evaluate(self) -> float:
         loss = self.inner.evaluate(self.eval_set)

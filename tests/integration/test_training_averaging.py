@@ -157,11 +157,13 @@ def test_load_state_from_a_named_peer(closing: list[HivemindAverager]) -> None:
     group = start_group("fp32", ["h"] * 3)
     closing.extend(group)
     a, b, c = group
-    a.share_state({"round": 1, "who": "a"}, [torch.zeros(4)])
-    b.share_state({"round": 1, "who": "b"}, [torch.arange(4, dtype=torch.float32)])
+    a.share_state({"round": 1, "step": 8, "who": "a"}, [torch.zeros(4)])
+    b.share_state({"round": 1, "step": 8, "who": "b"}, [torch.arange(4, dtype=torch.float32)])
     for source, want in ((b, torch.arange(4, dtype=torch.float32)), (a, torch.zeros(4))):
         meta, tensors = c.load_state(timeout_s=10.0, peer=source.peer_id)
         assert meta["who"] == ("b" if source is b else "a")
         assert len(tensors) == 1 and torch.equal(tensors[0], want)
+    meta, tensors = c.load_state(timeout_s=10.0, peer=b.peer_id, min_step=9)  # b's state is older: metadata only
+    assert meta["who"] == "b" and tensors == []
     with pytest.raises(AveragingError):
         c.load_state(timeout_s=3.0, peer=c.peer_id)  # c serves nothing

@@ -78,13 +78,15 @@ class LocalMember:
         with self.group.lock:
             self.group.shared[self.peer_id] = (dict(metadata), [t.clone() for t in tensors])
 
-    def load_state(self, timeout_s: float, peer: str | None = None) -> tuple[dict[str, Any], list[torch.Tensor]]:
+    def load_state(
+        self, timeout_s: float, peer: str | None = None, min_step: int = 0
+    ) -> tuple[dict[str, Any], list[torch.Tensor]]:
         with self.group.lock:
             self.group.loads.append((self.peer_id, peer))
             if peer not in self.group.shared:
                 raise AveragingError(ErrorCode.TIMEOUT, f"{peer} shares no state")
             meta, tensors = self.group.shared[peer]
-            return dict(meta), [t.clone() for t in tensors]
+            return dict(meta), ([t.clone() for t in tensors] if meta["step"] >= min_step else [])
 
 
 def tiny_peer(peer_id: str, shard: int, member: LocalMember) -> TrainingPeer:
