@@ -47,7 +47,8 @@ class BenchSettings:
     saturation_requests: int = 128
     hf_generate_requests: int = 16  # one-at-a-time throughput does not depend on the queue: a prefix suffices
     goodput_mix: Mix = LONG_PROMPT
-    goodput_requests: int = 40
+    goodput_requests: int = 40  # fewest requests per capacity probe
+    probe_arrival_s: float = 20.0  # and at least this long a stretch of arrivals: a short burst never queues up
     probes_per_system: int = 6
     hf_curve: bool = True  # HF generate attainment curve on the long-prompt mix (replayed service times)
     hf_batch_rates: int = 2  # live HF continuous-batching runs on the long-prompt mix, for the plot
@@ -63,7 +64,8 @@ class BenchSettings:
             size = dict(
                 saturation_requests=64,
                 hf_generate_requests=8,
-                goodput_requests=32,
+                goodput_requests=24,
+                probe_arrival_s=8.0,
                 probes_per_system=4,
                 hf_batch_rates=1,
                 hf_curve=False,
@@ -141,9 +143,16 @@ def capacity_search(probe, start_rate: float, probes: int) -> tuple[float, list[
     return search.capacity, search.points
 
 
+def probe_requests(settings: BenchSettings, rate: float) -> list[BenchRequest]:
+    """The trace of one capacity probe at `rate`: enough requests to span `probe_arrival_s` of arrivals, so the
+    queue reaches the state that rate sustains (a fixed count at a high rate is a burst that ends before it)."""
+    n = max(settings.goodput_requests, math.ceil(rate * settings.probe_arrival_s))
+    return make_requests(settings.goodput_mix, n, rate, settings.seed + 1, 256)
+
+
 def _engine_probe(engine: Engine, settings: BenchSettings, slo: Slo, log: list[dict], name: str):
     def probe(rate: float) -> float:
-        reqs = make_requests(settings.goodput_mix, settings.goodput_requests, rate, settings.seed + 1, 256)
+        reqs = probe_requests(settings, rate)
         timeout = reqs[-1].arrival_s + 60
         records, wall = run_engine_trace(engine, reqs, slo.ttft_s, slo.tpot_s, timeout)
         summary = summarize(records, wall, slo.ttft_s, slo.tpot_s)
@@ -207,10 +216,11 @@ def goodput(settings: BenchSettings, slo_engine: Engine, fcfs_engine: Engine, hf
     capacities = {name: search.capacity for name, search in searches.items()}
     rates = sorted({p["rate_req_s"] for p in probes})
     if settings.hf_curve:
-        services, _ = measure_hf_generate(hf_model, reqs, eos)
-        for rate in rates:
-            trace = make_requests(settings.goodput_mix, settings.goodput_requests, rate, settings.seed + 1, 256)
-            records = replay_sequential(services, trace)
+        traces = {rate: probe_requests(settings, rate) for rate in rates}
+        # Every trace's lengths are a prefix of the longest one's (same seed): serve that one once, replay all.
+        services, _ = measure_hf_generate(hf_model, max(traces.values(), key=len), eos)
+        for rate, trace in traces.items():
+            records = replay_sequential(services[: len(trace)], trace)
             wall = max(r.token_times_s[-1] for r in records) - trace[0].arrival_s
             probes.append(
                 {"system": "hf_generate", "rate_req_s": rate, **summarize(records, wall, slo.ttft_s, slo.tpot_s)}
@@ -219,7 +229,7 @@ def goodput(settings: BenchSettings, slo_engine: Engine, fcfs_engine: Engine, hf
     # Live continuous-batching runs are slow: spend them on the middle of the probed range.
     middle = sorted(rates, key=lambda r: abs(math.log(r / statistics.median(rates))))
     for rate in sorted(middle[: settings.hf_batch_rates]):
-        trace = make_requests(settings.goodput_mix, settings.goodput_requests, rate, settings.seed + 1, 256)
+        trace = probe_requests(settings, rate)
         records, wall = run_hf_continuous_batching(
             hf_model, trace, eos, trace[-1].arrival_s + 120, settings.max_batch_tokens, kv_tokens
         )

@@ -47,7 +47,9 @@ def _single_node(settings: BenchSettings, base_slowdown: float, progress) -> tup
     return slo, capacity, probes
 
 
-async def _send(client: AsyncClient, req: BenchRequest, record: RequestRecord, slo: Any, started: float) -> None:
+async def _send(
+    client: AsyncClient, req: BenchRequest, record: RequestRecord, slo: Any, started: float, served_by: list[str]
+) -> None:
     await trio.sleep_until(started + req.arrival_s)
     record.start_s = time.perf_counter()
     try:
@@ -60,21 +62,37 @@ async def _send(client: AsyncClient, req: BenchRequest, record: RequestRecord, s
                 record.ttft_s = now - record.start_s
             record.token_times_s.extend([now] * len(delta.token_ids))
             record.num_tokens += len(delta.token_ids)
+            if delta.peer_id not in served_by:
+                served_by.append(delta.peer_id)
     except (NoPeerAvailable, GenerationRefused):
         record.refused = record.ttft_s is None
 
 
-async def _run_trace(client: AsyncClient, policy: str, reqs: list[BenchRequest], slo: Any) -> dict:
+def _by_peer(records: list[RequestRecord], served_by: list[list[str]], names: dict[str, str], slo: Any) -> dict:
+    """Requests each peer answered (the first peer of a resumed answer) and how many of them met both SLOs."""
+    out: dict[str, dict[str, int]] = {name: {"requests": 0, "met_slo": 0} for name in names.values()}
+    for record, peers in zip(records, served_by, strict=True):
+        if peers:
+            entry = out.setdefault(names.get(peers[0], peers[0]), {"requests": 0, "met_slo": 0})
+            entry["requests"] += 1
+            entry["met_slo"] += record.meets(slo.ttft_s, slo.tpot_s)
+    return out
+
+
+async def _run_trace(
+    client: AsyncClient, policy: str, reqs: list[BenchRequest], slo: Any, names: dict[str, str]
+) -> dict:
     client.dispatch.routing = policy
     records = [RequestRecord() for _ in reqs]
+    served_by: list[list[str]] = [[] for _ in reqs]
     wall_start = time.perf_counter()
     async with trio.open_nursery() as nursery:
         started = trio.current_time()
-        for req, record in zip(reqs, records, strict=True):
-            nursery.start_soon(_send, client, req, record, slo, started)
+        for req, record, peers in zip(reqs, records, served_by, strict=True):
+            nursery.start_soon(_send, client, req, record, slo, started, peers)
     ends = [r.token_times_s[-1] for r in records if r.token_times_s]
     wall = (max(ends) if ends else time.perf_counter()) - wall_start
-    return summarize(records, wall, slo.ttft_s, slo.tpot_s)
+    return {**summarize(records, wall, slo.ttft_s, slo.tpot_s), "by_peer": _by_peer(records, served_by, names, slo)}
 
 
 def _start_peers(
@@ -104,12 +122,13 @@ def _start_peers(
 async def _compare(peers: list[LocalPeer], reqs: list[BenchRequest], slo: Any, repeats: int, progress) -> dict:
     results: dict[str, list[dict]] = {p: [] for p in POLICIES}
     client = AsyncClient(peers=[peers[0].addr], timeout_s=max(2 * slo.ttft_s, 1.0), stall_timeout_s=30)
+    names = {p.peer_id: p.name + (" (throttled)" if i == len(peers) - 1 else "") for i, p in enumerate(peers)}
     async with client:
         await client.wait_for_servers(len(peers), timeout_s=60)
         for rep in range(repeats):  # A B A B on the same requests
             for policy in POLICIES:
                 progress(f"routing={policy}, pass {rep + 1}/{repeats}")
-                results[policy].append(await _run_trace(client, policy, reqs, slo))
+                results[policy].append(await _run_trace(client, policy, reqs, slo, names))
                 await trio.sleep(1.0)  # let queues drain and announces refresh between runs
     return results
 
@@ -132,7 +151,9 @@ def run_swarm_bench(
     progress = progress or (lambda _msg: None)
     started = time.perf_counter()
     size = (
-        {"goodput_requests": 16, "probes_per_system": 5} if quick else {"goodput_requests": 40, "probes_per_system": 7}
+        {"goodput_requests": 16, "probes_per_system": 5, "probe_arrival_s": 8.0}
+        if quick
+        else {"goodput_requests": 40, "probes_per_system": 7, "probe_arrival_s": 20.0}
     )
     settings = BenchSettings.for_size(quick, model=model, threads=1, goodput_mix=ROUTING_MIX, **size)
     slo, capacity, single_probes = _single_node(settings, base_slowdown, progress)

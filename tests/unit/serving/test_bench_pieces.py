@@ -20,6 +20,10 @@ def test_requests_are_seeded_and_rate_only_scales_arrivals() -> None:
     lo, hi = LONG_PROMPT.prompt_range
     assert all(lo <= len(r.prompt_ids) <= hi for r in a)
     assert all(r.arrival_s == 0.0 for r in make_requests(LONG_PROMPT, 5, math.inf, seed=3, vocab=256))
+    longer = make_requests(LONG_PROMPT, 50, 2.0, seed=3, vocab=256)  # a longer probe extends the same lengths
+    assert [(len(r.prompt_ids), r.max_new_tokens) for r in longer[:20]] == [
+        (len(r.prompt_ids), r.max_new_tokens) for r in a
+    ]
 
 
 def test_replay_queues_a_one_at_a_time_server() -> None:

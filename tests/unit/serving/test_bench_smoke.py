@@ -24,6 +24,7 @@ def test_bench_runs_every_system_and_reports_ratios(tmp_path: Path) -> None:
         hf_generate_requests=2,
         goodput_mix=small,
         goodput_requests=4,
+        probe_arrival_s=0.5,
         probes_per_system=2,
         hf_curve=True,
         hf_batch_rates=1,
