@@ -1,4 +1,5 @@
-"""Elastic training with real peer processes on 127.0.0.1: kill -9 mid-round, a late joiner, resume.
+"""Elastic training with real peer processes on 127.0.0.1: kill -9 mid-round, a late joiner, resume; peers
+whose outer states diverged agree again after one round.
 
 Each peer is `python -m training.peer_main` (its own process group: trainer, hivemind child, p2pd), so a
 kill -9 of the group is an abrupt death of the whole peer.
@@ -11,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +22,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from comms.averaging import HivemindAverager
 from training.config import TrainingConfig
+from training.data import TokenData, load_corpus
+from training.trainer import TrainingPeer, averaging_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.multipeer, pytest.mark.slow, pytest.mark.timeout(240)]
@@ -151,3 +156,49 @@ def test_kill_mid_round_then_late_joiner_matches(peers: Peers) -> None:
     # group's reference took a member's state after the round: all three agree.
     seen = {x.name: status(x) for x in (a, b, d)}
     assert same(wa, wb) and same(wd, wa), (r, same(wa, wb), same(wd, wa), same(wd, wb), seen)
+
+
+def test_diverged_peers_agree_after_one_round() -> None:
+    """Two trainers (threads here, each with its own averaging process) whose outer states differ, as after a
+    kill inside an all-reduce: after one round through real hivemind, one took the other's state by name."""
+    cfg = tiny_config(max_corpus_bytes=50_000)
+    data = TokenData(load_corpus(None, cfg.max_corpus_bytes), cfg.eval_fraction, cfg.seq_len)
+    peers: list[TrainingPeer] = []
+    try:
+        for i in range(2):
+            initial = tuple(peers[0].averager.visible_maddrs) if peers else ()
+            peer = TrainingPeer(cfg, data, peer_id=f"p{i}", shard_index=i, num_shards=2)
+            peer.averager = HivemindAverager(
+                averaging_settings(cfg, prefix="diverged", initial_peers=initial),
+                [(peer.exchange_len,)],
+                peer.model_hash,
+            )
+            peers.append(peer)
+            peer.averager.start()
+        with torch.no_grad():
+            peers[1].outer.slow[0].add_(1e-3)
+            peers[1].inner.params[0].copy_(peers[1].outer.slow[0])
+        for p in peers:
+            p.share_state()
+
+        def one_round() -> None:
+            threads = [threading.Thread(target=p.run, args=(cfg.inner_steps,)) for p in peers]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=60)
+
+        one_round()
+        assert all(p.status.exchanges_ok == 1 and len(p.status.last_group) == 2 for p in peers)
+        assert sorted(p.status.resyncs for p in peers) == [0, 1]  # the one not holding the reference took it
+        for x, y in zip(peers[0].state_tensors(), peers[1].state_tensors(), strict=True):
+            assert torch.equal(x, y)
+        one_round()  # from equal states: equal again, nothing loaded
+        assert sorted(p.status.resyncs for p in peers) == [0, 1]
+        for x, y in zip(peers[0].state_tensors(), peers[1].state_tensors(), strict=True):
+            assert torch.equal(x, y)
+    finally:
+        for p in peers:
+            if p.averager is not None:
+                p.averager.close()
+            p.close()
