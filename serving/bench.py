@@ -49,6 +49,7 @@ class BenchSettings:
     goodput_mix: Mix = LONG_PROMPT
     goodput_requests: int = 40  # fewest requests per capacity probe
     probe_arrival_s: float = 20.0  # and at least this long a stretch of arrivals: a short burst never queues up
+    count_stalls: bool = True  # TPOT check: mean and stalls (True) or the mean alone (see RequestRecord.meets)
     probes_per_system: int = 6
     hf_curve: bool = True  # HF generate attainment curve on the long-prompt mix (replayed service times)
     hf_batch_rates: int = 2  # live HF continuous-batching runs on the long-prompt mix, for the plot
@@ -155,7 +156,7 @@ def _engine_probe(engine: Engine, settings: BenchSettings, slo: Slo, log: list[d
         reqs = probe_requests(settings, rate)
         timeout = reqs[-1].arrival_s + 60
         records, wall = run_engine_trace(engine, reqs, slo.ttft_s, slo.tpot_s, timeout)
-        summary = summarize(records, wall, slo.ttft_s, slo.tpot_s)
+        summary = summarize(records, wall, slo.ttft_s, slo.tpot_s, settings.count_stalls)
         log.append({"system": name, "rate_req_s": rate, **summary})
         return summary["slo_attainment"]
 
@@ -223,7 +224,11 @@ def goodput(settings: BenchSettings, slo_engine: Engine, fcfs_engine: Engine, hf
             records = replay_sequential(services[: len(trace)], trace)
             wall = max(r.token_times_s[-1] for r in records) - trace[0].arrival_s
             probes.append(
-                {"system": "hf_generate", "rate_req_s": rate, **summarize(records, wall, slo.ttft_s, slo.tpot_s)}
+                {
+                    "system": "hf_generate",
+                    "rate_req_s": rate,
+                    **summarize(records, wall, slo.ttft_s, slo.tpot_s, settings.count_stalls),
+                }
             )
     kv_tokens = settings.kv_cache_bytes // slo_engine.runner.layout.bytes_per_token()
     # Live continuous-batching runs are slow: spend them on the middle of the probed range.
@@ -233,7 +238,7 @@ def goodput(settings: BenchSettings, slo_engine: Engine, fcfs_engine: Engine, hf
         records, wall = run_hf_continuous_batching(
             hf_model, trace, eos, trace[-1].arrival_s + 120, settings.max_batch_tokens, kv_tokens
         )
-        summary = summarize(records, wall, slo.ttft_s, slo.tpot_s)
+        summary = summarize(records, wall, slo.ttft_s, slo.tpot_s, settings.count_stalls)
         probes.append({"system": "hf_generate_batch", "rate_req_s": rate, **summary})
     return {"slo": asdict(slo), "capacity_req_s": capacities, "probes": probes}
 

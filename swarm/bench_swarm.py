@@ -75,7 +75,7 @@ def _by_peer(records: list[RequestRecord], served_by: list[list[str]], names: di
         if peers:
             entry = out.setdefault(names.get(peers[0], peers[0]), {"requests": 0, "met_slo": 0})
             entry["requests"] += 1
-            entry["met_slo"] += record.meets(slo.ttft_s, slo.tpot_s)
+            entry["met_slo"] += record.meets(slo.ttft_s, slo.tpot_s, stalls=False)
     return out
 
 
@@ -92,7 +92,8 @@ async def _run_trace(
             nursery.start_soon(_send, client, req, record, slo, started, peers)
     ends = [r.token_times_s[-1] for r in records if r.token_times_s]
     wall = (max(ends) if ends else time.perf_counter()) - wall_start
-    return {**summarize(records, wall, slo.ttft_s, slo.tpot_s), "by_peer": _by_peer(records, served_by, names, slo)}
+    summary = summarize(records, wall, slo.ttft_s, slo.tpot_s, stalls=False)
+    return {**summary, "by_peer": _by_peer(records, served_by, names, slo)}
 
 
 def _start_peers(
@@ -155,7 +156,12 @@ def run_swarm_bench(
         if quick
         else {"goodput_requests": 40, "probes_per_system": 7, "probe_arrival_s": 20.0}
     )
-    settings = BenchSettings.for_size(quick, model=model, threads=1, goodput_mix=ROUTING_MIX, **size)
+    # TPOT is checked on the mean (vLLM's goodput): a client's view of token gaps through Python libp2p hosts
+    # sharing two cores carries jitter no routing decision can remove; stall-free batching is the single-node
+    # bench's subject.
+    settings = BenchSettings.for_size(
+        quick, model=model, threads=1, goodput_mix=ROUTING_MIX, count_stalls=False, **size
+    )
     slo, capacity, single_probes = _single_node(settings, base_slowdown, progress)
     if capacity <= 0:
         raise RuntimeError("one peer met no SLO at any probed rate: nothing to route")
