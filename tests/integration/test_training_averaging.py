@@ -149,7 +149,7 @@ def test_socket_bytes_cover_the_exchanged_payload(closing: list[HivemindAverager
     for x, y, old_x, old_y in ((a, b, before[0], before[1]), (b, a, before[1], before[0])):
         sent = x.counters.bytes_sent - old_x.bytes_sent
         received = y.counters.bytes_received - old_y.bytes_received
-        assert abs(sent - received) <= 0.01 * payload, (sent, received)
+        assert abs(sent - received) <= 0.05 * payload, (sent, received)  # reads up to a poll apart
 
 
 def test_load_state_from_a_named_peer(closing: list[HivemindAverager]) -> None:
