@@ -144,7 +144,7 @@ def run_swarm_bench(
     num_peers: int = 3,
     throttle: float = 3.0,
     load_fraction: float = 0.6,
-    base_slowdown: float = 2.0,
+    base_slowdown: float = 6.0,
     model: str = "default",
     progress=None,
 ) -> dict:  # fmt: skip
@@ -167,7 +167,7 @@ def run_swarm_bench(
         raise RuntimeError("one peer met no SLO at any probed rate: nothing to route")
     combined = capacity * (num_peers - 1 + 1 / throttle)
     rate = load_fraction * combined
-    requests = (40 if quick else 120) * num_peers // 3
+    requests = (60 if quick else 160) * num_peers // 3
     reqs = make_requests(settings.goodput_mix, requests, rate, settings.seed + 2, 256)
     progress(f"starting {num_peers} serving peers")
     with tempfile.TemporaryDirectory(prefix="swarm-bench-") as workdir:
