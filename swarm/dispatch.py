@@ -156,7 +156,7 @@ class SwarmGenerator:
     async def run(self, request: GenerateRequest, progress: Progress) -> AsyncIterator[TokenDelta]:
         deadline = trio.current_time() + self.timeout_s
         while progress.done is None:
-            peer = await self._pick_peer(request.model_id, deadline)
+            peer = await self._pick_peer(request, deadline)
             attempt = GenerateRequest(**{**vars(request), "continuation_token_ids": list(progress.token_ids)})
             if len(progress.token_ids) >= request.max_new_tokens:  # died right after the last token
                 progress.done = GenerateDone(request.request_id, "length")
@@ -177,9 +177,13 @@ class SwarmGenerator:
                 if waiting:
                     queued[peer] -= 1
 
-    async def _pick_peer(self, model: str, deadline: float) -> str:
+    async def _pick_peer(self, request: GenerateRequest, deadline: float) -> str:
+        model = request.model_id
         while True:
-            ranked = rank_peers(self._announces(), model, self.state, policy=self.routing)
+            ranked = rank_peers(
+                self._announces(), model, self.state, policy=self.routing, ttft_ms=request.ttft_ms,
+                tpot_ms=request.tpot_ms,
+            )  # fmt: skip
             reachable = self.node.host.connected_peers() | {self.node.peer_id}
             ranked.sort(key=lambda a: a.peer_id not in reachable)  # stable: prefer peers we already reach
             if ranked:

@@ -1,8 +1,10 @@
-"""Choosing a serving peer for a request: peers that serve the requested model, best predicted TTFT first.
+"""Choosing a serving peer for a request: peers that serve the requested model and are predicted to meet the
+request's SLO targets, spread by their headroom; otherwise best predicted TTFT first.
 
-Knows announces and what this asker has already sent where; nothing about streams. The predicted TTFT a peer
-gossips is up to one heartbeat old, so this asker's requests still waiting for their first token there are charged
-to that peer as extra queueing (once decoding, a request is part of the load the peer itself reports).
+Knows announces, the request's targets and what this asker has already sent where; nothing about streams. The
+predicted TTFT a peer gossips is up to one heartbeat old, so this asker's requests still waiting for their first
+token there are charged to that peer as extra queueing (once decoding, a request is part of the load the peer
+itself reports).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from protocols import PeerAnnounce
 
 EMBEDDED_PREFIX = "swarm-embedded-"
 DEAD_PEER_BACKOFF_S = 10.0
+MIN_HEADROOM = 0.2  # share of a target kept in reserve for gossip staleness and prediction error
 
 
 def serves_model(announce: PeerAnnounce, model: str | None) -> bool:
@@ -53,18 +56,49 @@ def predicted_ttft_ms(announce: PeerAnnounce, queued: int) -> float:
     return base * (1 + queued)
 
 
+def predicted_tpot_ms(announce: PeerAnnounce) -> float:
+    """One decode step of the peer's current batch (its announced decode rate over its batch); 0 if unknown."""
+    load = announce.load
+    return 1000.0 * max(load.running, 1) / load.decode_tok_s if load.decode_tok_s > 0 else 0.0
+
+
+def slo_headroom(announce: PeerAnnounce, queued: int, ttft_ms: float, tpot_ms: float | None) -> float:
+    """Share of the request's targets left over on this peer (1: idle and instant, <= 0: predicted to miss)."""
+    headroom = 1.0 - predicted_ttft_ms(announce, queued) / ttft_ms
+    if tpot_ms:
+        headroom = min(headroom, 1.0 - predicted_tpot_ms(announce) / tpot_ms)
+    return headroom
+
+
 def rank_peers(
-    announces: list[PeerAnnounce], model: str | None, state: RouteState, *, policy: str = "ttft"
+    announces: list[PeerAnnounce],
+    model: str | None,
+    state: RouteState,
+    *,
+    policy: str = "ttft",
+    ttft_ms: float | None = None,
+    tpot_ms: float | None = None,
 ) -> list[PeerAnnounce]:
-    """Peers able to take the request, best first. ``policy`` is "ttft" or "random" (the baseline)."""
+    """Peers able to take the request, best first. ``policy`` is "ttft" or "random" (the baseline).
+
+    "ttft" without a TTFT target: best predicted TTFT first. With targets: the peers predicted to meet them with
+    `MIN_HEADROOM` to spare come first, drawn at random weighted by their headroom, so that load spreads over
+    every peer that can serve the request in time (slow ones included) instead of piling onto the fastest; then
+    the rest, best predicted TTFT first (their own admission decides).
+    """
     candidates = [a for a in announces if serves_model(a, model) and not state.avoided(a.peer_id)]
     if policy == "random":
         random.shuffle(candidates)
         return candidates
     if policy != "ttft":
         raise ValueError(f"unknown routing policy {policy!r}")
+    queued = state.awaiting_first_token
     jitter = {a.peer_id: random.random() for a in candidates}  # break ties without always picking the same
-    return sorted(
-        candidates,
-        key=lambda a: (predicted_ttft_ms(a, state.awaiting_first_token.get(a.peer_id, 0)), jitter[a.peer_id]),
-    )
+    by_ttft = sorted(candidates, key=lambda a: (predicted_ttft_ms(a, queued.get(a.peer_id, 0)), jitter[a.peer_id]))
+    if not ttft_ms:
+        return by_ttft
+    room = {a.peer_id: slo_headroom(a, queued.get(a.peer_id, 0), ttft_ms, tpot_ms) for a in candidates}
+    able = [a for a in by_ttft if room[a.peer_id] >= MIN_HEADROOM]
+    # Weighted sampling without replacement: key u ** (1 / weight), largest first (Efraimidis-Spirakis).
+    able.sort(key=lambda a: jitter[a.peer_id] ** (1.0 / room[a.peer_id]), reverse=True)
+    return able + [a for a in by_ttft if room[a.peer_id] < MIN_HEADROOM]

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from protocols import Load, PeerAnnounce
 from swarm.routing import RouteState, rank_peers, serves_model
 
 
-def server(peer: str, ttft_ms: float, model: str = "swarm-embedded-default-seed0", roles=("serve",)) -> PeerAnnounce:
+def server(
+    peer: str, ttft_ms: float, model: str = "swarm-embedded-default-seed0", roles=("serve",), step_ms: float = 0.0
+) -> PeerAnnounce:
+    load = Load(predicted_ttft_ms=ttft_ms, running=1 if step_ms else 0, decode_tok_s=1000 / step_ms if step_ms else 0)
     return PeerAnnounce(peer_id=peer, addrs=[], version="t", timestamp_ms=0, roles=list(roles), model_id=model,
-                        load=Load(predicted_ttft_ms=ttft_ms))  # fmt: skip
+                        load=load)  # fmt: skip
 
 
 def test_model_matching() -> None:
@@ -45,3 +50,18 @@ def test_random_policy_is_a_permutation_of_the_candidates() -> None:
     assert len(orders) > 1 and all(sorted(o) == sorted(str(i) for i in range(10)) for o in orders)
     with pytest.raises(ValueError, match="policy"):
         rank_peers(peers, None, RouteState(), policy="nearest")
+
+
+def test_with_targets_load_spreads_over_every_peer_that_can_meet_them() -> None:
+    peers = [server("fast", 100, step_ms=10), server("slow", 300, step_ms=30), server("late", 900, step_ms=10),
+             server("stalls", 100, step_ms=90)]  # fmt: skip
+    first = Counter(
+        rank_peers(peers, "default", RouteState(), ttft_ms=1000, tpot_ms=100)[0].peer_id for _ in range(2000)
+    )
+    # Headroom: fast min(0.9, 0.9), slow min(0.7, 0.7); late (0.1) and stalls (tpot: 0.1) are predicted to miss.
+    assert set(first) == {"fast", "slow"}
+    assert 0.38 < first["slow"] / 2000 < 0.5  # drawn by headroom: P(slow first) = 0.7 / (0.9 + 0.7) = 0.44
+    order = [p.peer_id for p in rank_peers(peers, "default", RouteState(), ttft_ms=1000, tpot_ms=100)]
+    assert order[2:] == ["stalls", "late"]  # then the rest by predicted TTFT
+    state = RouteState(awaiting_first_token={"fast": 9, "slow": 9})  # ours queued there: both predicted late now
+    assert rank_peers(peers, "default", state, ttft_ms=1000, tpot_ms=100)[0].peer_id == "stalls"
