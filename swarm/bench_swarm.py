@@ -147,8 +147,13 @@ def run_swarm_bench(
     base_slowdown: float = 6.0,
     model: str = "default",
     progress=None,
+    requests: int | None = None,
+    repeats: int | None = None,
+    **single_node: Any,
 ) -> dict:  # fmt: skip
-    """Run the routing bench; returns the bench JSON object (machine info is added by the caller)."""
+    """Run the routing bench; returns the bench JSON object (machine info is added by the caller). `requests`
+    per pass, `repeats` passes per policy and `single_node` BenchSettings overrides default to the --quick or
+    full sizes."""
     progress = progress or (lambda _msg: None)
     started = time.perf_counter()
     size = (
@@ -156,24 +161,25 @@ def run_swarm_bench(
         if quick
         else {"goodput_requests": 40, "probes_per_system": 7, "probe_arrival_s": 20.0}
     )
+    size.update(single_node)
     # TPOT is checked on the mean (vLLM's goodput): a client's view of token gaps through Python libp2p hosts
     # sharing two cores carries jitter no routing decision can remove; stall-free batching is the single-node
     # bench's subject.
     settings = BenchSettings.for_size(
-        quick, model=model, threads=1, goodput_mix=ROUTING_MIX, count_stalls=False, **size
+        quick, model=model, threads=1, count_stalls=False, **{"goodput_mix": ROUTING_MIX, **size}
     )
     slo, capacity, single_probes = _single_node(settings, base_slowdown, progress)
     if capacity <= 0:
         raise RuntimeError("one peer met no SLO at any probed rate: nothing to route")
     combined = capacity * (num_peers - 1 + 1 / throttle)
     rate = load_fraction * combined
-    requests = (60 if quick else 160) * num_peers // 3
+    requests = requests or (60 if quick else 160) * num_peers // 3
     reqs = make_requests(settings.goodput_mix, requests, rate, settings.seed + 2, 256)
     progress(f"starting {num_peers} serving peers")
     with tempfile.TemporaryDirectory(prefix="swarm-bench-") as workdir:
         peers = _start_peers(Path(workdir), settings, num_peers, base_slowdown, throttle)
         try:
-            runs = trio.run(_compare, peers, reqs, slo, 2 if quick else 3, progress)
+            runs = trio.run(_compare, peers, reqs, slo, repeats or (2 if quick else 3), progress)
         finally:
             stop_all(peers)
     summary = {
