@@ -31,7 +31,7 @@ from serving.engine import Engine
 from serving.request import GenerateParams
 
 TARGET_ATTAINMENT = 0.9
-BRACKET_STEP = 1.6
+BRACKET_STEP = 2.0  # per probe while bracketing; then geometric bisection
 
 
 @dataclass
@@ -65,9 +65,9 @@ class BenchSettings:
             size = dict(
                 saturation_requests=64,
                 hf_generate_requests=8,
-                goodput_requests=24,
+                goodput_requests=16,
                 probe_arrival_s=8.0,
-                probes_per_system=4,
+                probes_per_system=5,
                 hf_batch_rates=1,
                 hf_curve=False,
             )
