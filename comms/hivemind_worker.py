@@ -11,6 +11,7 @@ This module knows nothing about models or optimizers: it averages lists of float
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -56,6 +57,16 @@ class _AverageReturningRunner(AllReduceRunner):
         super().__init__(compression=compression, **kwargs)
         self.compression = compression
         self.tensor_part_container.return_deltas = False  # outputs are averages: a failed part keeps local values
+        self._replying = 0  # senders whose parts this peer reduces and who are still being answered
+        self._all_replied = asyncio.Event()
+        self._all_replied.set()
+
+    async def wait_for_replies(self, timeout_s: float) -> None:
+        """Wait (at most `timeout_s`) until this peer, as a reducer, answered every sender: its own outputs can be
+        complete while the last encoded averages are still on their way to the others, and the counts of bytes
+        sent that go back with the round must include them."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._all_replied.wait(), timeout_s)
 
     async def _communicate_with_peer(self, peer_id: Any) -> None:
         if peer_id != self.peer_id:  # the remote reducer's reply is the encoded average: registered as it is
@@ -78,6 +89,8 @@ class _AverageReturningRunner(AllReduceRunner):
         self, stream: AsyncIterator[averaging_pb2.AveragingData], sender_index: int
     ) -> AsyncIterator[averaging_pb2.AveragingData]:
         part_index = 0
+        self._replying += 1
+        self._all_replied.clear()
         try:
             loop = asyncio.get_event_loop()
             async for tensor_part, weight in amap_in_executor(
@@ -95,6 +108,9 @@ class _AverageReturningRunner(AllReduceRunner):
                 reply = await loop.run_in_executor(None, self._encode, averaged)
                 yield averaging_pb2.AveragingData(code=averaging_pb2.AVERAGED_PART, tensor_part=reply)
         finally:
+            self._replying -= 1
+            if self._replying == 0:
+                self._all_replied.set()
             if part_index != self.tensor_part_reducer.num_parts:
                 await self._ban_sender(self.sender_peer_ids[sender_index])
 
@@ -164,6 +180,7 @@ class _PacedPotentialLeaders(matchmaking.PotentialLeaders):
 matchmaking.PotentialLeaders = _PacedPotentialLeaders
 
 MAX_DIGEST_CHARS = 128
+REPLIES_TIMEOUT_S = 5.0  # a sender that stops reading its averages does not hold the round longer than this
 
 
 class _StateServingAverager(DecentralizedAverager):
@@ -178,7 +195,7 @@ class _StateServingAverager(DecentralizedAverager):
     ) -> None:
         """hivemind's version, with `_AverageReturningRunner` and its averages copied in (not deltas added). It
         does not re-declare this peer as a state donor after every round (a DHT store to every replica; the
-        periodic declaration keeps it listed)."""
+        periodic declaration keeps it listed) and returns once its replies as a reducer are sent."""
         group_id = group_info.group_id if group_id is None else group_id
         runner = _AverageReturningRunner(
             p2p=self._p2p,
@@ -195,6 +212,7 @@ class _StateServingAverager(DecentralizedAverager):
         async for tensor, averaged in azip(as_aiter(*tensors), runner):
             tensor.copy_(averaged)
             self.last_updated = get_dht_time()
+        await runner.wait_for_replies(REPLIES_TIMEOUT_S)
 
     def load_state_from(self, peer: str, timeout: float, min_step: int = 0) -> tuple[Any, list[torch.Tensor]] | None:
         """Download the state one given peer serves (hivemind's own `load_state_from_peers` picks the peer). A
