@@ -57,7 +57,7 @@ class AveragingSettings:
     allreduce_timeout_s: float = 30.0
     request_timeout_s: float = 3.0
     startup_timeout_s: float = 60.0
-    declare_state_period_s: float = 5.0
+    declare_state_period_s: float = 30.0  # hivemind's default: each declaration is a DHT store to every replica
     bandwidth_mbps: float | None = None  # emulate a WAN uplink (token bucket on sent tensor bytes)
 
 
