@@ -3,10 +3,10 @@
 `WORKDIR/spec.json` (written by `training.bench`) lists the systems (ddp, diloco, noloco, streaming_int4),
 their training configs and step count; the peer runs them in turn from a fresh model each, using
 `WORKDIR/<system>/` as the rendezvous (rank 0's hivemind multiaddrs, or every rank's ring port) and writing
-its losses, bytes and wall time to `WORKDIR/<system>/result-RANK.json`: `bytes_*` as the bench compares them
-(the ring's socket sends for ddp, tensor messages for hivemind) and `tcp_bytes_*`, the kernel's counts for the
-TCP sockets that carried the exchange (everything hivemind's daemon sent: parts, matchmaking, DHT, framing).
-It knows nothing about the report.
+its losses, bytes and wall time to `WORKDIR/<system>/result-RANK.json`: `bytes_*`, the kernel's counts for the
+TCP sockets that carried the exchange (the ring's for ddp; for hivemind everything its daemon moved: tensor
+parts, matchmaking, DHT, libp2p framing and handshakes), and `payload_bytes_*`, what was handed to them (the
+ring's sends for ddp, the serialized tensor messages for hivemind). It knows nothing about the report.
 """
 
 from __future__ import annotations
@@ -72,10 +72,20 @@ def run_ddp(peer: TrainingPeer, spec: dict[str, Any], rank: int) -> dict[str, An
         end = tcp.poll() if tcp is not None else None
     finally:
         ring.close()
-    wire = {"bytes_sent": ring.bytes_sent, "bytes_received": ring.bytes_received, "bytes_counted": "tcp socket"}
+    payload = {"payload_bytes_sent": ring.bytes_sent, "payload_bytes_received": ring.bytes_received}
     if start is None or end is None:
-        return {**wire, "tcp_bytes_sent": ring.bytes_sent, "tcp_bytes_received": ring.bytes_received}
-    return {**wire, "tcp_bytes_sent": end.sent - start.sent, "tcp_bytes_received": end.received - start.received}
+        return {
+            **payload,
+            "bytes_sent": ring.bytes_sent,
+            "bytes_received": ring.bytes_received,
+            "bytes_counted": "ring sends",
+        }
+    return {
+        **payload,
+        "bytes_sent": end.sent - start.sent,
+        "bytes_received": end.received - start.received,
+        "bytes_counted": "tcp socket",
+    }
 
 
 def run_hivemind(peer: TrainingPeer, spec: dict[str, Any], rank: int, settings: AveragingSettings) -> dict[str, Any]:
@@ -98,11 +108,11 @@ def run_hivemind(peer: TrainingPeer, spec: dict[str, Any], rank: int, settings: 
         peer.run(spec["steps"], eval_every=spec["eval_every"])
         counters = averager.counters
     return {
-        "bytes_sent": counters.payload_bytes_sent,
-        "bytes_received": counters.payload_bytes_received,
-        "bytes_counted": "serialized tensor messages handed to hivemind streams",
-        "tcp_bytes_sent": counters.bytes_sent,
-        "tcp_bytes_received": counters.bytes_received,
+        "bytes_sent": counters.bytes_sent,
+        "bytes_received": counters.bytes_received,
+        "bytes_counted": counters.bytes_counted_at,
+        "payload_bytes_sent": counters.payload_bytes_sent,
+        "payload_bytes_received": counters.payload_bytes_received,
         "parts_refused": counters.parts_refused,
     }
 

@@ -10,7 +10,7 @@ from training.bench import bench_configs, ratios, summarize
 def peer(loss: float, sent: int, curve: list[float]) -> dict:
     return {
         "final_eval_loss": loss, "final_eval_loss_local": loss + 0.01, "bytes_sent": sent, "bytes_received": sent,
-        "bytes_counted": "x", "tcp_bytes_sent": 2 * sent, "tcp_bytes_received": 2 * sent,
+        "bytes_counted": "tcp socket", "payload_bytes_sent": sent // 2, "payload_bytes_received": sent // 2,
         "exchanges_ok": 1, "exchanges_failed": 0, "wall_s": 2.0,
         "eval_history": [[10 * (i + 1), v] for i, v in enumerate(curve)],
     }  # fmt: skip
@@ -24,13 +24,13 @@ def test_summary_averages_peers_and_ratios_divide_by_the_baseline() -> None:
     assert diloco["eval_curve"] == {"steps": [10, 20], "loss": [pytest.approx(3.3), pytest.approx(2.1)]}
     r = ratios({"ddp": ddp, "diloco": diloco})
     assert r["diloco_loss_vs_ddp"] == pytest.approx(1.1)
-    assert r["diloco_bytes_reduction"] == pytest.approx(50)
-    assert diloco["tcp_bytes_sent_per_peer"] == pytest.approx(40)
-    assert r["diloco_tcp_bytes_reduction"] == pytest.approx(50)
+    assert r["diloco_bytes_reduction"] == pytest.approx(50)  # socket counts: 1000 against 20
+    assert diloco["payload_bytes_sent_per_peer"] == pytest.approx(10)
+    assert r["diloco_payload_bytes_reduction"] == pytest.approx(50)  # 500 against 10
     assert set(r) == {
         "diloco_loss_vs_ddp",
         "diloco_bytes_reduction",
-        "diloco_tcp_bytes_reduction",
+        "diloco_payload_bytes_reduction",
         "diloco_wall_vs_ddp",
     }
 
