@@ -126,8 +126,13 @@ async def _compare(peers: list[LocalPeer], reqs: list[BenchRequest], slo: Any, r
     names = {p.peer_id: p.name + (" (throttled)" if i == len(peers) - 1 else "") for i, p in enumerate(peers)}
     async with client:
         await client.wait_for_servers(len(peers), timeout_s=60)
-        for rep in range(repeats):  # A B A B on the same requests
-            for policy in POLICIES:
+        # Untimed warm-up at the bench rate (connections, streams, every peer's latency correction), so that
+        # the first measured pass does not pay for it.
+        progress("warm-up pass")
+        await _run_trace(client, "random", reqs[: max(len(reqs) // 3, 1)], slo, names)
+        await trio.sleep(1.0)
+        for rep in range(repeats):  # A B, then B A, ...: each policy runs as often first as second
+            for policy in POLICIES if rep % 2 == 0 else POLICIES[::-1]:
                 progress(f"routing={policy}, pass {rep + 1}/{repeats}")
                 results[policy].append(await _run_trace(client, policy, reqs, slo, names))
                 await trio.sleep(1.0)  # let queues drain and announces refresh between runs
