@@ -4,13 +4,10 @@ hivemind cannot be imported in a process that imports libp2p, so the checks run 
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[3]
+from tests.unit.comms.fresh_interpreter import assert_script_prints_ok
+
 SCRIPT = r"""
 import torch
 from hivemind.compression import CompressionInfo, deserialize_torch_tensor, serialize_torch_tensor
@@ -44,7 +41,4 @@ print("ok")
 
 @pytest.mark.timeout(60)
 def test_codec_inside_hivemind_counts_and_refuses() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=50, check=False
-    )
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+    assert_script_prints_ok(SCRIPT)
