@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from serving.runner import MAX_DECODE_GROUPS, split_by_width
 
 
@@ -12,7 +14,7 @@ def test_groups_are_contiguous_cover_everything_and_split_only_when_it_pays() ->
     runs = split_by_width(widths)
     assert len(runs) <= MAX_DECODE_GROUPS
     assert runs[0][0] == 0 and runs[-1][1] == len(widths)
-    assert all(a[1] == b[0] for a, b in zip(runs, runs[1:], strict=False))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(runs))
     padded = sum((hi - lo) * widths[hi - 1] for lo, hi in runs)
     assert padded < 0.7 * len(widths) * widths[-1]
     assert split_by_width([3]) == [(0, 1)]
