@@ -82,7 +82,7 @@ def split_by_width(widths: list[int], groups: int = MAX_DECODE_GROUPS) -> list[t
     """Cut ascending `widths` into at most `groups` contiguous runs, each padded to its last width, where a cut
     saves at least `MIN_GROUP_SAVING` of the padded area: short and long contexts stop reading each other's
     padding. Greedy best cut of the widest run, repeated; O(n) per cut."""
-    runs = [(0, len(widths))]
+    runs = [(0, len(widths))] if widths else []
     while len(runs) < groups:
         best = None
         for r, (lo, hi) in enumerate(runs):
@@ -201,7 +201,7 @@ class ModelRunner:
         decodes = [c for c in chunks if c.is_decode]
         table = [c.block_table[: (c.start_pos + bs) // bs] for c in decodes]
         groups = []
-        for start, end in split_by_width([len(t) for t in table]) if decodes else []:
+        for start, end in split_by_width([len(t) for t in table]):
             width = len(table[end - 1])
             blocks = torch.tensor([t + [0] * (width - len(t)) for t in table[start:end]], device=dev)
             lengths = torch.tensor([c.start_pos + 1 for c in decodes[start:end]], device=dev)

@@ -18,3 +18,4 @@ def test_groups_are_contiguous_cover_everything_and_split_only_when_it_pays() ->
     padded = sum((hi - lo) * widths[hi - 1] for lo, hi in runs)
     assert padded < 0.7 * len(widths) * widths[-1]
     assert split_by_width([3]) == [(0, 1)]
+    assert split_by_width([]) == []  # a step without decodes has no group
