@@ -47,6 +47,7 @@ class RequestRecord:
     """What one system did with one request. Refused requests have no timings."""
 
     refused: bool = False
+    abandoned: bool = False  # the client gave up once the request could no longer meet its SLO
     ttft_s: float | None = None
     token_times_s: list[float] = field(default_factory=list)  # absolute times of each generated token
     start_s: float = 0.0  # when the request was sent
@@ -66,7 +67,7 @@ class RequestRecord:
         inter-token gaps over the target: a reader of a stream sees every stall, so a prefill that freezes the
         decodes for many token times misses the TPOT SLO even when the mean absorbs it (the per-request view
         of Sarathi-Serve's TBT SLO). `stalls=False`: the mean alone (vLLM's goodput TPOT)."""
-        if self.refused or self.ttft_s is None or self.ttft_s > ttft_slo_s:
+        if self.refused or self.abandoned or self.ttft_s is None or self.ttft_s > ttft_slo_s:
             return False
         tpot = self.tpot_s
         if tpot is None:
@@ -120,6 +121,7 @@ def summarize(
     """Latency percentiles, output tok/s, goodput and SLO attainment of one run. `stalls`: whether the TPOT
     check counts stalls (see `RequestRecord.meets`); attainment under both checks is reported."""
     served = [r for r in records if not r.refused and r.ttft_s is not None]
+    whole = [r for r in served if not r.abandoned]
     tokens = sum(r.num_tokens for r in served)
     with_stalls = sum(r.meets(ttft_slo_s, tpot_slo_s) for r in records)
     mean_only = sum(r.meets(ttft_slo_s, tpot_slo_s, stalls=False) for r in records)
@@ -128,6 +130,7 @@ def summarize(
     return {
         "requests": len(records),
         "refused": sum(r.refused for r in records),
+        "abandoned": sum(r.abandoned for r in records),
         "output_tokens": tokens,
         "wall_s": wall_s,
         "output_tok_s": tokens / wall_s if wall_s > 0 else 0.0,
@@ -136,9 +139,9 @@ def summarize(
         "slo_attainment_with_stalls": with_stalls * share,
         "slo_attainment_mean_tpot": mean_only * share,
         "ttft_ms": percentiles([r.ttft_s for r in served]),
-        "tpot_ms": percentiles([r.tpot_s for r in served if r.tpot_s is not None]),
-        "itl_ms": percentiles([x for r in served for x in r.itls_s()]),
-        "e2e_ms": percentiles([r.token_times_s[-1] - r.start_s for r in served if r.token_times_s]),
+        "tpot_ms": percentiles([r.tpot_s for r in whole if r.tpot_s is not None]),
+        "itl_ms": percentiles([x for r in whole for x in r.itls_s()]),
+        "e2e_ms": percentiles([r.token_times_s[-1] - r.start_s for r in whole if r.token_times_s]),
     }
 
 

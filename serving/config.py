@@ -31,6 +31,11 @@ class ServingConfig(BaseModel):
     min_chunk_tokens: int = Field(16, gt=0, le=1 << 16, description="smallest prefill chunk worth scheduling")
     chunked_prefill: bool = Field(True, description="split long prompts into chunks that share steps with decodes")
     slo_admission: bool = Field(True, description="refuse requests whose predicted TTFT misses their SLO")
+    slo_refuse: bool = Field(
+        True,
+        description="with slo_admission: refuse predicted misses (false: queue them anyway; steps are still budgeted"
+        " for the SLOs, and predictions still learn)",
+    )
     ttft_slo_factor: float = Field(
         5.0, gt=0, le=1000, description="bench SLO: k x isolated prefill time of a median prompt"
     )

@@ -134,7 +134,8 @@ class QueueBound(AdmissionPolicy):
 
 
 class SloAdmission(QueueBound):
-    """Refuses a request whose predicted TTFT misses its target, or whose TPOT the decode batch cannot meet."""
+    """Refuses a request whose predicted TTFT misses its target, or whose TPOT the decode batch cannot meet.
+    With `slo_refuse` off it admits them all the same (bounded by the queue) and only predicts."""
 
     def __init__(self, config: ServingConfig, latency: LatencyModel, budget: TokenBudgetPolicy) -> None:
         super().__init__(config, latency)
@@ -144,6 +145,12 @@ class SloAdmission(QueueBound):
         self, req: Request, running: Sequence[Request], waiting: Sequence[Request], inflight_left_s: float = 0.0
     ) -> float | None:
         super().check(req, running, waiting, inflight_left_s)
+        raw_s = predict_ttft_s(self.latency, self.budget, req, running, waiting, inflight_left_s)
+        if self.config.slo_refuse:
+            self._refuse_misses(req, running, raw_s)
+        return raw_s
+
+    def _refuse_misses(self, req: Request, running: Sequence[Request], raw_s: float) -> None:
         decoders = decoding(running)
         tpot_s = tightest_tpot_s([*running, req], self.config.default_tpot_ms)
         if tpot_s is not None and decoders:
@@ -152,14 +159,12 @@ class SloAdmission(QueueBound):
                 left = min(r.max_new_tokens - len(r.output_ids) for r in decoders)
                 retry = 1000 * left * step_s
                 raise OverloadedError(f"decode batch cannot meet tpot {1000 * tpot_s:.1f} ms", retry)
-        raw_s = predict_ttft_s(self.latency, self.budget, req, running, waiting, inflight_left_s)
         ttft_s = raw_s * self.latency.ttft_correction
         if req.params.ttft_ms is not None and ttft_s * 1000 > req.params.ttft_ms * self.config.admission_headroom:
             raise OverloadedError(
                 f"predicted ttft {1000 * ttft_s:.1f} ms exceeds {req.params.ttft_ms:.1f} ms",
                 retry_after_ms=max(MIN_RETRY_MS, 1000 * ttft_s - req.params.ttft_ms * self.config.admission_headroom),
             )
-        return raw_s
 
 
 def predict_ttft_s(

@@ -4,6 +4,12 @@ through the Python client at a rate of `load_fraction` of the peers' combined ca
 is measured first, in this run, by the single-node bench's capacity search. Routing by predicted TTFT and random
 routing run on the same requests, interleaved.
 
+Peers run with `serving.slo_refuse` off ("queue", the headline ratio): they queue every request, so where a
+request runs is the routing decision alone, as behind any load balancer. The full size also runs a second set of
+peers with it on ("refuse"): peers refuse what they predict they would serve late and the client moves on at
+once. A refusal then tells random routing where not to go for the price of one round trip: a loopback round trip
+here, tens of milliseconds or more of the TTFT budget on real links.
+
 N peers share this machine's cores, so each stands in for a machine of its own by stretching every engine step
 `base_slowdown`x (the stretch is a sleep, not compute): a peer then uses 1/base_slowdown of a core and the peers do
 not steal each other's CPU. The single-peer capacity is measured with the same stretch.
@@ -28,6 +34,7 @@ from swarm.client import AsyncClient, GenerationRefused, NoPeerAvailable
 from swarm.local_swarm import LocalPeer, stop_all
 
 POLICIES = ("ttft", "random")
+PEER_ADMISSION = {"queue": False, "refuse": True}  # mode -> serving.slo_refuse; --quick runs "queue" only
 # Interactive-length requests: the routing decision, not one long prefill, should dominate each request's fate.
 ROUTING_MIX = Mix("interactive", 128, 0.5, (32, 512), 32, 0.3, (16, 64))
 
@@ -40,7 +47,7 @@ def _single_node(settings: BenchSettings, base_slowdown: float, progress) -> tup
         reqs = make_requests(settings.goodput_mix, settings.goodput_requests, 1.0, settings.seed + 1, 256)
         slo = calibrate_slo(engine, reqs, settings)
         mean_out = statistics.mean(r.max_new_tokens for r in reqs)
-        start_rate = 0.5 / (slo.isolated_prefill_s + mean_out * slo.isolated_decode_s / 2)
+        start_rate = 1.0 / (slo.isolated_prefill_s + mean_out * slo.isolated_decode_s)  # one at a time
         progress("measuring one peer's capacity at SLO")
         capacity, _ = capacity_search(engine_probe(engine, settings, slo, probes, "single_node"), start_rate,
                                       settings.probes_per_system)  # fmt: skip
@@ -52,20 +59,24 @@ async def _send(
 ) -> None:
     await trio.sleep_until(started + req.arrival_s)
     record.start_s = time.perf_counter()
-    try:
-        async for delta in client.stream(
-            prompt_token_ids=req.prompt_ids, max_new_tokens=req.max_new_tokens, temperature=0.0,
-            ttft_ms=1000 * slo.ttft_s, tpot_ms=1000 * slo.tpot_s,
-        ):  # fmt: skip
-            now = time.perf_counter()
-            if record.ttft_s is None:
-                record.ttft_s = now - record.start_s
-            record.token_times_s.extend([now] * len(delta.token_ids))
-            record.num_tokens += len(delta.token_ids)
-            if delta.peer_id not in served_by:
-                served_by.append(delta.peer_id)
-    except (NoPeerAvailable, GenerationRefused):
-        record.refused = record.ttft_s is None
+    # Past this, the answer can no longer meet both SLOs (TTFT <= target and mean TPOT <= target imply it ends
+    # by then), so the client gives up and the peer frees its slot, as a user would close the stream.
+    with trio.move_on_after(slo.ttft_s + (req.max_new_tokens - 1) * slo.tpot_s) as give_up:
+        try:
+            async for delta in client.stream(
+                prompt_token_ids=req.prompt_ids, max_new_tokens=req.max_new_tokens, temperature=0.0,
+                ttft_ms=1000 * slo.ttft_s, tpot_ms=1000 * slo.tpot_s,
+            ):  # fmt: skip
+                now = time.perf_counter()
+                if record.ttft_s is None:
+                    record.ttft_s = now - record.start_s
+                record.token_times_s.extend([now] * len(delta.token_ids))
+                record.num_tokens += len(delta.token_ids)
+                if delta.peer_id not in served_by:
+                    served_by.append(delta.peer_id)
+        except (NoPeerAvailable, GenerationRefused):
+            record.refused = record.ttft_s is None
+    record.abandoned = give_up.cancelled_caught
 
 
 def _by_peer(records: list[RequestRecord], served_by: list[list[str]], names: dict[str, str], slo: Any) -> dict:
@@ -97,12 +108,13 @@ async def _run_trace(
 
 
 def _start_peers(
-    workdir: Path, settings: BenchSettings, num_peers: int, base_slowdown: float, throttle: float
+    workdir: Path, settings: BenchSettings, num_peers: int, base_slowdown: float, throttle: float, refuse: bool
 ) -> list[LocalPeer]:
     common = ["--roles", "serve", "--model", settings.model, "--heartbeat-s", "0.5", "--peer-timeout-s", "5",
               "--set", f"serving.num_threads={settings.threads or 1}",
               "--set", f"serving.max_batch_tokens={settings.max_batch_tokens}",
-              "--set", f"serving.kv_cache_bytes={settings.kv_cache_bytes}"]  # fmt: skip
+              "--set", f"serving.kv_cache_bytes={settings.kv_cache_bytes}",
+              "--set", f"serving.slo_refuse={str(refuse).lower()}"]  # fmt: skip
     peers: list[LocalPeer] = []
     try:
         for i in range(num_peers):
@@ -129,7 +141,7 @@ async def _compare(peers: list[LocalPeer], reqs: list[BenchRequest], slo: Any, r
         # Untimed warm-up at the bench rate (connections, streams, every peer's latency correction), so that
         # the first measured pass does not pay for it.
         progress("warm-up pass")
-        await _run_trace(client, "random", reqs[: max(len(reqs) // 3, 1)], slo, names)
+        await _run_trace(client, "random", reqs[: max(len(reqs) // 4, 1)], slo, names)
         await trio.sleep(1.0)
         for rep in range(repeats):  # A B, then B A, ...: each policy runs as often first as second
             for policy in POLICIES if rep % 2 == 0 else POLICIES[::-1]:
@@ -141,6 +153,29 @@ async def _compare(peers: list[LocalPeer], reqs: list[BenchRequest], slo: Any, r
 
 def _mean(runs: list[dict], key: str) -> float:
     return statistics.mean(r[key] for r in runs)
+
+
+def _summarize_policies(runs: dict[str, list[dict]]) -> dict:
+    return {
+        p: {
+            "goodput_req_s": _mean(r, "goodput_req_s"),
+            "slo_attainment": _mean(r, "slo_attainment"),
+            "refused": _mean(r, "refused"),
+            "runs": r,
+        }
+        for p, r in runs.items()
+    }
+
+
+def _ratios(summary: dict, suffix: str) -> dict[str, float | None]:
+    def ratio(key: str) -> float | None:
+        base = summary["random"][key]
+        return summary["ttft"][key] / base if base else None
+
+    return {
+        f"goodput_routing_vs_random{suffix}": ratio("goodput_req_s"),
+        f"attainment_routing_vs_random{suffix}": ratio("slo_attainment"),
+    }
 
 
 def run_swarm_bench(
@@ -162,7 +197,7 @@ def run_swarm_bench(
     progress = progress or (lambda _msg: None)
     started = time.perf_counter()
     size = (
-        {"goodput_requests": 16, "probes_per_system": 5, "probe_arrival_s": 8.0}
+        {"goodput_requests": 8, "probes_per_system": 4, "probe_arrival_s": 8.0}
         if quick
         else {"goodput_requests": 40, "probes_per_system": 7, "probe_arrival_s": 20.0}
     )
@@ -178,25 +213,19 @@ def run_swarm_bench(
         raise RuntimeError("one peer met no SLO at any probed rate: nothing to route")
     combined = capacity * (num_peers - 1 + 1 / throttle)
     rate = load_fraction * combined
-    requests = requests or (60 if quick else 160) * num_peers // 3
+    requests = requests or (48 if quick else 160) * num_peers // 3
     reqs = make_requests(settings.goodput_mix, requests, rate, settings.seed + 2, 256)
-    progress(f"starting {num_peers} serving peers")
-    with tempfile.TemporaryDirectory(prefix="swarm-bench-") as workdir:
-        peers = _start_peers(Path(workdir), settings, num_peers, base_slowdown, throttle)
-        try:
-            runs = trio.run(_compare, peers, reqs, slo, repeats or (2 if quick else 3), progress)
-        finally:
-            stop_all(peers)
-    summary = {
-        p: {
-            "goodput_req_s": _mean(r, "goodput_req_s"),
-            "slo_attainment": _mean(r, "slo_attainment"),
-            "refused": _mean(r, "refused"),
-            "runs": r,
-        }
-        for p, r in runs.items()
-    }
-    random_goodput = summary["random"]["goodput_req_s"]
+    summaries: dict[str, dict] = {}
+    modes = {m: r for m, r in PEER_ADMISSION.items() if not quick or m == "queue"}
+    for mode, refuse in modes.items():
+        progress(f"starting {num_peers} serving peers that {mode} predicted misses")
+        with tempfile.TemporaryDirectory(prefix="swarm-bench-") as workdir:
+            peers = _start_peers(Path(workdir), settings, num_peers, base_slowdown, throttle, refuse)
+            try:
+                runs = trio.run(_compare, peers, reqs, slo, repeats or (2 if quick else 3), progress)
+            finally:
+                stop_all(peers)
+        summaries[mode] = _summarize_policies(runs)
     return {
         "bench": "serve-swarm",
         "config": {
@@ -206,6 +235,7 @@ def run_swarm_bench(
             "base_slowdown": base_slowdown,
             "model": model,
             "requests": requests,
+            "peer_admission": {mode: {"serving.slo_refuse": refuse} for mode, refuse in modes.items()},
             "mix": asdict(settings.goodput_mix),
             "threads_per_peer": settings.threads,
             "slo": asdict(slo),
@@ -215,15 +245,12 @@ def run_swarm_bench(
             "combined_capacity_req_s": combined,
             "rate_req_s": rate,
             "single_node_probes": single_probes,
-            "routing": summary,
+            "routing": summaries["queue"],
+            **({"routing_refusing_peers": summaries["refuse"]} if "refuse" in summaries else {}),
             "bench_wall_s": time.perf_counter() - started,
         },
         "ratios": {
-            "goodput_routing_vs_random": summary["ttft"]["goodput_req_s"] / random_goodput if random_goodput else None,
-            "attainment_routing_vs_random": (
-                summary["ttft"]["slo_attainment"] / summary["random"]["slo_attainment"]
-                if summary["random"]["slo_attainment"]
-                else None
-            ),
+            **_ratios(summaries["queue"], ""),
+            **(_ratios(summaries["refuse"], "_refusing_peers") if "refuse" in summaries else {}),
         },
     }

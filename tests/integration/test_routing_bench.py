@@ -27,6 +27,7 @@ def test_routing_bench_runs_both_policies_over_real_peers() -> None:
         (run,) = summary["runs"]
         assert run["requests"] == 8
         served = sum(p["requests"] for p in run["by_peer"].values())
-        assert served == 8 - run["refused"] and served > 0
+        # answers that started on some peer; the rest were refused or given up on before a first token
+        assert 0 < served <= 8 - run["refused"] <= served + run["abandoned"]
         assert set(run["by_peer"]) >= {"serve-0", "serve-1 (throttled)"}
     assert "goodput_routing_vs_random" in result["ratios"]

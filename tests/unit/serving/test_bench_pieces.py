@@ -34,14 +34,16 @@ def test_replay_queues_a_one_at_a_time_server() -> None:
     assert all(math.isclose(r.tpot_s, 0.1) for r in records)
 
 
-def test_summary_counts_refusals_as_misses() -> None:
+def test_summary_counts_refusals_and_abandoned_answers_as_misses() -> None:
     ok = RequestRecord(ttft_s=0.1, token_times_s=[1.0, 1.01, 1.02], num_tokens=3)
     slow = RequestRecord(ttft_s=0.1, token_times_s=[1.0, 1.5, 2.0], num_tokens=3)
     refused = RequestRecord(refused=True)
-    summary = summarize([ok, slow, refused], wall_s=2.0, ttft_slo_s=0.2, tpot_slo_s=0.05)
-    assert summary["slo_attainment"] == pytest.approx(1 / 3)
-    assert summary["refused"] == 1 and summary["output_tokens"] == 6
-    assert summary["output_tok_s"] == pytest.approx(3.0)
+    cut_short = RequestRecord(ttft_s=0.1, token_times_s=[1.0, 3.0], num_tokens=2, abandoned=True)
+    summary = summarize([ok, slow, refused, cut_short], wall_s=2.0, ttft_slo_s=0.2, tpot_slo_s=0.05)
+    assert summary["slo_attainment"] == pytest.approx(1 / 4)
+    assert summary["refused"] == 1 and summary["abandoned"] == 1 and summary["output_tokens"] == 8
+    assert summary["output_tok_s"] == pytest.approx(4.0)
+    assert summary["tpot_ms"]["p99"] == pytest.approx(500.0)  # an abandoned answer's gaps stay out of them
     assert percentiles([1.0, 2.0, 3.0, 4.0], scale=1.0) == {"p50": 2.0, "p90": 4.0, "p99": 4.0}
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from serving.config import ServingConfig
+from serving.errors import OverloadedError
 from serving.latency import LatencyModel
-from serving.policies import SloBudget
+from serving.policies import SloAdmission, SloBudget
 from serving.request import GenerateParams, Request
 
 # 1 ms per step, 0.1 ms per token, 0.05 ms per request, attention work 1 us per 1000 token-positions.
@@ -37,3 +40,15 @@ def test_budget_is_the_cap_without_targets_and_falls_back_to_the_config_default(
     assert SloBudget(LATENCY, ServingConfig(max_batch_tokens=512)).budget(decoders) == 512
     with_default = SloBudget(LATENCY, ServingConfig(max_batch_tokens=512, default_tpot_ms=5.0))
     assert with_default.budget(decoders) < 512
+
+
+def test_slo_admission_refuses_a_predicted_miss_unless_told_to_queue_it() -> None:
+    waiting = [request(f"w{i}", 2000, 0, tpot_ms=50.0) for i in range(4)]
+    late = request("late", 2000, 0, tpot_ms=50.0)
+    late.params.ttft_ms = 1.0
+    refusing = ServingConfig(max_batch_tokens=4096)
+    with pytest.raises(OverloadedError, match="predicted ttft"):
+        SloAdmission(refusing, LATENCY, SloBudget(LATENCY, refusing)).check(late, [], waiting)
+    queueing = refusing.model_copy(update={"slo_refuse": False})
+    predicted = SloAdmission(queueing, LATENCY, SloBudget(LATENCY, queueing)).check(late, [], waiting)
+    assert predicted is not None and predicted * 1000 > 1.0  # admitted, and the prediction still says late
