@@ -134,16 +134,24 @@ class BFloat16Codec(TensorCodec):
 
 
 class _BlockAbsmaxCodec(TensorCodec):
-    """Symmetric blockwise quantisation: per block of `block_size` values one fp32 scale = absmax / qmax,
-    values rounded to the nearest integer in [-qmax, qmax]. Error <= scale / 2 per element (plus fp32
-    rounding)."""
+    """Symmetric blockwise quantisation: per block of `block_size` values one scale = absmax / qmax, values
+    rounded to the nearest integer in [-qmax, qmax]. The scale goes on the wire as `scale_dtype`; an fp16 scale
+    is rounded up (never down, so no value of the block is clipped by a scale that got smaller) and capped at
+    fp16's largest value, beyond which values are clamped to +-qmax * 65504. Error <= stored scale / 2 per
+    element (plus fp32 rounding, and the clamp)."""
 
     qmax: int
+    scale_dtype: str  # numpy dtype of the scales on the wire: "<f4" or "<f2"
+    _fp16_max = 65504.0
 
     def __init__(self, block_size: int = 64) -> None:
         if block_size < 2:
             raise ValueError(f"block_size={block_size} must be >= 2")
         self.block_size = block_size
+
+    @property
+    def _scale_nbytes(self) -> int:
+        return np.dtype(self.scale_dtype).itemsize
 
     def _num_blocks(self, numel: int) -> int:
         return -(-numel // self.block_size)
@@ -152,46 +160,72 @@ class _BlockAbsmaxCodec(TensorCodec):
         pad = self._num_blocks(flat.numel()) * self.block_size - flat.numel()
         return torch.nn.functional.pad(flat, (0, pad)).reshape(-1, self.block_size)
 
+    def _scales(self, blocks: torch.Tensor) -> torch.Tensor:
+        """The scales as decoded (fp32 values of what goes on the wire)."""
+        scale = blocks.abs().amax(dim=1) / self.qmax
+        if self.scale_dtype == "<f4":
+            return scale
+        exact = scale.clamp(max=self._fp16_max).numpy()
+        half = exact.astype(np.float16)
+        low = half.astype(np.float32) < exact
+        half[low] = np.nextafter(half[low], np.float16(np.inf))
+        return torch.from_numpy(half.astype(np.float32))
+
     def _quantize(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         blocks = self._blocks(flat)
-        scale = blocks.abs().amax(dim=1) / self.qmax
+        scale = self._scales(blocks)
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))
         q = torch.round(blocks / safe[:, None]).clamp(-self.qmax, self.qmax).to(torch.int8)
         return q, scale
 
+    def _scale_bytes(self, scale: torch.Tensor) -> bytes:
+        return scale.numpy().astype(self.scale_dtype).tobytes()
+
+    def _read_scales(self, payload: bytes, nb: int) -> tuple[torch.Tensor, bytes]:
+        end = self._scale_nbytes * nb
+        scale = np.frombuffer(payload[:end], dtype=self.scale_dtype).astype(np.float32)
+        return torch.from_numpy(scale), payload[end:]
+
     def max_abs_error(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.detach().reshape(-1).to(torch.float32)
-        scale = self._blocks(flat).abs().amax(dim=1) / self.qmax
+        scale = self._scales(self._blocks(flat))
         per = scale.repeat_interleave(self.block_size)[: flat.numel()]
-        return (per * (0.5 + 1e-5) + flat.abs() * 1e-6).reshape(x.shape)
+        bound = per * (0.5 + 1e-5) + flat.abs() * 1e-6
+        if self.scale_dtype != "<f4":
+            bound = bound + (flat.abs() - self.qmax * self._fp16_max).clamp(min=0)
+        return bound.reshape(x.shape)
 
 
 class Int8BlockCodec(_BlockAbsmaxCodec):
+    """Blockwise int8 in [-127, 127] with an fp32 scale per block (8.5 bits per value at 64-value blocks)."""
+
     name = "int8"
     qmax = 127
+    scale_dtype = "<f4"
 
     def payload_nbytes(self, numel: int) -> int:
-        return 4 * self._num_blocks(numel) + numel
+        return self._scale_nbytes * self._num_blocks(numel) + numel
 
     def _encode(self, flat: torch.Tensor) -> bytes:
         q, scale = self._quantize(flat)
-        return scale.numpy().astype("<f4").tobytes() + q.reshape(-1)[: flat.numel()].numpy().tobytes()
+        return self._scale_bytes(scale) + q.reshape(-1)[: flat.numel()].numpy().tobytes()
 
     def _decode(self, payload: bytes, numel: int) -> torch.Tensor:
-        nb = self._num_blocks(numel)
-        scale = torch.from_numpy(np.frombuffer(payload[: 4 * nb], dtype="<f4").copy())
-        q = torch.from_numpy(np.frombuffer(payload[4 * nb :], dtype=np.int8).astype(np.float32))
+        scale, rest = self._read_scales(payload, self._num_blocks(numel))
+        q = torch.from_numpy(np.frombuffer(rest, dtype=np.int8).astype(np.float32))
         return q * scale.repeat_interleave(self.block_size)[:numel]
 
 
 class Int4BlockCodec(_BlockAbsmaxCodec):
-    """Blockwise int4 in [-7, 7], two values per byte (low nibble first)."""
+    """Blockwise int4 in [-7, 7], two values per byte (low nibble first), with an fp16 scale per block: 4.25
+    bits per value at 64-value blocks (an fp32 scale made it 4.5 for at most 2^-10 less error per block)."""
 
     name = "int4"
     qmax = 7
+    scale_dtype = "<f2"
 
     def payload_nbytes(self, numel: int) -> int:
-        return 4 * self._num_blocks(numel) + (numel + 1) // 2
+        return self._scale_nbytes * self._num_blocks(numel) + (numel + 1) // 2
 
     def _encode(self, flat: torch.Tensor) -> bytes:
         q, scale = self._quantize(flat)
@@ -199,12 +233,11 @@ class Int4BlockCodec(_BlockAbsmaxCodec):
         if nib.numel() % 2:
             nib = torch.cat([nib, torch.full((1,), 8, dtype=torch.uint8)])
         packed = nib[0::2] | (nib[1::2] << 4)
-        return scale.numpy().astype("<f4").tobytes() + packed.numpy().tobytes()
+        return self._scale_bytes(scale) + packed.numpy().tobytes()
 
     def _decode(self, payload: bytes, numel: int) -> torch.Tensor:
-        nb = self._num_blocks(numel)
-        scale = torch.from_numpy(np.frombuffer(payload[: 4 * nb], dtype="<f4").copy())
-        packed = torch.from_numpy(np.frombuffer(payload[4 * nb :], dtype=np.uint8).copy())
+        scale, rest = self._read_scales(payload, self._num_blocks(numel))
+        packed = torch.from_numpy(np.frombuffer(rest, dtype=np.uint8).copy())
         nib = torch.stack([packed & 0x0F, packed >> 4], dim=1).reshape(-1)[:numel]
         return (nib.to(torch.float32) - 8.0) * scale.repeat_interleave(self.block_size)[:numel]
 

@@ -22,9 +22,9 @@ from comms.codecs import EncodedTensor, TensorCodec, make_codec
 from protocols.errors import ProtocolError
 
 SLOT = "BLOCKWISE_8BIT"
-# r2: reducers return the encoded average, not `average - sender's part` (comms.hivemind_worker); peers on
-# another revision refuse each other's parts instead of misreading them
-DTYPE_PREFIX = "swarm:r2:"
+# r2: reducers return the encoded average, not `average - sender's part` (comms.hivemind_worker); r3: int4
+# scales are fp16. Peers on another revision refuse each other's parts instead of misreading them
+DTYPE_PREFIX = "swarm:r3:"
 
 # indices into the shared counter array
 SENT, RECEIVED, REFUSED = 0, 1, 2

@@ -27,7 +27,7 @@ for bad in (msg.buffer[:-3], msg.buffer[:4] + b"\xff\xff\xff\x7f" * 2 + msg.buff
         deserialize_torch_tensor(m)
     except ValueError:
         refused += 1
-m = type(msg)(); m.CopyFrom(msg); m.dtype = "swarm:r2:int4:64"
+m = type(msg)(); m.CopyFrom(msg); m.dtype = "swarm:r2:int8:64"  # the revision before fp16 int4 scales
 try:
     deserialize_torch_tensor(m)
 except ValueError:
