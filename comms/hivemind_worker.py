@@ -117,16 +117,36 @@ class _AverageReturningRunner(AllReduceRunner):
 
 class _PacedPotentialLeaders(matchmaking.PotentialLeaders):
     """hivemind's queue of leaders to join, except that its DHT lookups of the group key are at least half a
-    matchmaking period apart.
+    matchmaking period apart, and the first one waits until this peer's own declaration is stored.
 
     In hivemind a peer whose queue is empty asks for a new lookup as soon as the last one returns, so a peer that
     reaches a round before the others repeats DHT traversals back to back while it waits (measured: about 120 KB
     per second per waiting peer on 127.0.0.1, tens of times the tensor parts of a small model). Peers re-declare
     themselves once per matchmaking period, so looking twice per period still sees every declaration; a peer
-    that arrives last looks at once and joins without waiting."""
+    that arrives last looks at once and joins without waiting. hivemind also starts the first lookup together
+    with the declaration, so peers that reach a round together each look before the others' declarations land,
+    find nobody and look again half a period later (measured on 127.0.0.1: 1.9 lookups of 3 DHT requests each
+    per peer and round, and 1.5 s per round); looking once the own declaration is stored finds them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._declares = False
+        self._declaration_stored = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def begin_search(
+        self, step: Any, key_manager: GroupKeyManager, declare: bool = True
+    ) -> AsyncIterator[_PacedPotentialLeaders]:
+        self._declares = declare
+        self._declaration_stored.clear()
+        async with super().begin_search(step, key_manager, declare=declare):
+            yield self
 
     async def _update_queue_periodically(self, key_manager: GroupKeyManager) -> None:
         pause_s = self.min_matchmaking_time / 2
+        if self._declares:  # bounded: a slow or failed store delays the first lookup by at most a pause
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._declaration_stored.wait(), pause_s)
         looked_at = float("-inf")
         while get_dht_time() < self.search_end_time:
             wait_s = min(looked_at + pause_s, self.search_end_time) - get_dht_time()
@@ -168,6 +188,7 @@ class _PacedPotentialLeaders(matchmaking.PotentialLeaders):
                     self.declared_expiration_time = expiration_time
                     self.declared_expiration.set()
                     await key_manager.declare_averager(group_key, self.peer_id, expiration_time=expiration_time)
+                    self._declaration_stored.set()
                     await asyncio.sleep(self.declared_expiration_time - get_dht_time())
                     if self.running.is_set() and len(self.leader_queue) == 0:
                         await key_manager.update_key_on_not_enough_peers()
@@ -298,6 +319,7 @@ class Worker:
             compression=self.compression,
             state_compression=NoCompression(),
             declare_state_period=init["declare_state_period_s"],
+            allow_state_sharing=False,  # declared a donor (a DHT store to every replica) once it has a state
         )
         self.shapes = [tuple(s) for s in init["shapes"]]
 
@@ -344,6 +366,8 @@ class Worker:
 
     def handle_share_state(self, req: dict[str, Any]) -> dict[str, Any]:
         self.averager.served_state = (req["metadata"], [torch.from_numpy(a) for a in req["tensors"]])
+        if not self.averager.allow_state_sharing:
+            self.averager.allow_state_sharing = True
         return {"ok": True}
 
     def handle_load_state(self, req: dict[str, Any]) -> dict[str, Any]:
