@@ -15,7 +15,6 @@ import contextlib
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
-from math import isfinite
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -23,19 +22,18 @@ import hivemind
 import numpy as np
 import torch
 from hivemind import DHT, DecentralizedAverager
-from hivemind.averaging import matchmaking
 from hivemind.averaging.allreduce import AllReduceRunner
 from hivemind.averaging.group_info import GroupInfo
-from hivemind.averaging.key_manager import GroupKeyManager
 from hivemind.averaging.partition import BannedException
 from hivemind.compression import CompressionInfo, NoCompression, deserialize_torch_tensor
 from hivemind.p2p import PeerID
 from hivemind.proto import averaging_pb2
-from hivemind.utils import MPFuture, TimedStorage
+from hivemind.utils import MPFuture
 from hivemind.utils.asyncio import aiter_with_timeout, amap_in_executor, as_aiter, azip
 from hivemind.utils.streaming import combine_from_streaming
-from hivemind.utils.timed_storage import MAX_DHT_TIME_DISCREPANCY_SECONDS, get_dht_time
+from hivemind.utils.timed_storage import get_dht_time
 
+from comms import hivemind_matchmaking
 from comms.hivemind_compression import SwarmCodecCompression, install
 
 # The runner below overrides internals of this exact release; another one needs a review first.
@@ -114,91 +112,6 @@ class _AverageReturningRunner(AllReduceRunner):
             if part_index != self.tensor_part_reducer.num_parts:
                 await self._ban_sender(self.sender_peer_ids[sender_index])
 
-
-class _PacedPotentialLeaders(matchmaking.PotentialLeaders):
-    """hivemind's queue of leaders to join, except that its DHT lookups of the group key are at least half a
-    matchmaking period apart, and the first one waits until this peer's own declaration is stored.
-
-    In hivemind a peer whose queue is empty asks for a new lookup as soon as the last one returns, so a peer that
-    reaches a round before the others repeats DHT traversals back to back while it waits (measured: about 120 KB
-    per second per waiting peer on 127.0.0.1, tens of times the tensor parts of a small model). Peers re-declare
-    themselves once per matchmaking period, so looking twice per period still sees every declaration; a peer
-    that arrives last looks at once and joins without waiting. hivemind also starts the first lookup together
-    with the declaration, so peers that reach a round together each look before the others' declarations land,
-    find nobody and look again half a period later (measured on 127.0.0.1: 1.9 lookups of 3 DHT requests each
-    per peer and round, and 1.5 s per round); looking once the own declaration is stored finds them."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._declares = False
-        self._declaration_stored = asyncio.Event()
-
-    @contextlib.asynccontextmanager
-    async def begin_search(
-        self, step: Any, key_manager: GroupKeyManager, declare: bool = True
-    ) -> AsyncIterator[_PacedPotentialLeaders]:
-        self._declares = declare
-        self._declaration_stored.clear()
-        async with super().begin_search(step, key_manager, declare=declare):
-            yield self
-
-    async def _update_queue_periodically(self, key_manager: GroupKeyManager) -> None:
-        pause_s = self.min_matchmaking_time / 2
-        if self._declares:  # bounded: a slow or failed store delays the first lookup by at most a pause
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._declaration_stored.wait(), pause_s)
-        looked_at = float("-inf")
-        while get_dht_time() < self.search_end_time:
-            wait_s = min(looked_at + pause_s, self.search_end_time) - get_dht_time()
-            if wait_s > 0:
-                await asyncio.sleep(wait_s)
-            looked_at = get_dht_time()
-            new_peers = await key_manager.get_averagers(key_manager.current_key, only_active=True)
-            self.max_assured_time = max(
-                self.max_assured_time, get_dht_time() + self.min_matchmaking_time - MAX_DHT_TIME_DISCREPANCY_SECONDS
-            )
-            self.leader_queue.clear()
-            for peer, peer_expiration_time in new_peers:
-                if peer == self.peer_id or (peer, peer_expiration_time) in self.past_attempts:
-                    continue
-                self.leader_queue.store(peer, peer_expiration_time, peer_expiration_time)
-                self.max_assured_time = max(
-                    self.max_assured_time, peer_expiration_time - MAX_DHT_TIME_DISCREPANCY_SECONDS
-                )
-            self.update_finished.set()
-            await asyncio.wait(
-                {asyncio.create_task(self.running.wait()), asyncio.create_task(self.update_triggered.wait())},
-                return_when=asyncio.ALL_COMPLETED,
-                timeout=self.search_end_time - get_dht_time() if isfinite(self.search_end_time) else None,
-            )
-            self.update_triggered.clear()
-
-    async def _declare_averager_periodically(self, step: Any, key_manager: GroupKeyManager) -> None:
-        """hivemind's, except that a peer that stops looking does not store a second record saying so: its
-        declaration expires within a matchmaking period, and a peer that asks it to lead meanwhile is refused
-        at once (one request to one peer, where the extra record was a DHT store to every replica)."""
-        async with self.lock_declare:
-            try:
-                while True:
-                    await self.running.wait()
-                    expiration_time = float(
-                        min(max(step.scheduled_time, get_dht_time() + self.min_matchmaking_time), self.search_end_time)
-                    )
-                    self.declared_group_key = group_key = key_manager.current_key
-                    self.declared_expiration_time = expiration_time
-                    self.declared_expiration.set()
-                    await key_manager.declare_averager(group_key, self.peer_id, expiration_time=expiration_time)
-                    self._declaration_stored.set()
-                    await asyncio.sleep(self.declared_expiration_time - get_dht_time())
-                    if self.running.is_set() and len(self.leader_queue) == 0:
-                        await key_manager.update_key_on_not_enough_peers()
-            finally:
-                self.declared_group_key, self.declared_expiration_time = None, float("inf")
-                self.leader_queue, self.max_assured_time = TimedStorage[PeerID, float](), float("-inf")
-
-
-# `Matchmaking` builds its queue from this module-level name (in the averager's process, forked from this one)
-matchmaking.PotentialLeaders = _PacedPotentialLeaders
 
 MAX_DIGEST_CHARS = 128
 REPLIES_TIMEOUT_S = 5.0  # a sender that stops reading its averages does not hold the round longer than this
@@ -295,6 +208,7 @@ class Worker:
         self.compression: SwarmCodecCompression = install(
             init["codec"], init["codec_block_size"], init.get("bandwidth_mbps")
         )
+        hivemind_matchmaking.install()
         self.dht = DHT(
             initial_peers=list(init["initial_peers"]),
             host_maddrs=list(init["host_maddrs"]),
