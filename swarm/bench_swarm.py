@@ -4,11 +4,10 @@ through the Python client at a rate of `load_fraction` of the peers' combined ca
 is measured first, in this run, by the single-node bench's capacity search. Routing by predicted TTFT and random
 routing run on the same requests, interleaved.
 
-Peers run with `serving.slo_refuse` off ("queue", the headline ratio): they queue every request, so where a
-request runs is the routing decision alone, as behind any load balancer. The full size also runs a second set of
-peers with it on ("refuse"): peers refuse what they predict they would serve late and the client moves on at
-once. A refusal then tells random routing where not to go for the price of one round trip: a loopback round trip
-here, tens of milliseconds or more of the TTFT budget on real links.
+By default peers run with `serving.slo_refuse` off: they queue every request, so where a request runs is the
+routing decision alone, as behind any load balancer. With `refusing_peers` they refuse what they predict they
+would serve late and the client moves on at once: a refusal then tells random routing where not to go for the
+price of one round trip, a loopback round trip here, tens of milliseconds or more of the TTFT budget on real links.
 
 N peers share this machine's cores, so each stands in for a machine of its own by stretching every engine step
 `base_slowdown`x (the stretch is a sleep, not compute): a peer then uses 1/base_slowdown of a core and the peers do
@@ -34,7 +33,6 @@ from swarm.client import AsyncClient, GenerationRefused, NoPeerAvailable
 from swarm.local_swarm import LocalPeer, stop_all
 
 POLICIES = ("ttft", "random")
-PEER_ADMISSION = {"queue": False, "refuse": True}  # mode -> serving.slo_refuse; --quick runs "queue" only
 # Interactive-length requests: the routing decision, not one long prefill, should dominate each request's fate.
 ROUTING_MIX = Mix("interactive", 128, 0.5, (32, 512), 32, 0.3, (16, 64))
 
@@ -155,27 +153,9 @@ def _mean(runs: list[dict], key: str) -> float:
     return statistics.mean(r[key] for r in runs)
 
 
-def _summarize_policies(runs: dict[str, list[dict]]) -> dict:
-    return {
-        p: {
-            "goodput_req_s": _mean(r, "goodput_req_s"),
-            "slo_attainment": _mean(r, "slo_attainment"),
-            "refused": _mean(r, "refused"),
-            "runs": r,
-        }
-        for p, r in runs.items()
-    }
-
-
-def _ratios(summary: dict, suffix: str) -> dict[str, float | None]:
-    def ratio(key: str) -> float | None:
-        base = summary["random"][key]
-        return summary["ttft"][key] / base if base else None
-
-    return {
-        f"goodput_routing_vs_random{suffix}": ratio("goodput_req_s"),
-        f"attainment_routing_vs_random{suffix}": ratio("slo_attainment"),
-    }
+def _ratio(summary: dict, key: str) -> float | None:
+    base = summary["random"][key]
+    return summary["ttft"][key] / base if base else None
 
 
 def run_swarm_bench(
@@ -185,6 +165,7 @@ def run_swarm_bench(
     throttle: float = 3.0,
     load_fraction: float = 0.6,
     base_slowdown: float = 6.0,
+    refusing_peers: bool = False,
     model: str = "default",
     progress=None,
     requests: int | None = None,
@@ -215,17 +196,23 @@ def run_swarm_bench(
     rate = load_fraction * combined
     requests = requests or (48 if quick else 160) * num_peers // 3
     reqs = make_requests(settings.goodput_mix, requests, rate, settings.seed + 2, 256)
-    summaries: dict[str, dict] = {}
-    modes = {m: r for m, r in PEER_ADMISSION.items() if not quick or m == "queue"}
-    for mode, refuse in modes.items():
-        progress(f"starting {num_peers} serving peers that {mode} predicted misses")
-        with tempfile.TemporaryDirectory(prefix="swarm-bench-") as workdir:
-            peers = _start_peers(Path(workdir), settings, num_peers, base_slowdown, throttle, refuse)
-            try:
-                runs = trio.run(_compare, peers, reqs, slo, repeats or (2 if quick else 3), progress)
-            finally:
-                stop_all(peers)
-        summaries[mode] = _summarize_policies(runs)
+    progress(f"starting {num_peers} serving peers")
+    with tempfile.TemporaryDirectory(prefix="swarm-bench-") as workdir:
+        peers = _start_peers(Path(workdir), settings, num_peers, base_slowdown, throttle, refusing_peers)
+        try:
+            runs = trio.run(_compare, peers, reqs, slo, repeats or (2 if quick else 3), progress)
+        finally:
+            stop_all(peers)
+    summary = {
+        p: {
+            "goodput_req_s": _mean(r, "goodput_req_s"),
+            "slo_attainment": _mean(r, "slo_attainment"),
+            "refused": _mean(r, "refused"),
+            "abandoned": _mean(r, "abandoned"),
+            "runs": r,
+        }
+        for p, r in runs.items()
+    }
     return {
         "bench": "serve-swarm",
         "config": {
@@ -235,7 +222,7 @@ def run_swarm_bench(
             "base_slowdown": base_slowdown,
             "model": model,
             "requests": requests,
-            "peer_admission": {mode: {"serving.slo_refuse": refuse} for mode, refuse in modes.items()},
+            "peers_refuse_predicted_misses": refusing_peers,
             "mix": asdict(settings.goodput_mix),
             "threads_per_peer": settings.threads,
             "slo": asdict(slo),
@@ -245,12 +232,11 @@ def run_swarm_bench(
             "combined_capacity_req_s": combined,
             "rate_req_s": rate,
             "single_node_probes": single_probes,
-            "routing": summaries["queue"],
-            **({"routing_refusing_peers": summaries["refuse"]} if "refuse" in summaries else {}),
+            "routing": summary,
             "bench_wall_s": time.perf_counter() - started,
         },
         "ratios": {
-            **_ratios(summaries["queue"], ""),
-            **(_ratios(summaries["refuse"], "_refusing_peers") if "refuse" in summaries else {}),
+            "goodput_routing_vs_random": _ratio(summary, "goodput_req_s"),
+            "attainment_routing_vs_random": _ratio(summary, "slo_attainment"),
         },
     }

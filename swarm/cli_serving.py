@@ -122,12 +122,22 @@ def bench_serve(
     swarm: Annotated[
         int, typer.Option(help="Routing bench over this many serving processes (one throttled 3x); 0: one node.")
     ] = 0,
+    refusing_peers: Annotated[
+        bool,
+        typer.Option(
+            "--refusing-peers",
+            help="With --swarm: peers refuse requests they predict they would serve late (serving.slo_refuse);"
+            " by default they queue every request, so the routing decision alone decides.",
+        ),
+    ] = False,
 ) -> None:
     """Serving benchmark: the engine against transformers generate(), generate_batch() and FCFS batching; with
     --swarm N, predicted-TTFT routing against random routing across N serving peers."""
     from serving.bench import BenchSettings
     from swarm.benchio import finish_bench, machine_info
 
+    if refusing_peers and not swarm:
+        _fail("--refusing-peers applies to the routing bench: add --swarm N")
     if swarm:
         from rich.console import Console
 
@@ -137,7 +147,9 @@ def bench_serve(
             _fail("--swarm needs at least 2 peers")
         console = Console()
         with console.status("routing bench") as spinner:
-            result = run_swarm_bench(quick=quick, num_peers=swarm, model=model, progress=spinner.update)
+            result = run_swarm_bench(
+                quick=quick, num_peers=swarm, model=model, refusing_peers=refusing_peers, progress=spinner.update
+            )
         result["machine"] = machine_info()
         finish_bench(result, json_path, console)
         return

@@ -44,3 +44,12 @@ def test_model_save_writes_a_checkpoint_transformers_loads(tmp_path: Path) -> No
 def test_bad_model_name_fails_cleanly(tmp_path: Path) -> None:
     result = CliRunner().invoke(make_app(), ["model", "save", "nope", str(tmp_path / "x")])
     assert result.exit_code == 2
+
+
+def test_routing_bench_flags_are_checked_before_anything_runs() -> None:
+    for args, message in (
+        (["bench", "serve", "--refusing-peers"], "--refusing-peers applies to the routing bench"),
+        (["bench", "serve", "--swarm", "1"], "--swarm needs at least 2 peers"),
+    ):
+        result = CliRunner().invoke(make_app(), args)
+        assert result.exit_code == 2 and message in result.output, result.output
