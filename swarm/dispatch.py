@@ -108,10 +108,8 @@ class SwarmGenerator:
     def _announces(self) -> list[PeerAnnounce]:
         """Every serving peer known now, this node included when its engine is up."""
         announces = self.node.server_announces()
-        role = self.node.serve_role
-        if role is not None and role.engine is not None:
-            announces = [self.node.make_announce(heartbeat=False), *announces]
-        return announces
+        own = self.node.serving_view()
+        return announces if own is None else [own, *announces]
 
     def servers(self, model: str | None = None) -> list[PeerAnnounce]:
         """Serving peers known now, best first for ``model``."""

@@ -116,6 +116,16 @@ class Node:
             role.fill_announce(announce)
         return announce
 
+    def serving_view(self) -> PeerAnnounce | None:
+        """This node as a candidate for routing its own requests: model and current load only (no address
+        enumeration, nothing published); None while it has no engine up."""
+        role = self.serve_role
+        if role is None or role.engine is None:
+            return None
+        view = PeerAnnounce(peer_id=self.peer_id, addrs=[], version=__version__, timestamp_ms=0, roles=["serve"])
+        role.fill_announce(view)
+        return view
+
     def _validate_announce(self, origin: str, data: bytes) -> bool:
         try:
             announce = decode_as(data, PeerAnnounce, limits=GOSSIP_LIMITS)
