@@ -56,6 +56,6 @@ class ServingConfig(BaseModel):
         1.0,
         ge=1.0,
         le=100.0,
-        description="artificial slowdown: after each step sleep (factor - 1) x step time (routing tests)",
+        description="artificial slowdown: each step lasts factor x its profiled time (routing tests and bench)",
     )
     num_threads: int | None = Field(None, gt=0, le=1024, description="torch CPU threads (None: torch's default)")

@@ -258,9 +258,15 @@ class Engine:
             return
         elapsed = time.perf_counter() - start
         self.num_steps += 1
-        self.latency.observe([(len(c.token_ids), c.start_pos + len(c.token_ids)) for c in output.chunks], elapsed)
-        if self.config.slowdown_factor > 1.0:
-            time.sleep((self.config.slowdown_factor - 1.0) * elapsed)
+        shape = [(len(c.token_ids), c.start_pos + len(c.token_ids)) for c in output.chunks]
+        factor = self.config.slowdown_factor
+        if factor > 1.0:
+            # A machine `factor`x slower than this one's profile, and all its own: the step lasts factor x the
+            # profiled time whatever else runs here (CPU contention would otherwise be stretched too).
+            stretched = max(elapsed, factor * self.latency.profiled_step_s(shape))
+            time.sleep(stretched - elapsed)
+            elapsed = stretched / factor
+        self.latency.observe(shape, elapsed)
         with self._lock:
             updates = self.scheduler.update(output, sampled)
             events = self._events(updates)

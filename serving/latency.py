@@ -42,8 +42,11 @@ class LatencyModel:
 
     def step_s(self, shape: StepShape) -> float:
         """Predicted seconds of one step computing `shape`."""
-        base = sum(c * f for c, f in zip(self.coefficients, features(shape), strict=True))
-        return max(base, 1e-5) * self.correction * self.slowdown
+        return self.profiled_step_s(shape) * self.correction * self.slowdown
+
+    def profiled_step_s(self, shape: StepShape) -> float:
+        """The profile's seconds for `shape`: no correction, no slowdown."""
+        return max(sum(c * f for c, f in zip(self.coefficients, features(shape), strict=True)), 1e-5)
 
     def prefill_s(self, prefills: Sequence[tuple[int, int]], chunk: int, decodes: StepShape) -> float:
         """Seconds to prefill every (pending tokens, start position) of `prefills`, in order, in chunks of
@@ -84,8 +87,7 @@ class LatencyModel:
 
     def observe(self, shape: StepShape, measured_s: float, weight: float = 0.05) -> None:
         """Fold one measured step into the correction factor (clamped so one outlier cannot run away)."""
-        predicted = self.step_s(shape) / (self.correction * self.slowdown)
-        ratio = min(max(measured_s / predicted, 0.25), 8.0)
+        ratio = min(max(measured_s / self.profiled_step_s(shape), 0.25), 8.0)
         self.correction = min(max((1 - weight) * self.correction + weight * ratio, 0.25), 8.0)
 
     def observe_ttft(self, predicted_s: float, actual_s: float, weight: float = 0.1) -> None:
