@@ -9,9 +9,9 @@ routing decision alone, as behind any load balancer. With `refusing_peers` they 
 would serve late and the client moves on at once: a refusal then tells random routing where not to go for the
 price of one round trip, a loopback round trip here, tens of milliseconds or more of the TTFT budget on real links.
 
-N peers share this machine's cores, so each stands in for a machine of its own by stretching every engine step
-`base_slowdown`x (the stretch is a sleep, not compute): a peer then uses 1/base_slowdown of a core and the peers do
-not steal each other's CPU. The single-peer capacity is measured with the same stretch.
+N peers share this machine's cores, so each stands in for a machine of its own: every engine step lasts
+`base_slowdown`x its profiled time (a sleep fills the rest), so a peer uses about 1/base_slowdown of a core and
+its speed does not depend on what else runs here. The single-peer capacity is measured with the same stretch.
 """
 
 from __future__ import annotations
