@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from swarm.membership import Membership
 from swarm.roles import build_roles
 
 log = logging.getLogger(__name__)
+VALIDATED_KEPT = 256  # decoded announces waiting for the consumer; older ones are decoded again if ever needed
 
 
 class Node:
@@ -54,6 +56,8 @@ class Node:
         self.started_at = time.monotonic()
         self._seq = 0
         self._nursery: trio.Nursery | None = None
+        # announces the gossip validator decoded, by message bytes, for the consumer to take without decoding again
+        self._validated: OrderedDict[bytes, PeerAnnounce] = OrderedDict()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -137,16 +141,21 @@ class Node:
             self.metrics.refuse(ErrorCode.BAD_REQUEST)
             log.info("refused announce from %s claiming to be %s", origin[-8:], announce.peer_id[-8:])
             return False
+        self._validated[data] = announce
+        while len(self._validated) > VALIDATED_KEPT:
+            self._validated.popitem(last=False)
         return True
 
     async def _consume_announces(self, announces: trio.MemoryReceiveChannel[tuple[str, bytes]]) -> None:
         async for origin, data in announces:
             if origin == self.peer_id:
                 continue
-            try:
-                announce = decode_as(data, PeerAnnounce, limits=GOSSIP_LIMITS)
-            except ProtocolError:
-                continue  # already refused and counted by the validator
+            announce = self._validated.pop(data, None)
+            if announce is None:
+                try:
+                    announce = decode_as(data, PeerAnnounce, limits=GOSSIP_LIMITS)
+                except ProtocolError:
+                    continue  # already refused and counted by the validator
             if self.membership.observe(announce):
                 log.info("peer joined: %s (%s)", announce.peer_id, ",".join(announce.roles) or "no roles")
             self.discovery.note_peer(announce.peer_id, announce.addrs)
