@@ -265,7 +265,7 @@ class Engine:
             # profiled time whatever else runs here (CPU contention would otherwise be stretched too).
             stretched = max(elapsed, factor * self.latency.profiled_step_s(shape))
             time.sleep(stretched - elapsed)
-            elapsed = stretched / factor
+            elapsed = stretched / factor  # predictions multiply by the slowdown: learn from the step's share
         self.latency.observe(shape, elapsed)
         with self._lock:
             updates = self.scheduler.update(output, sampled)
