@@ -30,7 +30,9 @@ class ServingConfig(BaseModel):
     max_new_tokens_limit: int = Field(4096, gt=0, le=1 << 20, description="largest max_new_tokens accepted")
     min_chunk_tokens: int = Field(16, gt=0, le=1 << 16, description="smallest prefill chunk worth scheduling")
     chunked_prefill: bool = Field(True, description="split long prompts into chunks that share steps with decodes")
-    slo_admission: bool = Field(True, description="refuse requests whose predicted TTFT misses their SLO")
+    slo_admission: bool = Field(
+        True, description="SLO-aware step budgets and admission (what admission does with a predicted miss: slo_refuse)"
+    )
     slo_refuse: bool = Field(
         True,
         description="with slo_admission: refuse predicted misses (false: queue them anyway; steps are still budgeted"
