@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class ServingConfig(BaseModel):
@@ -61,3 +61,19 @@ class ServingConfig(BaseModel):
         description="artificial slowdown: each step lasts factor x its profiled time (routing tests and bench)",
     )
     num_threads: int | None = Field(None, gt=0, le=1024, description="torch CPU threads (None: torch's default)")
+    # Every request comes from an HTTP caller or a peer, so its priority is a claim: it is clamped to this range.
+    # The default lets a caller defer its own request but not jump ahead of anyone else's.
+    min_priority: int = Field(-10, ge=-(2**31), le=2**31, description="lowest priority a request keeps")
+    max_priority: int = Field(0, ge=-(2**31), le=2**31, description="highest priority a request keeps")
+
+    @model_validator(mode="after")
+    def _priority_range(self) -> ServingConfig:
+        if self.min_priority > self.max_priority:
+            raise ValueError(
+                f"serving.min_priority ({self.min_priority}) must not exceed serving.max_priority ({self.max_priority})"
+            )
+        return self
+
+    def clamp_priority(self, priority: int) -> int:
+        """``priority`` brought into [min_priority, max_priority]."""
+        return min(max(priority, self.min_priority), self.max_priority)

@@ -99,7 +99,8 @@ async def run_local(engine: Any, request: GenerateRequest) -> AsyncIterator[Loca
     params = GenerateParams(
         prompt_token_ids=prompt_ids + continuation, max_new_tokens=request.max_new_tokens - len(continuation),
         temperature=request.temperature, top_k=request.top_k, top_p=request.top_p, seed=request.seed,
-        stop=list(request.stop), ttft_ms=request.ttft_ms, tpot_ms=request.tpot_ms, priority=request.priority,
+        stop=list(request.stop), ttft_ms=request.ttft_ms, tpot_ms=request.tpot_ms,
+        priority=engine.config.clamp_priority(request.priority),
         request_id=request.request_id,
     )  # fmt: skip
     send, receive = trio.open_memory_channel[TokenChunk | GenerateDone](params.max_new_tokens + 4)
