@@ -27,6 +27,9 @@ JOIN_FLAG_FIELDS = {
     "http": "node.http",
     "roles": "node.roles",
     "info_file": "node.info_file",
+    "api_key_file": "node.api_key_file",
+    "tls_cert": "node.tls_cert",
+    "tls_key": "node.tls_key",
     "model": "serving.model",
     "device": "serving.device",
 }
@@ -83,6 +86,11 @@ def join(
     http: Annotated[str | None, typer.Option(help="Serve the HTTP API on HOST:PORT.")] = None,
     roles: Annotated[str | None, typer.Option(help="Comma-separated roles: serve, train.")] = None,
     info_file: Annotated[Path | None, typer.Option(help="Write peer id, addrs and HTTP URL here as JSON.")] = None,
+    api_key_file: Annotated[
+        Path | None, typer.Option(help="HTTP API keys, one a line: callers send Authorization: Bearer <key>.")
+    ] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate: serve the HTTP API over TLS.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert.")] = None,
     model: Annotated[str | None, typer.Option(help="With --roles serve: 'default' or a local checkpoint dir.")] = None,
     device: Annotated[str | None, typer.Option(help="With --roles serve: auto, cpu, cuda, cuda:1...")] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
@@ -104,6 +112,9 @@ def join(
         "http": http,
         "roles": [r.strip() for r in roles.split(",") if r.strip()] if roles is not None else None,
         "info_file": info_file,
+        "api_key_file": api_key_file,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
         "model": model,
         "device": device,
     }
@@ -140,17 +151,31 @@ async def _run_until_signal(config: Any) -> None:
 def status(
     http: Annotated[str, typer.Option("--http", help="URL of a node's HTTP API, e.g. http://127.0.0.1:8080.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the peers JSON instead of a table.")] = False,
+    api_key_file: Annotated[
+        Path | None, typer.Option(help="API key file of a node started with --api-key-file (its first key is sent).")
+    ] = None,
+    ca_cert: Annotated[Path | None, typer.Option(help="Trust this CA/certificate for an https:// node.")] = None,
 ) -> None:
     """Show the peers a node knows."""
+    import ssl
+
     import httpx
 
+    from swarm.http_guard import read_api_keys
     from swarm.status_view import peers_table
 
     url = http.rstrip("/")
     if "://" not in url:
         url = f"http://{url}"
+    headers: dict[str, str] = {}
     try:
-        response = httpx.get(f"{url}/v1/swarm/peers", timeout=5.0)
+        if api_key_file is not None:
+            headers["Authorization"] = f"Bearer {read_api_keys(api_key_file)[0]}"
+        verify = ssl.create_default_context(cafile=str(ca_cert)) if ca_cert is not None else True
+    except (ValueError, OSError) as err:
+        fail(f"cannot use {ca_cert}: {err}" if isinstance(err, OSError) else str(err))
+    try:
+        response = httpx.get(f"{url}/v1/swarm/peers", timeout=5.0, headers=headers, verify=verify)
         response.raise_for_status()
     except httpx.HTTPError as err:
         fail(f"cannot read {url}/v1/swarm/peers: {err}", code=1)

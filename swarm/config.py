@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from comms.config import NetworkConfig
 from protocols.errors import SwarmError
@@ -36,6 +36,17 @@ class NodeSection(BaseModel):
     http: str | None = Field(None, description="HOST:PORT of the HTTP API (port 0 picks a free one).")
     info_file: Path | None = Field(None, description="Write {peer_id, addrs, http} as JSON here once listening.")
     shutdown_grace_s: float = Field(3.0, gt=0, le=60, description="Time given to in-flight work on shutdown.")
+    api_key_file: Path | None = Field(
+        None,
+        description="HTTP API keys, one a line (# comments); when set, every path not in open_paths needs"
+        " Authorization: Bearer <key>",
+    )
+    open_paths: list[str] = Field(
+        default_factory=lambda: ["/healthz", "/metrics"], description="HTTP paths served without a key"
+    )
+    max_body_bytes: int = Field(1 << 20, gt=0, le=1 << 30, description="larger HTTP request bodies get 413")
+    tls_cert: Path | None = Field(None, description="PEM certificate: serve the HTTP API over TLS (with tls_key)")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
 
     @field_validator("roles")
     @classmethod
@@ -54,6 +65,37 @@ class NodeSection(BaseModel):
         if not match or int(match["port"]) > 65535:
             raise ValueError(f"must be HOST:PORT with a port in 0..65535, got {value!r}")
         return value
+
+    @field_validator("api_key_file")
+    @classmethod
+    def _api_key_file(cls, value: Path | None) -> Path | None:
+        from swarm.http_guard import read_api_keys
+
+        if value is not None:
+            read_api_keys(value)  # a missing or keyless file would leave the API open: refuse it here
+        return value
+
+    @field_validator("open_paths")
+    @classmethod
+    def _open_paths(cls, value: list[str]) -> list[str]:
+        for path in value:
+            if not path.startswith("/"):
+                raise ValueError(f"each path must start with '/', got {path!r}")
+        return value
+
+    @field_validator("tls_cert", "tls_key")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"no such file {str(value)!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> NodeSection:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            missing = "tls_key" if self.tls_key is None else "tls_cert"
+            raise ValueError(f"node.{missing} is missing: TLS needs both node.tls_cert and node.tls_key")
+        return self
 
 
 class NodeConfig(BaseModel):

@@ -1,12 +1,13 @@
 """The node's HTTP API: `/healthz`, `/v1/swarm/peers` (JSON) and `/metrics` (Prometheus text).
 
-A starlette app served by hypercorn's trio worker on the node's own event loop. It reads the node's state and
-never blocks the loop.
+A starlette app behind the HttpGuard (API keys, body limit), served by hypercorn's trio worker on the node's own
+event loop, over TLS when the config names a certificate. It reads the node's state and never blocks the loop.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import TYPE_CHECKING
 
 import trio
@@ -19,6 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from swarm.http_guard import HttpGuard, read_api_keys
+
 if TYPE_CHECKING:
     from swarm.node import Node
 
@@ -30,6 +33,7 @@ class _NodeCollector:
 
     def __init__(self, node: Node) -> None:
         self.node = node
+        self.http_refused: Counter[str] = Counter()  # filled by the HttpGuard
 
     def collect(self):  # type: ignore[no-untyped-def]
         node = self.node
@@ -54,11 +58,15 @@ class _NodeCollector:
             for value_label, value in sorted(snap[key].items()):
                 family.add_metric([value_label], value)
             yield family
+        refused = CounterMetricFamily("swarm_http_refused", "HTTP requests answered 4xx, by status.", labels=["code"])
+        for status, count in sorted(self.http_refused.items()):
+            refused.add_metric([status], count)
+        yield refused
 
 
-def build_app(node: Node) -> Starlette:
+def build_app(node: Node) -> HttpGuard:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_NodeCollector(node))  # type: ignore[arg-type]
+    registry.register(collector := _NodeCollector(node))  # type: ignore[arg-type]
 
     async def healthz(_: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "peer_id": node.peer_id, "peers": len(node.membership)})
@@ -77,7 +85,11 @@ def build_app(node: Node) -> Starlette:
         Route("/metrics", metrics),
         *OpenAIApi(node).routes(),
     ]
-    return Starlette(routes=routes)
+    section = node.config.node
+    return HttpGuard(
+        Starlette(routes=routes), api_keys=read_api_keys(section.api_key_file) if section.api_key_file else [],
+        open_paths=section.open_paths, max_body_bytes=section.max_body_bytes, refused=collector.http_refused,
+    )  # fmt: skip
 
 
 async def serve_http(node: Node, bind: str, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
@@ -88,6 +100,9 @@ async def serve_http(node: Node, bind: str, *, task_status: trio.TaskStatus[str]
     config.errorlog = None
     config.graceful_timeout = 1.0
     config.keep_alive_timeout = 5.0
+    if node.config.node.tls_cert is not None:
+        config.certfile = str(node.config.node.tls_cert)
+        config.keyfile = str(node.config.node.tls_key)
     app = build_app(node)
 
     async def _serve(*, task_status: trio.TaskStatus[list[str]]) -> None:

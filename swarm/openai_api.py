@@ -22,7 +22,6 @@ from protocols import ChatMessage, ErrorCode, GenerateRequest, ProtocolError
 from swarm.dispatch import GenerationRefused, NoPeerAvailable, Progress, SwarmGenerator
 from swarm.routing import serves_model
 
-MAX_BODY_BYTES = 1 << 20
 # OpenAI request fields we honour, and swarm extensions; anything else is refused by name.
 COMMON_FIELDS = {"model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed", "stream",
                  "stream_options", "n", "user", "top_k", "ttft_ms", "tpot_ms", "priority"}  # fmt: skip
@@ -80,7 +79,7 @@ def build_request(body: dict[str, Any], *, chat: bool) -> GenerateRequest:
             raise ApiError(400, "messages must be a non-empty list", param="messages", code="invalid_value")
         try:
             fields["messages"] = [ChatMessage(str(m["role"]), _content(m["content"])) for m in messages]
-        except (KeyError, TypeError) as err:
+        except (KeyError, TypeError, AttributeError) as err:
             raise ApiError(400, "each message needs a role and a text content", param="messages") from err
     else:
         prompt = body.get("prompt")
@@ -145,11 +144,17 @@ class OpenAIApi:
         try:
             body = await self._json(http)
             gen = build_request(body, chat=chat)
+            # The serving peer clamps again; clamping here too keeps an absurd figure off the wire.
+            gen.priority = self.node.config.serving.clamp_priority(gen.priority)
             if not any(serves_model(a, gen.model_id) for a in self.dispatch.servers(None)):
                 raise ApiError(404, f"model {gen.model_id!r} is not served in this swarm", param="model",
                                code="model_not_found")  # fmt: skip
             if body.get("stream"):
-                include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+                options = body.get("stream_options") or {}
+                if not isinstance(options, dict):
+                    raise ApiError(400, "stream_options must be an object", param="stream_options",
+                                   code="invalid_value")  # fmt: skip
+                include_usage = bool(options.get("include_usage"))
                 return await self._stream(gen, chat=chat, include_usage=include_usage)
             result = await self.dispatch.generate(gen)
         except ApiError as err:
@@ -167,9 +172,7 @@ class OpenAIApi:
         return JSONResponse(_envelope(gen, result.model_id, chat, stream=False) | {"choices": [choice], "usage": usage})
 
     async def _json(self, http: Request) -> dict[str, Any]:
-        raw = await http.body()
-        if len(raw) > MAX_BODY_BYTES:
-            raise ApiError(400, f"request body over {MAX_BODY_BYTES} bytes", code="request_too_large")
+        raw = await http.body()  # the HttpGuard has refused bodies over node.max_body_bytes already
         try:
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:

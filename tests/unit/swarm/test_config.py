@@ -63,3 +63,31 @@ def test_malformed_override_and_file(tmp_path: Path) -> None:
         load_config(bad)
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_api_key_file_must_hold_a_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"node\.api_key_file: cannot read"):
+        load_config(flags={"node.api_key_file": str(tmp_path / "missing")})
+    empty = tmp_path / "empty"
+    empty.write_text("# nothing yet\n")
+    with pytest.raises(ConfigError, match=r"node\.api_key_file: .*holds no key"):
+        load_config(flags={"node.api_key_file": str(empty)})
+    keys = tmp_path / "keys"
+    keys.write_text("sk-1\n")
+    assert load_config(flags={"node.api_key_file": str(keys)}).node.api_key_file == keys
+
+
+def test_tls_needs_both_files(tmp_path: Path) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+    with pytest.raises(ConfigError, match=r"node\.tls_key is missing"):
+        load_config(flags={"node.tls_cert": str(cert)})
+    with pytest.raises(ConfigError, match=r"node\.tls_cert: no such file"):
+        load_config(flags={"node.tls_cert": str(tmp_path / "nope"), "node.tls_key": str(cert)})
+
+
+def test_priority_range_is_ordered_and_clamps() -> None:
+    with pytest.raises(ConfigError, match=r"serving\.min_priority \(5\) must not exceed serving\.max_priority \(0\)"):
+        load_config(overrides=["serving.min_priority=5"])
+    serving = load_config(overrides=["serving.min_priority=-2", "serving.max_priority=3"]).serving
+    assert [serving.clamp_priority(p) for p in (-(10**12), -2, 0, 3, 10**12)] == [-2, -2, 0, 3, 3]
