@@ -2,8 +2,10 @@
 
 `Client(peers=[multiaddr])` joins as a client-only peer (it serves nothing and is never routed to), learns the
 serving peers from gossip, sends each request to the peer with the best predicted TTFT for the model, moves on
-when a peer answers OVERLOADED, and when a peer dies mid-stream resumes on another from the prompt plus the
-tokens already received, so the caller sees one continuous answer.
+when a peer answers OVERLOADED, and when a peer dies mid-stream resumes on another peer serving the same weights
+(model hash) from the prompt plus the tokens already received, so the caller sees one continuous answer. The
+client decodes the text from all the token ids itself (embedded models, or any model given ``tokenizer=``), so no
+text is lost at the switch and stop strings that span it still end the answer.
 
     from swarm.client import Client
     with Client(peers=["/ip4/127.0.0.1/tcp/4001/p2p/12D3KooW..."]) as client:
@@ -25,9 +27,18 @@ import trio
 
 from protocols import PeerAnnounce
 from swarm.config import NodeConfig, build_config
-from swarm.dispatch import GenerationRefused, GenerationResult, NoPeerAvailable, Progress, SwarmGenerator, TokenDelta
+from swarm.dispatch import (
+    GenerationRefused,
+    GenerationResult,
+    NoPeerAvailable,
+    Progress,
+    ResumeUnavailable,
+    SwarmGenerator,
+    TokenDelta,
+)
 
-__all__ = ["AsyncClient", "Client", "GenerationRefused", "GenerationResult", "NoPeerAvailable", "TokenDelta"]
+__all__ = ["AsyncClient", "Client", "GenerationRefused", "GenerationResult", "NoPeerAvailable", "ResumeUnavailable",
+           "TokenDelta"]  # fmt: skip
 
 
 def client_config(peers: list[str], swarm_key: Path | None, swarm_id: str, **network: Any) -> NodeConfig:
@@ -50,11 +61,20 @@ class AsyncClient:
         stall_timeout_s: float = 30.0,
         routing: str = "ttft",
         network: dict[str, Any] | None = None,
+        tokenizer: Any = None,
     ) -> None:
+        """``tokenizer``: a checkpoint directory (or a loaded tokenizer) to decode answers of a model that is not
+        embedded; without one, such answers keep the serving peers' own text."""
         from swarm.node import Node
 
+        if isinstance(tokenizer, str | Path):
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer)
         self.node = Node(client_config(peers, swarm_key, swarm_id, **(network or {})), client_only=True)
-        self.dispatch = SwarmGenerator(self.node, timeout_s=timeout_s, stall_timeout_s=stall_timeout_s, routing=routing)
+        self.dispatch = SwarmGenerator(
+            self.node, timeout_s=timeout_s, stall_timeout_s=stall_timeout_s, routing=routing, tokenizer=tokenizer
+        )
         self._stack: AsyncExitStack | None = None
 
     async def __aenter__(self) -> AsyncClient:

@@ -1,6 +1,8 @@
 """Sending one generation request through the swarm: pick the peer with the best predicted TTFT for the model
 (this node itself when it serves it), move on when a peer answers OVERLOADED, and when a peer dies mid-stream
-resume on another from the prompt plus the tokens already received: no token lost or duplicated.
+resume on another peer serving the same weights (model hash) from the prompt plus the tokens already received:
+no token lost or duplicated. The text is decoded here from all the ids (swarm.answer_text) whenever a tokenizer
+for the model is at hand, so text a dead peer held back and stop strings that span the switch are not lost.
 
 Used by the Python client and the HTTP gateway. Knows the node (membership, host, serve role) and the generate
 protocol; the engine work of the local path is in swarm.generation.
@@ -33,8 +35,10 @@ from protocols import (
     ProtocolError,
     SwarmError,
     TokenChunk,
+    Usage,
 )
 from protocols.ids import GENERATE_PROTOCOL
+from swarm.answer_text import AnswerText, answer_text, tokenizer_for
 from swarm.generation import Rejected, run_local
 from swarm.routing import DEAD_PEER_BACKOFF_S, RouteState, rank_peers
 
@@ -43,6 +47,10 @@ log = logging.getLogger(__name__)
 
 class NoPeerAvailable(SwarmError):
     """No peer could take the request before the deadline."""
+
+
+class ResumeUnavailable(NoPeerAvailable):
+    """A peer died mid-answer and no live peer serves the same weights (model hash) to finish it."""
 
 
 class GenerationRefused(SwarmError):
@@ -85,6 +93,9 @@ class Progress:
     peers: list[str] = field(default_factory=list)
     done: GenerateDone | None = None
     model_id: str = ""
+    model_hash: str = ""  # of the first peer that accepted: every resume must be on the same weights
+    prompt_tokens: int = 0
+    answer: AnswerText | None = None  # decodes the text from the ids; None without a tokenizer for the model
     started: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
 
@@ -97,9 +108,16 @@ class SwarmGenerator:
     """Routes and runs requests for one asker (a client, or a node's HTTP gateway)."""
 
     def __init__(
-        self, node: Any, *, timeout_s: float = 120.0, stall_timeout_s: float = 30.0, routing: str = "ttft"
+        self,
+        node: Any,
+        *,
+        timeout_s: float = 120.0,
+        stall_timeout_s: float = 30.0,
+        routing: str = "ttft",
+        tokenizer: Any = None,
     ) -> None:
         self.node = node
+        self.tokenizer = tokenizer  # for models that are neither embedded nor served by this node
         self.timeout_s = timeout_s
         self.stall_timeout_s = stall_timeout_s
         self.routing = routing
@@ -154,11 +172,13 @@ class SwarmGenerator:
     async def run(self, request: GenerateRequest, progress: Progress) -> AsyncIterator[TokenDelta]:
         deadline = trio.current_time() + self.timeout_s
         while progress.done is None:
-            peer = await self._pick_peer(request, deadline)
-            attempt = GenerateRequest(**{**vars(request), "continuation_token_ids": list(progress.token_ids)})
             if len(progress.token_ids) >= request.max_new_tokens:  # died right after the last token
-                progress.done = GenerateDone(request.request_id, "length")
+                last = self._end(progress, self._done(request.request_id, progress, "length"), progress.peers[-1])
+                if last is not None:
+                    yield last
                 break
+            peer = await self._pick_peer(request, progress, deadline)
+            attempt = GenerateRequest(**{**vars(request), "continuation_token_ids": list(progress.token_ids)})
             queued = self.state.awaiting_first_token
             queued[peer] = queued.get(peer, 0) + 1
             waiting = True
@@ -175,17 +195,30 @@ class SwarmGenerator:
                 if waiting:
                     queued[peer] -= 1
 
-    async def _pick_peer(self, request: GenerateRequest, deadline: float) -> str:
+    def _candidates(self, progress: Progress) -> list[PeerAnnounce]:
+        """Announces a request may go to: once a peer has accepted it, only peers with the same model hash (the
+        same weights; a model id is only a name)."""
+        announces = self._announces()
+        if progress.model_hash:
+            announces = [a for a in announces if a.model_hash == progress.model_hash]
+        return announces
+
+    async def _pick_peer(self, request: GenerateRequest, progress: Progress, deadline: float) -> str:
         model = request.model_id
         while True:
             ranked = rank_peers(
-                self._announces(), model, self.state, policy=self.routing, ttft_ms=request.ttft_ms,
+                self._candidates(progress), model, self.state, policy=self.routing, ttft_ms=request.ttft_ms,
                 tpot_ms=request.tpot_ms,
             )  # fmt: skip
             reachable = self.node.host.connected_peers() | {self.node.peer_id}
             ranked.sort(key=lambda a: a.peer_id not in reachable)  # stable: prefer peers we already reach
             if ranked:
                 return ranked[0].peer_id
+            if trio.current_time() >= deadline and progress.model_hash:
+                raise ResumeUnavailable(
+                    f"no live peer serves model hash {progress.model_hash[:16]} (the weights this answer started"
+                    f" on) to finish it within {self.timeout_s:.0f} s; {len(progress.token_ids)} tokens received"
+                )
             if trio.current_time() >= deadline:
                 raise NoPeerAvailable(
                     f"no peer serving {model or 'any model'} could take the request within {self.timeout_s:.0f} s"
@@ -202,6 +235,7 @@ class SwarmGenerator:
             stream = await self.node.host.open_stream(peer, GENERATE_PROTOCOL, STREAM_LIMITS)
         except CommsError as err:
             raise _PeerFailed(f"cannot open stream: {err}") from err
+        finished = False
         try:
             await stream.send(request)
             first = await stream.receive(self.stall_timeout_s)
@@ -210,17 +244,19 @@ class SwarmGenerator:
                 return
             if not isinstance(first, GenerateAccepted):
                 raise _PeerFailed(f"unexpected {first.TYPE}")
-            progress.peers.append(peer)
-            progress.model_id = first.model_id
+            if not self._accept(peer, first, request, progress):
+                return
             while progress.done is None:
-                delta = self._apply(await stream.receive(self.stall_timeout_s), progress, peer)
+                message = await stream.receive(self.stall_timeout_s)
+                finished = isinstance(message, GenerateDone)
+                delta = self._apply(message, progress, peer)
                 if delta is not None:
                     yield delta
         except (StreamClosedError, ProtocolError) as err:
             raise _PeerFailed(str(err)) from err
         finally:
             with trio.CancelScope(shield=True):
-                if progress.done is None:
+                if not finished:  # includes an answer this asker ended itself on a stop string
                     with trio.move_on_after(0.5):
                         try:
                             await stream.send(Cancel(request.request_id))
@@ -235,8 +271,8 @@ class SwarmGenerator:
         peer = self.node.peer_id
         try:
             async with run_local(self.node.serve_role.engine, request) as run:
-                progress.peers.append(peer)
-                progress.model_id = run.accepted.model_id
+                if not self._accept(peer, run.accepted, request, progress):
+                    return
                 async for message in run.events:
                     delta = self._apply(message, progress, peer)
                     if delta is not None:
@@ -248,15 +284,48 @@ class SwarmGenerator:
             return
         raise _PeerFailed("local engine stopped mid-request")
 
+    def _accept(self, peer: str, accepted: GenerateAccepted, request: GenerateRequest, progress: Progress) -> bool:
+        """Take a peer's acceptance; False (and the peer avoided) when it runs other weights than the answer's."""
+        if progress.model_hash and accepted.model_hash != progress.model_hash:
+            log.warning("peer %s accepted with model hash %s, not %s; not resuming there", peer[-8:],
+                        accepted.model_hash[:12], progress.model_hash[:12])  # fmt: skip
+            self.state.avoid(peer, DEAD_PEER_BACKOFF_S)
+            return False
+        if not progress.peers:
+            progress.model_id, progress.model_hash = accepted.model_id, accepted.model_hash
+            progress.prompt_tokens = accepted.prompt_tokens
+            local = self.node.serve_role.engine if self.node.serve_role is not None else None
+            tokenizer = tokenizer_for(accepted.model_id, accepted.model_hash, local, self.tokenizer)
+            progress.answer = answer_text(tokenizer, request) if tokenizer is not None else None
+        progress.peers.append(peer)
+        return True
+
     def _apply(self, message: Any, progress: Progress, peer: str) -> TokenDelta | None:
         if isinstance(message, TokenChunk):
             return self._take(message, progress, peer)
         if isinstance(message, GenerateDone):
             if message.finish_reason == "error":
                 raise _PeerFailed(message.error or "engine error")
-            progress.done = message
-            return None
+            return self._end(progress, message, peer)
         raise _PeerFailed(f"unexpected {type(message).__name__} in a token stream")
+
+    @staticmethod
+    def _done(request_id: str, progress: Progress, reason: str) -> GenerateDone:
+        """The end of an answer this asker decides (a stop string it found, max_new_tokens reached)."""
+        usage = Usage(prompt_tokens=progress.prompt_tokens, completion_tokens=len(progress.token_ids))
+        return GenerateDone(request_id, reason, usage=usage)
+
+    @staticmethod
+    def _end(progress: Progress, done: GenerateDone, peer: str) -> TokenDelta | None:
+        """Finish the answer; the text held back until now, as a last delta."""
+        progress.done = done
+        if progress.answer is None:
+            return None
+        text = progress.answer.finish()
+        if not text:
+            return None
+        progress.text.append(text)
+        return TokenDelta(text, [], peer)
 
     def _on_rejected(
         self, peer: str, code: ErrorCode, message: str, field: str | None, retry_after_ms: int | None
@@ -269,9 +338,9 @@ class SwarmGenerator:
         else:
             raise GenerationRefused(code, message, field)
 
-    @staticmethod
-    def _take(chunk: TokenChunk, progress: Progress, peer: str) -> TokenDelta | None:
-        """Append a chunk's tokens, skipping any this asker already has (no gaps, no duplicates)."""
+    def _take(self, chunk: TokenChunk, progress: Progress, peer: str) -> TokenDelta | None:
+        """Append a chunk's tokens, skipping any this asker already has (no gaps, no duplicates), and their text:
+        decoded here when a tokenizer is at hand, else the peer's own."""
         have = len(progress.token_ids)
         if chunk.index > have:
             raise _PeerFailed(f"gap in tokens: expected index {have}, got {chunk.index}")
@@ -280,7 +349,14 @@ class SwarmGenerator:
             return None
         if progress.first_token_at is None:
             progress.first_token_at = time.perf_counter()
+        if progress.answer is None:
+            text = chunk.text if chunk.index == have else ""
+        else:
+            text, taken = progress.answer.add(new)
+            new = new[:taken]
         progress.token_ids.extend(new)
-        text = chunk.text if chunk.index == have else ""
         progress.text.append(text)
+        if progress.answer is not None and progress.answer.stopped:
+            # A stop string this asker found (one the serving peer could not see if it spans a failover).
+            progress.done = self._done(chunk.request_id, progress, "stop")
         return TokenDelta(text, new, peer)

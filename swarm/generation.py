@@ -52,13 +52,13 @@ def render_chat(tokenizer: Any, messages: list[ChatMessage]) -> str:
     )
 
 
-def prompt_ids_of(engine: Any, request: GenerateRequest) -> list[int]:
+def prompt_ids_of(tokenizer: Any, request: GenerateRequest) -> list[int]:
     if request.prompt_token_ids is not None:
         return list(request.prompt_token_ids)
-    text = request.prompt if request.prompt is not None else render_chat(engine.tokenizer, request.messages or [])
+    text = request.prompt if request.prompt is not None else render_chat(tokenizer, request.messages or [])
     if not text:
         raise Rejected(ErrorCode.BAD_REQUEST, "must be a non-empty string", "prompt")
-    return list(engine.tokenizer(text)["input_ids"])
+    return list(tokenizer(text)["input_ids"])
 
 
 def model_matches(engine: Any, model_id: str) -> bool:
@@ -95,7 +95,7 @@ async def run_local(engine: Any, request: GenerateRequest) -> AsyncIterator[Loca
     if not model_matches(engine, request.model_id):
         raise Rejected(ErrorCode.MODEL_MISMATCH, f"this node serves {engine.model_id}", "model_id")
     continuation = list(request.continuation_token_ids)
-    prompt_ids = prompt_ids_of(engine, request)
+    prompt_ids = prompt_ids_of(engine.tokenizer, request)
     params = GenerateParams(
         prompt_token_ids=prompt_ids + continuation, max_new_tokens=request.max_new_tokens - len(continuation),
         temperature=request.temperature, top_k=request.top_k, top_p=request.top_p, seed=request.seed,
