@@ -64,6 +64,7 @@ def step_both(pair: list[HivemindAverager], data: list[torch.Tensor]) -> list[Av
 
 def test_outsiders_without_the_key_are_refused(keyed_pair: list[HivemindAverager]) -> None:
     a, b = keyed_pair
+    assert all(m.startswith("/ip4/127.0.0.1/tcp/") for m in a.visible_maddrs + b.visible_maddrs)  # where they listen
     state = [torch.arange(64, dtype=torch.float32)]
     a.share_state({"round": 1, "step": 5, "model_hash": "h"}, state)
     meta, tensors = b.load_state(timeout_s=10.0, peer=a.peer_id)  # a keyed peer reads it
