@@ -160,6 +160,7 @@ class HivemindAverager:
         self._poll_lock = threading.Lock()  # polls from two threads must not publish out of order
         # What earlier child processes counted: a restarted child counts from zero, the totals stay monotonic.
         self._carried = AveragingCounters()
+        self._closed = False
 
     def __enter__(self) -> HivemindAverager:
         self.start()
@@ -314,12 +315,18 @@ class HivemindAverager:
     def restart(self, initial_peers: tuple[str, ...] | list[str]) -> None:
         """Start a new averaging process (bootstrapped from `initial_peers`, those of the swarm now) in place of a
         dead or killed one. Its peer id and addresses are new; the counters carry on from the old ones."""
+        if self._closed:
+            raise AveragingError(ErrorCode.CANCELLED, "the averager is closed")
         self._kill()
-        self.close(timeout_s=0.0)
+        self._release(timeout_s=0.0)
         self._carried = dataclasses.replace(self.counters)
         self.settings = dataclasses.replace(self.settings, initial_peers=tuple(initial_peers))
         self.counters.restarts += 1
         self.start()
+        if self._closed:  # closed (the node stops) while this one started: it must not outlive the close
+            self._kill()
+            self._release(timeout_s=0.0)
+            raise AveragingError(ErrorCode.CANCELLED, "the averager was closed while it restarted")
 
     def _kill(self) -> None:
         """SIGKILL the child's whole process group (hivemind's own subprocesses included) and reap the child."""
@@ -333,7 +340,11 @@ class HivemindAverager:
         self._proc.wait(timeout=10)
 
     def close(self, timeout_s: float = 15.0) -> None:
-        """Stop the child (politely, then by force) and reap it."""
+        """Stop the child (politely, then by force) and reap it; the averager is not restarted after this."""
+        self._closed = True
+        self._release(timeout_s)
+
+    def _release(self, timeout_s: float) -> None:
         if self._proc is None:
             return
         self._count_socket_bytes()  # the last look: the child's sockets close with it

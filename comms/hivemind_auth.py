@@ -13,9 +13,11 @@ the swarm key (never the key itself, never sent):
   stubs refuse to send to one that has not (so no request, tensor or state goes to a keyless process).
 
 What it does not protect: a keyless process can still open a libp2p connection to p2pd and speak libp2p's own
-protocols (identify, ping); it learns the peer id and can make the node spend a MAC check per request. Tensors on
-the wire are encrypted by p2pd's noise/TLS, not by the swarm key. This module knows nothing about tensors or
-models; it runs in the averaging process (it imports hivemind).
+protocols (identify, ping, the daemon's own Kademlia peer routing, which tells peer addresses, not records); it
+learns the peer id and can make the node spend a MAC check per request. Tensors on the wire are encrypted by p2pd's
+noise/TLS, not by the swarm key. A peer that holds the key is let in, not trusted: what it sends is checked by the
+averaging code. This module knows nothing about tensors or models; it runs in the averaging process (it imports
+hivemind).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Run as `python -m comms.hivemind_worker FD_IN FD_OUT` by `comms.averaging.Hivemi
 libp2p both register `crypto.pb` in protobuf's default descriptor pool, so they cannot live in one
 interpreter; this fresh interpreter never imports libp2p. Requests and replies are dicts of plain values and
 numpy arrays. The process exits when its parent's end of the pipe closes (including when the parent dies).
-The averager here returns every group member the same averaged values (see `_AverageReturningRunner`).
+The averager here returns every group member the same averaged values (see `_AverageReturningRunner`). Given
+the swarm key, its DHT and averaging RPCs need proof of it (`comms.hivemind_auth`).
 This module knows nothing about models or optimizers: it averages lists of float tensors.
 """
 

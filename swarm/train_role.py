@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 
 NUM_DATA_SHARDS = 16  # a peer's shard is derived from its PeerID among these
 DISCOVERY_WAIT_S = 6.0  # how long to listen for other training peers before starting a DHT alone
-SHUTDOWN_WAIT_S = 5.0  # how long a stopping node waits for the inner step in progress to end
 
 
 def byte_tokenizer_files() -> dict[str, bytes]:
@@ -164,7 +163,7 @@ class TrainRole(Role):
     def _train(self) -> None:
         try:
             while not self._stop.is_set() and self.peer.status.step < self.config.total_steps:
-                if self.restarts is not None:
+                if self.restarts is not None and not self._stop.is_set():  # the averager is closed on stop
                     self.restarts.check()
                 self.peer.run(1, should_stop=self._stop.is_set)
         finally:
@@ -177,14 +176,15 @@ class TrainRole(Role):
             self.averager.close(timeout_s=2.0)
         if self.peer is None:
             return
-        if self._done.wait(SHUTDOWN_WAIT_S):
+        grace_s = self.node.config.node.shutdown_grace_s  # for the inner step in progress to end
+        if self._done.wait(grace_s):
             try:
                 self.peer.checkpoint()
                 log.info("training: checkpoint of step %d written on shutdown", self.peer.status.step)
             except OSError as err:
                 log.error("training: could not write the shutdown checkpoint: %s", err)
         else:  # writing while the thread still steps would save a torn state
-            log.error("training: no shutdown checkpoint: the training thread did not stop in %.0f s", SHUTDOWN_WAIT_S)
+            log.error("training: no shutdown checkpoint: the training thread did not stop in %.1f s", grace_s)
         self.peer.close()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
