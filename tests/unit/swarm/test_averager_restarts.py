@@ -81,3 +81,13 @@ def test_a_successful_start_resets_the_failures() -> None:
     assert restarts.check() is False and restarts.failures == 1
     clock.now += 2.0
     assert restarts.check() is True and restarts.failures == 0 and av.peer_id == "new2"
+
+
+def test_a_closed_averager_is_never_restarted() -> None:
+    from comms.averaging import AveragingSettings, HivemindAverager
+
+    av = HivemindAverager(AveragingSettings(), [(4,)], "h")
+    av.close()  # as the node does on shutdown, possibly while the training thread checks
+    with pytest.raises(AveragingError, match="closed") as err:
+        av.restart(["/ip4/127.0.0.1/tcp/1/p2p/x"])
+    assert err.value.code == ErrorCode.CANCELLED and not av.alive and av.counters.restarts == 0
