@@ -9,6 +9,7 @@ counters come from the kernel's counts for the TCP sockets of the child's proces
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -59,6 +60,24 @@ class AveragingSettings:
     startup_timeout_s: float = 60.0
     declare_state_period_s: float = 30.0  # hivemind's default: each declaration is a DHT store to every replica
     bandwidth_mbps: float | None = None  # emulate a WAN uplink (token bucket on sent tensor bytes)
+    # The private swarm key (64 hex digits): every DHT and averaging RPC then needs proof of it
+    # (`comms.hivemind_auth`). Sent to the child over its pipe, never on a command line; kept out of reprs.
+    swarm_key_hex: str | None = field(default=None, repr=False)
+
+
+def averaging_host_maddrs(listen: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Where the averaging stack listens, given the node's libp2p listen multiaddrs: the same addresses (so the
+    same interfaces) with port 0, as the node's own ports are taken. A multiaddr without an /ip4 or /ip6 part
+    says no interface: it is refused rather than widened to every interface."""
+    out: list[str] = []
+    for text in listen:
+        parts = text.strip("/").split("/")
+        if len(parts) < 2 or parts[0] not in ("ip4", "ip6"):
+            raise ValueError(f"cannot derive an averaging listen address from {text!r}: it names no /ip4 or /ip6")
+        addr = f"/{parts[0]}/{parts[1]}/tcp/0"
+        if addr not in out:
+            out.append(addr)
+    return tuple(out)
 
 
 class UplinkShaper:
@@ -93,8 +112,10 @@ class AveragingCounters:
     payload_bytes_received: int = 0
     bytes_counted_at: str = "tcp socket"
     parts_refused: int = 0
+    swarm_key_refused: int = 0  # DHT and averaging RPCs refused for want of the swarm key, and hellos that failed
     rounds_ok: int = 0
     rounds_failed: int = 0
+    restarts: int = 0  # averaging processes started again after one died or was killed on a timeout
 
 
 @dataclass
@@ -137,6 +158,9 @@ class HivemindAverager:
         self._poller: threading.Thread | None = None
         self._stop_polling = threading.Event()
         self._poll_lock = threading.Lock()  # polls from two threads must not publish out of order
+        # What earlier child processes counted: a restarted child counts from zero, the totals stay monotonic.
+        self._carried = AveragingCounters()
+        self._closed = False
 
     def __enter__(self) -> HivemindAverager:
         self.start()
@@ -198,7 +222,8 @@ class HivemindAverager:
             except OSError as err:  # keep the last totals: they stay monotonic
                 log.debug("could not read averaging socket counters: %s", err)
                 return
-            self.counters.bytes_sent, self.counters.bytes_received = totals.sent, totals.received
+            self.counters.bytes_sent = self._carried.bytes_sent + totals.sent
+            self.counters.bytes_received = self._carried.bytes_received + totals.received
 
     def _call(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         if self._proc is None or self._to_child is None or self._from_child is None:
@@ -218,12 +243,13 @@ class HivemindAverager:
                 raise AveragingError(ErrorCode.INTERNAL, f"averaging process pipe broke: {err}") from err
         counters = reply.get("counters")
         if counters:
-            self.counters.payload_bytes_sent = counters["bytes_sent"]
-            self.counters.payload_bytes_received = counters["bytes_received"]
-            self.counters.parts_refused = counters["parts_refused"]
+            c, base = self.counters, self._carried
+            c.payload_bytes_sent = base.payload_bytes_sent + counters["bytes_sent"]
+            c.payload_bytes_received = base.payload_bytes_received + counters["bytes_received"]
+            c.parts_refused = base.parts_refused + counters["parts_refused"]
+            c.swarm_key_refused = base.swarm_key_refused + counters.get("swarm_key_refused", 0)
             if self._tcp is None:
-                self.counters.bytes_sent = counters["bytes_sent"]
-                self.counters.bytes_received = counters["bytes_received"]
+                c.bytes_sent, c.bytes_received = c.payload_bytes_sent, c.payload_bytes_received
         self._count_socket_bytes()
         if not reply.get("ok"):
             raise AveragingError(ErrorCode.INTERNAL, str(reply.get("error")))
@@ -281,6 +307,27 @@ class HivemindAverager:
         reply = self._call(req, timeout_s=timeout_s + 15.0)
         return reply["metadata"], [torch.from_numpy(a) for a in reply["tensors"]]
 
+    @property
+    def alive(self) -> bool:
+        """Whether the averaging process runs (it is killed when it misses a deadline, and may die)."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def restart(self, initial_peers: tuple[str, ...] | list[str]) -> None:
+        """Start a new averaging process (bootstrapped from `initial_peers`, those of the swarm now) in place of a
+        dead or killed one. Its peer id and addresses are new; the counters carry on from the old ones."""
+        if self._closed:
+            raise AveragingError(ErrorCode.CANCELLED, "the averager is closed")
+        self._kill()
+        self._release(timeout_s=0.0)
+        self._carried = dataclasses.replace(self.counters)
+        self.settings = dataclasses.replace(self.settings, initial_peers=tuple(initial_peers))
+        self.counters.restarts += 1
+        self.start()
+        if self._closed:  # closed (the node stops) while this one started: it must not outlive the close
+            self._kill()
+            self._release(timeout_s=0.0)
+            raise AveragingError(ErrorCode.CANCELLED, "the averager was closed while it restarted")
+
     def _kill(self) -> None:
         """SIGKILL the child's whole process group (hivemind's own subprocesses included) and reap the child."""
         if self._proc is None:
@@ -293,7 +340,11 @@ class HivemindAverager:
         self._proc.wait(timeout=10)
 
     def close(self, timeout_s: float = 15.0) -> None:
-        """Stop the child (politely, then by force) and reap it."""
+        """Stop the child (politely, then by force) and reap it; the averager is not restarted after this."""
+        self._closed = True
+        self._release(timeout_s)
+
+    def _release(self, timeout_s: float) -> None:
         if self._proc is None:
             return
         self._count_socket_bytes()  # the last look: the child's sockets close with it

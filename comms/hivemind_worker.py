@@ -4,7 +4,8 @@ Run as `python -m comms.hivemind_worker FD_IN FD_OUT` by `comms.averaging.Hivemi
 libp2p both register `crypto.pb` in protobuf's default descriptor pool, so they cannot live in one
 interpreter; this fresh interpreter never imports libp2p. Requests and replies are dicts of plain values and
 numpy arrays. The process exits when its parent's end of the pipe closes (including when the parent dies).
-The averager here returns every group member the same averaged values (see `_AverageReturningRunner`).
+The averager here returns every group member the same averaged values (see `_AverageReturningRunner`). Given
+the swarm key, its DHT and averaging RPCs need proof of it (`comms.hivemind_auth`).
 This module knows nothing about models or optimizers: it averages lists of float tensors.
 """
 
@@ -34,6 +35,7 @@ from hivemind.utils.streaming import combine_from_streaming
 from hivemind.utils.timed_storage import get_dht_time
 
 from comms import hivemind_matchmaking
+from comms.hivemind_auth import SwarmKeyAuthorizer, SwarmKeyGate, SwarmKeyGuarded, derive_auth_key
 from comms.hivemind_compression import SwarmCodecCompression, install
 
 # The runner below overrides internals of this exact release; another one needs a review first.
@@ -117,7 +119,7 @@ MAX_DIGEST_CHARS = 128
 REPLIES_TIMEOUT_S = 5.0  # a sender that stops reading its averages does not hold the round longer than this
 
 
-class _StateServingAverager(DecentralizedAverager):
+class _StateServingAverager(SwarmKeyGuarded, DecentralizedAverager):
     """Serves the state its parent last pushed (weights + outer optimizer state) to peers that join late."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -209,12 +211,18 @@ class Worker:
             init["codec"], init["codec_block_size"], init.get("bandwidth_mbps")
         )
         hivemind_matchmaking.install()
+        key = derive_auth_key(init["swarm_key_hex"]) if init.get("swarm_key_hex") else None
+        self.authorizer = None if key is None else SwarmKeyAuthorizer(key)
         self.dht = DHT(
             initial_peers=list(init["initial_peers"]),
             host_maddrs=list(init["host_maddrs"]),
             start=True,
             startup_timeout=init["startup_timeout_s"],
+            authorizer=self.authorizer,
         )
+        self.gate = None if key is None else SwarmKeyGate(key, self.dht.peer_id)
+        if self.gate is not None:  # before the averager starts: its handlers are registered guarded, stubs check
+            _StateServingAverager.install_gate(self.gate, init["request_timeout_s"])
         tensors = [torch.zeros(tuple(shape), dtype=torch.float32) for shape in init["shapes"]]
         allreduce_timeout = init["allreduce_timeout_s"]
         self.averager = _StateServingAverager(
@@ -236,6 +244,12 @@ class Worker:
             allow_state_sharing=False,  # declared a donor (a DHT store to every replica) once it has a state
         )
         self.shapes = [tuple(s) for s in init["shapes"]]
+
+    def counters(self) -> dict[str, int]:
+        """The codec's byte and refusal counts, and the RPCs refused for want of the swarm key (by the DHT's and
+        the averager's processes, counted in shared memory)."""
+        refused = sum(x.refused for x in (self.authorizer, self.gate) if x is not None)
+        return {**self.compression.snapshot(), "swarm_key_refused": refused}
 
     def hello(self) -> dict[str, Any]:
         return {
@@ -329,7 +343,7 @@ def serve(conn_in: Connection, conn_out: Connection) -> None:
             if req["op"] == "stop":
                 break
             reply = handlers[req["op"]](req)
-            reply["counters"] = worker.compression.snapshot()
+            reply["counters"] = worker.counters()
             conn_out.send(reply)
     finally:
         worker.shutdown()

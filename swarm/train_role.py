@@ -11,6 +11,8 @@ import dataclasses
 import logging
 import math
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,57 @@ def byte_tokenizer_files() -> dict[str, bytes]:
         return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
 
 
+class AveragerRestarts:
+    """Starts a dead averaging process again (it is killed when it misses a deadline, and may crash), so the peer
+    rejoins its group rather than training alone. A dead process is restarted at once; a failed start is retried
+    after `backoff_s`, doubled after each further consecutive failure; past `max_failures` consecutive failures
+    it gives up with an `AveragingError` (the role then fails, visibly). `initial_peers` gives the averaging
+    addresses the swarm gossips now (those the process started with may be gone)."""
+
+    def __init__(
+        self,
+        averager: Any,
+        initial_peers: Callable[[], list[str]],
+        *,
+        max_failures: int,
+        backoff_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.averager = averager
+        self.initial_peers = initial_peers
+        self.max_failures = max_failures
+        self.backoff_s = backoff_s
+        self.clock = clock
+        self.failures = 0  # consecutive failed starts
+        self._next_try = 0.0
+
+    def check(self) -> bool:
+        """Restart the averaging process if it is dead and a try is due; True when one was started."""
+        from comms.averaging import AveragingError
+
+        av = self.averager
+        if av.alive or self.clock() < self._next_try:
+            return False
+        old = set(av.visible_maddrs)
+        peers = [a for a in self.initial_peers() if a not in old]
+        try:
+            av.restart(peers)
+        except AveragingError as err:
+            self.failures += 1
+            if self.failures > self.max_failures:
+                raise AveragingError(
+                    err.code, f"averaging process failed to start {self.failures} times in a row; last: {err}"
+                ) from err
+            delay = self.backoff_s * 2 ** (self.failures - 1)
+            log.warning("averaging process failed to start (%s); retrying in %.1f s", err, delay)
+            self._next_try = self.clock() + delay
+            return False
+        self.failures = 0
+        log.warning("averaging process restarted (%d restart(s)); peer id %s, %d bootstrap address(es)",
+                    av.counters.restarts, av.peer_id, len(peers))  # fmt: skip
+        return True
+
+
 class TrainRole(Role):
     """Runs a `training.trainer.TrainingPeer` until the node stops or `total_steps` is reached."""
 
@@ -47,25 +100,31 @@ class TrainRole(Role):
         self.node = node
         self.peer: Any = None
         self.averager: Any = None
+        self.restarts: AveragerRestarts | None = None
         self._stop = threading.Event()
         self._done = threading.Event()
+        self._done.set()  # no training thread runs yet
 
     def _train_peer_ids(self) -> list[str]:
         ids = [e.announce.peer_id for e in self.node.membership.entries() if "train" in e.announce.roles]
         return sorted({*ids, self.node.peer_id})
 
+    def _gossiped_hivemind_addrs(self) -> list[str]:
+        return [a for e in self.node.membership.entries() for a in e.announce.hivemind_addrs]
+
     async def _initial_peers(self) -> list[str]:
         """Hivemind addresses gossiped by training peers; waits a little for the first ones to show up."""
         with trio.move_on_after(DISCOVERY_WAIT_S):
             while True:
-                found = [a for e in self.node.membership.entries() for a in e.announce.hivemind_addrs]
+                found = self._gossiped_hivemind_addrs()
                 if found:
                     return found
                 await trio.sleep(0.25)
         return []
 
     def _setup(self, initial_peers: list[str]) -> str:
-        from comms.averaging import HivemindAverager
+        from comms.averaging import HivemindAverager, averaging_host_maddrs
+        from comms.pnet import read_swarm_key
         from training.data import TokenData, load_corpus, shard_for_peer
         from training.trainer import TrainingPeer, averaging_settings
 
@@ -78,12 +137,15 @@ class TrainRole(Role):
         shard = shard_for_peer(self.node.peer_id, NUM_DATA_SHARDS)
         peer = TrainingPeer(cfg, data, peer_id=self.node.peer_id, shard_index=shard, num_shards=NUM_DATA_SHARDS,
                             peers=self._train_peer_ids)  # fmt: skip
+        network = self.node.config.network
         settings = averaging_settings(
             cfg,
-            prefix=f"swarm-{self.node.config.network.swarm_id}",
+            prefix=f"swarm-{network.swarm_id}",
             initial_peers=tuple(initial_peers),
-            host_maddrs=(f"/ip4/{self._averaging_host()}/tcp/0",),
+            host_maddrs=averaging_host_maddrs(network.listen),  # where the node listens, never wider
         )
+        if network.swarm_key is not None:  # a private swarm: no averaging RPC without proof of its key
+            settings = dataclasses.replace(settings, swarm_key_hex=read_swarm_key(network.swarm_key))
         if cfg.outer_optimizer == "noloco":  # pairs: a group of two forms without waiting for more peers
             settings = dataclasses.replace(settings, target_group_size=2)
         peer.checkpoint_files = byte_tokenizer_files()
@@ -91,29 +153,39 @@ class TrainRole(Role):
         averager.start()
         peer.averager = averager
         self.averager = averager
+        self.restarts = AveragerRestarts(averager, self._gossiped_hivemind_addrs,
+                                         max_failures=cfg.averager_max_restart_failures,
+                                         backoff_s=cfg.averager_restart_backoff_s)  # fmt: skip
         how = peer.resume_or_join(join_timeout_s=20.0 if initial_peers else None)
         self.peer = peer
         return how
 
-    def _averaging_host(self) -> str:
-        """Listen where the node listens: loopback for a local swarm, every interface otherwise."""
-        listen = self.node.config.network.listen
-        return "127.0.0.1" if all("/ip4/127." in a for a in listen) else "0.0.0.0"
-
     def _train(self) -> None:
         try:
             while not self._stop.is_set() and self.peer.status.step < self.config.total_steps:
+                if self.restarts is not None and not self._stop.is_set():  # the averager is closed on stop
+                    self.restarts.check()
                 self.peer.run(1, should_stop=self._stop.is_set)
         finally:
             self._done.set()
 
     def _close(self) -> None:
-        """Stop the averager first (an exchange in flight then fails at once), then the training thread."""
+        """Stop the averager first (an exchange in flight then fails at once), then the training thread; once
+        that has stopped, checkpoint the state it reached (mid-round too: a restart resumes from there)."""
         if self.averager is not None:
             self.averager.close(timeout_s=2.0)
-        if self.peer is not None:
-            self._done.wait(5.0)
-            self.peer.close()
+        if self.peer is None:
+            return
+        grace_s = self.node.config.node.shutdown_grace_s  # for the inner step in progress to end
+        if self._done.wait(grace_s):
+            try:
+                self.peer.checkpoint()
+                log.info("training: checkpoint of step %d written on shutdown", self.peer.status.step)
+            except OSError as err:
+                log.error("training: could not write the shutdown checkpoint: %s", err)
+        else:  # writing while the thread still steps would save a torn state
+            log.error("training: no shutdown checkpoint: the training thread did not stop in %.1f s", grace_s)
+        self.peer.close()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         initial = await self._initial_peers()
@@ -123,6 +195,7 @@ class TrainRole(Role):
             log.info("training %s (%s, codec %s): %s", self.peer.model_hash[:12], self.config.outer_optimizer,
                      self.config.codec, how)  # fmt: skip
             task_status.started()
+            self._done.clear()
             await trio.to_thread.run_sync(self._train, abandon_on_cancel=True)
             log.info("training reached total_steps=%d; still sharing state with late joiners", self.config.total_steps)
             await trio.sleep_forever()
@@ -143,3 +216,4 @@ class TrainRole(Role):
         counters = averager.counters
         self.node.metrics.set_bytes("averaging", counters.bytes_received, counters.bytes_sent)
         self.node.metrics.set_refused("AVERAGING_PART", counters.parts_refused)
+        self.node.metrics.set_refused("AVERAGING_SWARM_KEY", counters.swarm_key_refused)

@@ -71,6 +71,12 @@ class TrainingConfig(BaseModel):
     round_timeout_s: float = Field(60.0, gt=0.0, le=86400.0)
     allreduce_timeout_s: float = Field(30.0, gt=0.0, le=86400.0)
     request_timeout_s: float = Field(3.0, gt=0.0, le=600.0)
+    averager_restart_backoff_s: float = Field(
+        2.0, gt=0.0, le=3600.0, description="wait before retrying a failed restart of the averaging process (doubles)"
+    )
+    averager_max_restart_failures: int = Field(
+        5, ge=0, le=1000, description="consecutive failed restarts of the averaging process before the role fails"
+    )
     # data and checkpoints
     data_path: Path | None = Field(None, description="text or jsonl file/dir; default: interpreter's stdlib")
     max_corpus_bytes: int = Field(4_000_000, ge=1024, le=1 << 40)

@@ -38,6 +38,18 @@ class InnerLoop:
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.steps_done = 0
 
+    def set_step(self, step: int) -> None:
+        """Continue the schedule from optimizer step `step` (a late joiner takes the group's step). accelerate
+        wraps the scheduler: its `last_epoch` must be set on the wrapped LambdaLR, which computes the next rates
+        from it, with the current rate set to match."""
+        scheduler = getattr(self.scheduler, "scheduler", self.scheduler)
+        scheduler.last_epoch = step
+        for group in self.optimizer.param_groups:
+            group.setdefault("initial_lr", self.cfg.inner_lr)
+            group["lr"] = group["initial_lr"] * lr_factor(step, self.cfg)
+        scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        self.steps_done = step
+
     @property
     def params(self) -> list[torch.nn.Parameter]:
         return list(self.model.parameters())

@@ -26,7 +26,7 @@ from training.checkpoint import load_latest, save_checkpoint
 from training.config import TrainingConfig
 from training.consensus import reference_peer, state_digest
 from training.data import TokenData
-from training.inner import InnerLoop, lr_factor
+from training.inner import InnerLoop
 from training.model import build_model, llama_config, model_hash
 from training.outer import OuterOptimizer, make_outer
 
@@ -204,11 +204,7 @@ class TrainingPeer:
 
     def _set_position(self, round_index: int, step: int) -> None:
         self.status.round_index, self.status.step = round_index, step
-        self.inner.steps_done = step
-        self.inner.scheduler.last_epoch = step
-        for group in self.inner.optimizer.param_groups:
-            group.setdefault("initial_lr", self.cfg.inner_lr)
-            group["lr"] = group["initial_lr"] * lr_factor(step, self.cfg)
+        self.inner.set_step(step)
 
     def checkpoint(self) -> None:
         if self.cfg.checkpoint_dir is None:
