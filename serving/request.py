@@ -20,6 +20,8 @@ MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
 MAX_REQUEST_ID_CHARS = 128
 MAX_TOP_LOGPROBS = 20  # OpenAI's bound on top_logprobs
+PENALTY_LIMIT = 2.0  # OpenAI's bound on |presence_penalty| and |frequency_penalty|
+MAX_REPETITION_PENALTY = 100.0
 CHOICE_SEPARATOR = "\x00"  # request ids of a request's extra samples: f"{request_id}\x00{index}"
 
 
@@ -121,11 +123,11 @@ class GenerateParams:
             raise _bad("logprobs", f"must be None or an integer in 0..{MAX_TOP_LOGPROBS}")
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
-            if not _is_number(value) or not math.isfinite(value) or not -2 <= value <= 2:
-                raise _bad(name, "must be a finite number in [-2, 2]")
+            if not _is_number(value) or not math.isfinite(value) or not -PENALTY_LIMIT <= value <= PENALTY_LIMIT:
+                raise _bad(name, f"must be a finite number in [-{PENALTY_LIMIT:g}, {PENALTY_LIMIT:g}]")
         r = self.repetition_penalty
-        if not _is_number(r) or not math.isfinite(r) or not 0 < r <= 100:
-            raise _bad("repetition_penalty", "must be a finite number in (0, 100]")
+        if not _is_number(r) or not math.isfinite(r) or not 0 < r <= MAX_REPETITION_PENALTY:
+            raise _bad("repetition_penalty", f"must be a finite number in (0, {MAX_REPETITION_PENALTY:g}]")
         if not isinstance(self.ignore_eos, bool):
             raise _bad("ignore_eos", "must be a boolean")
 

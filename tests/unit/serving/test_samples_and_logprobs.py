@@ -13,8 +13,10 @@ from transformers import AutoModelForCausalLM
 
 from protocols.errors import ErrorCode, ProtocolError
 from serving.engine import Engine
+from serving.model import load_model
 from serving.plan import SamplingSpec
 from serving.request import GenerateParams
+from serving.runner import kv_layout_of
 from serving.sampling import apply_penalties
 from tests.unit.serving.helpers import Collector, tiny_config
 
@@ -65,6 +67,21 @@ def test_n_samples_stream_their_own_stop_strings(tiny_engine: Engine) -> None:
     assert stop not in cut.choices[1].text and free.choices[1].text.startswith(cut.choices[1].text)
     for a, b in zip(free.choices, cut.choices, strict=True):
         assert a.text.startswith(b.text)
+
+
+def test_a_sample_without_a_free_block_waits_and_recomputes(tmp_path: Path) -> None:
+    per_token = kv_layout_of(load_model("tiny").hf_model.config, torch.float32).bytes_per_token()
+    # Four blocks: the 40-token prompt takes three, so only one more sample gets a copy of the partial block.
+    with Engine(tiny_config(tmp_path, kv_cache_bytes=4 * 16 * per_token)) as engine:
+        alone = engine.generate(GenerateParams(prompt_token_ids=PROMPT, max_new_tokens=6), timeout_s=60)
+        result = engine.generate(GenerateParams(prompt_token_ids=PROMPT, max_new_tokens=6, n=3), timeout_s=60)
+        counters = engine.counters()
+        blocks = engine.scheduler.allocator
+        assert blocks.num_free == blocks.num_blocks == 4
+    assert [c.token_ids for c in result.choices] == [alone.token_ids] * 3
+    # The waiting sample found the prompt's full blocks in the prefix cache and recomputed only the rest.
+    assert counters["prompt_tokens_prefilled"] + counters["prompt_tokens_cached"] == 3 * len(PROMPT)
+    assert counters["prompt_tokens_cached"] >= 2 * 32
 
 
 def test_cancel_ends_every_sample(tiny_engine: Engine) -> None:
