@@ -263,6 +263,13 @@ class Engine:
                 "cached_blocks": sched.allocator.num_cached,
             }
 
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix (a benchmark run that must not profit from an earlier one calls this)."""
+        if self.scheduler is None:
+            raise EngineError("engine is not running")
+        with self._lock:
+            self.scheduler.allocator.forget_hashes()
+
     # ----- the step loop -----
     def _loop(self) -> None:
         while True:

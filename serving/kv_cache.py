@@ -108,6 +108,11 @@ class BlockAllocator:
             self._by_hash[digest] = block
             self._hash_of[block] = digest
 
+    def forget_hashes(self) -> None:
+        """Empty the prefix cache: no block is found by its content any more (held blocks stay held)."""
+        self._hash_of.clear()
+        self._by_hash.clear()
+
     def cached_prefix(self, digests: list[bytes]) -> list[int]:
         """The blocks of the longest cached run of `digests` from the start; each gains a holder."""
         blocks = []

@@ -79,6 +79,17 @@ def test_a_repeated_prompt_is_served_from_the_cache(tiny_engine: Engine) -> None
     assert after["prompt_tokens_prefilled"] - before["prompt_tokens_prefilled"] == 2
 
 
+def test_reset_forgets_every_cached_prefix(tiny_engine: Engine) -> None:
+    prompt = list(range(1, 1 + 50))
+    first = tiny_engine.generate(GenerateParams(prompt_token_ids=prompt, max_new_tokens=10), timeout_s=60)
+    tiny_engine.reset_prefix_cache()
+    assert tiny_engine.counters()["cached_blocks"] == 0
+    again = tiny_engine.generate(GenerateParams(prompt_token_ids=prompt, max_new_tokens=10), timeout_s=60)
+    assert again.token_ids == first.token_ids
+    assert tiny_engine.counters()["prompt_tokens_cached"] == 0
+    assert tiny_engine.counters()["prompt_tokens_prefilled"] == 2 * len(prompt)
+
+
 def test_cached_blocks_are_evicted_when_the_pool_needs_them(tmp_path: Path) -> None:
     per_token = kv_layout_of(load_model("tiny").hf_model.config, torch.float32).bytes_per_token()
     with Engine(tiny_config(tmp_path, kv_cache_bytes=20 * 16 * per_token)) as engine:
