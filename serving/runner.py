@@ -169,7 +169,7 @@ class ModelRunner:
         for rid in output.released_request_ids:
             self._generators.pop(rid, None)
         self.kv.copy_blocks(output.block_copies)  # before this step writes into the blocks copied
-        self.last_logprobs: dict[str, TokenLogprob] = {}
+        self.last_logprobs = {}
         if output.is_empty:
             return {}
         # Decodes first, shortest context first: decodes attend in a few groups of similar length.

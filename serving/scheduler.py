@@ -303,10 +303,10 @@ class Scheduler:
         child = Request(request_id, parent.prompt_ids, parent.max_new_tokens, parent.params, parent.arrival_s,
                         parent.eos_token_ids, index=index, parent_id=parent.caller_id)  # fmt: skip
         child.first_scheduled_s, child.first_token_s, child.last_token_s = parent.first_scheduled_s, now, now
-        child.block_hashes = list(parent.block_hashes)
+        full, partial = divmod(len(parent.prompt_ids), self.block_size)
+        child.block_hashes = parent.block_hashes[:full]  # the prompt's full blocks: the same tokens
         child.output_ids.append(token)
         self.requests[request_id] = child
-        full, partial = divmod(len(parent.prompt_ids), self.block_size)
         copy = self.allocator.allocate(1) if partial else []
         if copy is None:
             self.waiting.append(child)
