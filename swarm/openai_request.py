@@ -93,12 +93,15 @@ def _invalid(name: str, message: str) -> ApiError:
 
 
 def _number(body: dict[str, Any], name: str, default: Any, kind: type) -> Any:
+    """A finite float, or an int that fits the wire's 64 bits (priority is clamped afterwards, not refused)."""
     value = body.get(name, default)
     if value is None:
         return default
     ok = isinstance(value, int | float) and not isinstance(value, bool) if kind is float else type(value) is int
     if not ok or (kind is float and not math.isfinite(value)):
         raise _invalid(name, f"must be a finite {kind.__name__}")
+    if kind is int and name != "priority" and not -(2**63) <= value < 2**63:
+        raise _invalid(name, "must fit in 64 bits")
     return kind(value)
 
 
@@ -109,6 +112,15 @@ def _ranged(body: dict[str, Any], name: str, default: float, low: float, high: f
     return value
 
 
+def _utf8(name: str, *texts: str) -> None:
+    """JSON may carry lone surrogates ("\\ud800"), which no UTF-8 wire can: a 400, not a failure to send."""
+    try:
+        for text in texts:
+            text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise _invalid(name, "must be valid Unicode text (no lone surrogates)") from err
+
+
 def _stop(body: dict[str, Any]) -> list[str]:
     stop = body.get("stop")
     if stop is None:
@@ -116,6 +128,7 @@ def _stop(body: dict[str, Any]) -> list[str]:
     stop = [stop] if isinstance(stop, str) else stop
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
         raise _invalid("stop", "must be a string or a list of strings")
+    _utf8("stop", *stop)
     return stop
 
 
@@ -156,9 +169,11 @@ def _prompt_fields(body: dict[str, Any], chat: bool) -> dict[str, Any]:
         if not isinstance(messages, list) or not messages:
             raise _invalid("messages", "must be a non-empty list")
         try:
-            return {"messages": [ChatMessage(str(m["role"]), _content(m["content"])) for m in messages]}
+            turns = [ChatMessage(str(m["role"]), _content(m["content"])) for m in messages]
         except (KeyError, TypeError, AttributeError) as err:
             raise ApiError(400, "each message needs a role and a text content", param="messages") from err
+        _utf8("messages", *(t.role for t in turns), *(t.content for t in turns))
+        return {"messages": turns}
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
         prompt = prompt[0]  # a batch of one prompt
@@ -166,6 +181,7 @@ def _prompt_fields(body: dict[str, Any], chat: bool) -> dict[str, Any]:
         return {"prompt_token_ids": prompt}
     if not isinstance(prompt, str) or not prompt:
         raise _invalid("prompt", "must be a non-empty string (or one list of token ids)")
+    _utf8("prompt", prompt)
     return {"prompt": prompt}
 
 
@@ -186,6 +202,7 @@ def build_request(body: dict[str, Any], *, chat: bool, max_n: int = 16) -> Gener
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise ApiError(400, "model is required", param="model", code="missing_required_parameter")
+    _utf8("model", model)
     fields = _prompt_fields(body, chat)
     n = _number(body, "n", 1, int)
     if not 1 <= n <= max_n:
