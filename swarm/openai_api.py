@@ -179,8 +179,7 @@ class OpenAIApi:
             while delta is not None:
                 choice = {"index": delta.index}
                 choice |= {"delta": {"content": delta.text}} if chat else {"text": delta.text}
-                if view is not None:
-                    choice["logprobs"] = view.render(delta.index, delta.logprobs or [])
+                choice["logprobs"] = view.render(delta.index, delta.logprobs or []) if view is not None else None
                 yield _sse(head | {"choices": [choice | {"finish_reason": None}]})
                 delta = await anext(events, None)
         except (NoPeerAvailable, GenerationRefused) as err:
