@@ -87,7 +87,8 @@ def test_a_sample_without_a_free_block_waits_and_recomputes(tmp_path: Path) -> N
 def test_cancel_ends_every_sample(tiny_engine: Engine) -> None:
     total = tiny_engine.scheduler.allocator.num_blocks
     sink = Collector()
-    tiny_engine.submit(GenerateParams(prompt_token_ids=PROMPT, max_new_tokens=900, n=3, request_id="many"), sink)
+    params = GenerateParams(prompt_token_ids=PROMPT, max_new_tokens=900, n=3, ignore_eos=True, request_id="many")
+    tiny_engine.submit(params, sink)  # ignore_eos: it runs until cancelled, not until a sample draws EOS
     deadline = time.monotonic() + 30
     while len(sink.tokens.get("many", [])) < 10 and time.monotonic() < deadline:
         time.sleep(0.005)
