@@ -221,3 +221,14 @@ def test_python_client_n_samples_and_logprobs(nodes: tuple[NodeProcess, NodeProc
         assert all(len(e.top_ids) == 1 and e.logprob <= e.top_logprobs[0] + 1e-5 for e in c.logprobs)
     assert [c.token_ids for c in greedy.choices] == [one.token_ids] * 2
     assert greedy.usage["completion_tokens"] == 2 * len(one.token_ids)
+
+
+def test_a_serving_node_answers_n_samples_from_its_own_engine(nodes: tuple[NodeProcess, NodeProcess]) -> None:
+    gate, server = nodes
+    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 8, "n": 3, "temperature": 1.0, "seed": 11, "logprobs": 1}
+    local = httpx.post(f"{server.http}/v1/completions", json=body, timeout=60).json()
+    remote = httpx.post(f"{gate.http}/v1/completions", json=body, timeout=60).json()
+    assert [c["text"] for c in local["choices"]] == [c["text"] for c in remote["choices"]]
+    for a, b in zip(local["choices"], remote["choices"], strict=True):  # (the second one's prompt was cached)
+        assert a["logprobs"]["token_logprobs"] == pytest.approx(b["logprobs"]["token_logprobs"], abs=1e-4)
+    assert local["usage"]["completion_tokens"] == sum(len(c["logprobs"]["tokens"]) for c in local["choices"])
