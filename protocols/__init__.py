@@ -15,6 +15,7 @@ from protocols.generate import (
     GenerateRequest,
     Timings,
     TokenChunk,
+    TokenLogprobs,
     Usage,
 )
 from protocols.limits import GOSSIP_LIMITS, STREAM_LIMITS, TENSOR_LIMITS, Limits
@@ -55,6 +56,7 @@ __all__ = [
     "SwarmError",
     "Timings",
     "TokenChunk",
+    "TokenLogprobs",
     "TrainingState",
     "Usage",
     "decode",

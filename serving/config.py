@@ -30,6 +30,10 @@ class ServingConfig(BaseModel):
     max_new_tokens_limit: int = Field(4096, gt=0, le=1 << 20, description="largest max_new_tokens accepted")
     min_chunk_tokens: int = Field(16, gt=0, le=1 << 16, description="smallest prefill chunk worth scheduling")
     chunked_prefill: bool = Field(True, description="split long prompts into chunks that share steps with decodes")
+    prefix_caching: bool = Field(
+        True, description="keep full KV blocks content-hashed after their request ends; reuse them for equal prefixes"
+    )
+    max_n: int = Field(16, gt=0, le=256, description="most samples (n) one request may ask for")
     slo_admission: bool = Field(
         True, description="SLO-aware step budgets and admission (what admission does with a predicted miss: slo_refuse)"
     )

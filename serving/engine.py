@@ -26,6 +26,8 @@ from serving.latency import LatencyModel
 from serving.plan import SchedulerOutput
 from serving.profiling import load_or_profile
 from serving.request import (
+    CHOICE_SEPARATOR,
+    Choice,
     DoneEvent,
     EngineEvent,
     FinishReason,
@@ -33,6 +35,7 @@ from serving.request import (
     GenerateResult,
     Request,
     TokenEvent,
+    TokenLogprob,
 )
 from serving.runner import ModelRunner, kv_layout_of, model_max_context
 from serving.scheduler import Scheduler, StepUpdate
@@ -56,9 +59,13 @@ class LoadStats:
 
 @dataclass
 class _Stream:
+    """One caller's request: its sink, and per sample (choice) a detokenizer, the request and how it ended."""
+
     sink: Sink
-    detok: IncrementalDetokenizer
+    detoks: list[IncrementalDetokenizer]
     request: Request
+    samples: dict[int, Request]
+    reasons: dict[int, FinishReason]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -152,7 +159,7 @@ class Engine:
         """Validate and admit `params`; events go to `sink` from the engine thread (it must not block)."""
         if self.scheduler is None or self._stopping:
             raise EngineError("engine is not running")
-        params.validate(self.config.max_new_tokens_limit)
+        params.validate(self.config.max_new_tokens_limit, self.config.max_n)
         prompt_ids = self._prompt_ids(params)
         max_new = min(params.max_new_tokens, self.max_context - len(prompt_ids))
         req = Request(
@@ -161,9 +168,10 @@ class Engine:
             max_new_tokens=max_new,
             params=params,
             arrival_s=time.perf_counter(),
-            eos_token_ids=self.eos_token_ids,
+            eos_token_ids=frozenset() if params.ignore_eos else self.eos_token_ids,
         )
-        stream = _Stream(sink, IncrementalDetokenizer(self.tokenizer, prompt_ids, params.stop), req)
+        detoks = [IncrementalDetokenizer(self.tokenizer, prompt_ids, params.stop) for _ in range(params.n)]
+        stream = _Stream(sink, detoks, req, {0: req}, {})
         with self._lock:
             if params.request_id in self._streams:
                 raise ProtocolError(ErrorCode.BAD_REQUEST, "request id already in flight", field="request_id")
@@ -200,8 +208,9 @@ class Engine:
         events: queue.Queue[EngineEvent] = queue.Queue()
         self.submit(params, events.put)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        ids: list[int] = []
-        text = []
+        ids: dict[int, list[int]] = {i: [] for i in range(params.n)}
+        text: dict[int, list[str]] = {i: [] for i in range(params.n)}
+        logprobs: dict[int, list[TokenLogprob]] = {i: [] for i in range(params.n)}
         while True:
             wait = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             try:
@@ -211,12 +220,18 @@ class Engine:
                 deadline = None  # the cancel's DoneEvent (or the one that raced it) is queued by now
                 continue
             if isinstance(event, TokenEvent):
-                ids.extend(event.token_ids)
-                text.append(event.text)
+                ids[event.index].extend(event.token_ids)
+                text[event.index].append(event.text)
+                logprobs[event.index].extend(event.logprobs or [])
                 continue
-            return GenerateResult(
-                event.request_id, "".join(text), ids, event.finish_reason, event.usage, event.timings, event.error
-            )
+            reasons = event.finish_reasons or [event.finish_reason]
+            choices = [
+                Choice(i, "".join(text[i]), ids[i], reasons[i] if i < len(reasons) else event.finish_reason,
+                       logprobs[i] if params.logprobs is not None else None)
+                for i in range(params.n)
+            ]  # fmt: skip
+            return GenerateResult(event.request_id, choices[0].text, choices[0].token_ids, event.finish_reason,
+                                  event.usage, event.timings, event.error, choices)  # fmt: skip
 
     def load(self) -> LoadStats:
         """Current load, the TTFT a median prompt would see, and the decode rate of the current batch."""
@@ -232,6 +247,28 @@ class Engine:
             return LoadStats(
                 len(sched.running), len(sched.waiting), 1000 * ttft_s, decoders / step_s, sched.free_kv_tokens()
             )
+
+    def counters(self) -> dict[str, int]:
+        """Running totals: prompt tokens the model computed, prompt tokens served from the prefix cache, steps,
+        preemptions, and the KV blocks that hold a cached prefix now."""
+        if self.scheduler is None:
+            raise EngineError("engine is not running")
+        with self._lock:
+            sched = self.scheduler
+            return {
+                "prompt_tokens_prefilled": sched.num_prompt_tokens_prefilled,
+                "prompt_tokens_cached": sched.num_prompt_tokens_cached,
+                "steps": self.num_steps,
+                "preemptions": sched.num_preemptions,
+                "cached_blocks": sched.allocator.num_cached,
+            }
+
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix (a benchmark run that must not profit from an earlier one calls this)."""
+        if self.scheduler is None:
+            raise EngineError("engine is not running")
+        with self._lock:
+            self.scheduler.allocator.forget_hashes()
 
     # ----- the step loop -----
     def _loop(self) -> None:
@@ -253,7 +290,8 @@ class Engine:
         except Exception as err:  # a failing step fails its requests, not the engine
             log.exception("engine step failed")
             with self._lock:
-                events = [self._finish(c.request_id, "error", f"step failed: {err}") for c in output.chunks]
+                callers = {c.request_id.split(CHOICE_SEPARATOR)[0] for c in output.chunks}
+                events = [self._finish(rid, "error", f"step failed: {err}") for rid in callers]
             self._deliver([e for e in events if e is not None])
             return
         elapsed = time.perf_counter() - start
@@ -267,43 +305,56 @@ class Engine:
             time.sleep(stretched - elapsed)
             elapsed = stretched / factor  # predictions multiply by the slowdown: learn from the step's share
         self.latency.observe(shape, elapsed)
+        logprobs = self.runner.last_logprobs
         with self._lock:
             updates = self.scheduler.update(output, sampled)
-            events = self._events(updates)
+            events = self._events(updates, logprobs)
         self._deliver(events)
 
-    def _events(self, updates: list[StepUpdate]) -> list[tuple[Sink, EngineEvent]]:
+    def _events(self, updates: list[StepUpdate], logprobs: dict[str, TokenLogprob]) -> list[tuple[Sink, EngineEvent]]:
         """Token and done events for one step's updates (called with the lock held)."""
         out: list[tuple[Sink, EngineEvent]] = []
         for up in updates:
-            rid = up.request.request_id
+            req = up.request
+            rid = req.caller_id
             stream = self._streams.get(rid)
             if stream is None:
                 continue
-            text = stream.detok.add(up.new_token_ids)
+            stream.samples[req.index] = req
+            detok = stream.detoks[req.index]
+            text = detok.add(up.new_token_ids)
             reason: FinishReason | None = up.finish_reason
-            if reason is None and stream.detok.stopped:
+            if reason is None and detok.stopped:
                 reason = "stop"
-                self.scheduler.finish(rid, "stop")
+                self.scheduler.finish(req.request_id, "stop")
             if reason is not None:
-                text += stream.detok.finish()
-            out.append((stream.sink, TokenEvent(rid, up.new_token_ids, text)))
-            if reason is not None:
+                text += detok.finish()
+                stream.reasons[req.index] = reason
+            lps = [logprobs[req.request_id]] if req.request_id in logprobs else None
+            out.append((stream.sink, TokenEvent(rid, up.new_token_ids, text, req.index, lps)))
+            if len(stream.reasons) == req.params.n:
                 del self._streams[rid]
-                out.append((stream.sink, self._done_event(stream.request, reason, None)))
+                out.append((stream.sink, self._done_event(stream, None)))
         return out
 
     def _finish(self, request_id: str, reason: FinishReason, error: str | None) -> tuple[Sink, EngineEvent] | None:
-        """End a request from outside the step (cancel, stop, failure); called with the lock held."""
+        """End a caller's request, every sample of it, from outside the step (cancel, stop, failure); called with
+        the lock held."""
         stream = self._streams.pop(request_id, None)
         if stream is None:
             return None
         self.scheduler.finish(request_id, reason)
-        return stream.sink, self._done_event(stream.request, reason, error)
+        for i in range(1, stream.request.params.n):
+            self.scheduler.finish(f"{request_id}{CHOICE_SEPARATOR}{i}", reason)
+        for i in range(stream.request.params.n):
+            stream.reasons.setdefault(i, reason)
+        return stream.sink, self._done_event(stream, error, reason)
 
     @staticmethod
-    def _done_event(req: Request, reason: FinishReason, error: str | None) -> DoneEvent:
+    def _done_event(stream: _Stream, error: str | None, reason: FinishReason | None = None) -> DoneEvent:
+        """`reason`: why the whole request ended when that was decided outside the step (default: choice 0's)."""
         now = time.perf_counter()
+        req = stream.request
         n = len(req.output_ids)
         timings = {
             "ttft_ms": 1000 * (req.first_token_s - req.arrival_s) if req.first_token_s else 0.0,
@@ -311,8 +362,10 @@ class Engine:
             "e2e_ms": 1000 * (now - req.arrival_s),
             "queue_ms": 1000 * ((req.first_scheduled_s or now) - req.arrival_s),
         }
-        usage = {"prompt_tokens": len(req.prompt_ids), "completion_tokens": n}
-        return DoneEvent(req.request_id, reason, usage, timings, error)
+        completion = sum(len(r.output_ids) for r in stream.samples.values())
+        usage = {"prompt_tokens": len(req.prompt_ids), "completion_tokens": completion}
+        reasons = [stream.reasons[i] for i in range(req.params.n)]
+        return DoneEvent(req.request_id, reason or reasons[0], usage, timings, error, reasons)
 
     @staticmethod
     def _deliver(events: list[tuple[Sink, EngineEvent]]) -> None:

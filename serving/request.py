@@ -19,6 +19,10 @@ FinishReason = Literal["stop", "length", "cancelled", "error"]
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
 MAX_REQUEST_ID_CHARS = 128
+MAX_TOP_LOGPROBS = 20  # OpenAI's bound on top_logprobs
+PENALTY_LIMIT = 2.0  # OpenAI's bound on |presence_penalty| and |frequency_penalty|
+MAX_REPETITION_PENALTY = 100.0
+CHOICE_SEPARATOR = "\x00"  # request ids of a request's extra samples: f"{request_id}\x00{index}"
 
 
 def _bad(field_name: str, message: str) -> ProtocolError:
@@ -30,7 +34,11 @@ class GenerateParams:
     """One generation request. Exactly one of `prompt` / `prompt_token_ids` is given.
 
     temperature 0 is greedy; top_k 0 and top_p 1 disable those filters; ttft_ms / tpot_ms are the caller's SLO
-    targets (None: no target); higher priority runs first.
+    targets (None: no target); higher priority runs first. `n` samples share the prompt (prefilled once); with a
+    seed, sample i draws from seed + i. `logprobs`: None for none, else how many top alternatives (0..20) to
+    report beside each sampled token's log-probability. Penalties follow OpenAI (presence, frequency: over the
+    output so far) and vLLM/HF (repetition: divides positive logits of prompt and output tokens, multiplies
+    negative ones); 0, 0 and 1 are neutral. `ignore_eos` generates through end-of-sequence tokens.
     """
 
     prompt: str | None = None
@@ -45,6 +53,12 @@ class GenerateParams:
     tpot_ms: float | None = None
     priority: int = 0
     request_id: str = ""
+    n: int = 1
+    logprobs: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    ignore_eos: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GenerateParams:
@@ -55,10 +69,11 @@ class GenerateParams:
                 raise _bad(str(key), f"unknown parameter {key!r}")
         return cls(**data)
 
-    def validate(self, max_new_tokens_limit: int) -> None:
+    def validate(self, max_new_tokens_limit: int, max_n: int = 1) -> None:
         """Raise BAD_REQUEST naming the first invalid field; the prompt's length is checked by the engine."""
         self._validate_prompt()
         self._validate_sampling()
+        self._validate_choices(max_n)
         if not _is_int(self.max_new_tokens) or not 0 < self.max_new_tokens <= max_new_tokens_limit:
             raise _bad("max_new_tokens", f"must be an integer in 1..{max_new_tokens_limit}")
         for name in ("ttft_ms", "tpot_ms"):
@@ -69,6 +84,8 @@ class GenerateParams:
             raise _bad("priority", "must be an integer")
         if not isinstance(self.request_id, str) or len(self.request_id) > MAX_REQUEST_ID_CHARS:
             raise _bad("request_id", f"must be a string of at most {MAX_REQUEST_ID_CHARS} characters")
+        if CHOICE_SEPARATOR in self.request_id:
+            raise _bad("request_id", "must not contain NUL characters")
         if not self.request_id:
             self.request_id = uuid.uuid4().hex
 
@@ -99,6 +116,21 @@ class GenerateParams:
         if not all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in stop):
             raise _bad("stop", f"each stop string must have 1..{MAX_STOP_CHARS} characters")
 
+    def _validate_choices(self, max_n: int) -> None:
+        if not _is_int(self.n) or not 1 <= self.n <= max_n:
+            raise _bad("n", f"must be an integer in 1..{max_n}")
+        if self.logprobs is not None and (not _is_int(self.logprobs) or not 0 <= self.logprobs <= MAX_TOP_LOGPROBS):
+            raise _bad("logprobs", f"must be None or an integer in 0..{MAX_TOP_LOGPROBS}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not _is_number(value) or not math.isfinite(value) or not -PENALTY_LIMIT <= value <= PENALTY_LIMIT:
+                raise _bad(name, f"must be a finite number in [-{PENALTY_LIMIT:g}, {PENALTY_LIMIT:g}]")
+        r = self.repetition_penalty
+        if not _is_number(r) or not math.isfinite(r) or not 0 < r <= MAX_REPETITION_PENALTY:
+            raise _bad("repetition_penalty", f"must be a finite number in (0, {MAX_REPETITION_PENALTY:g}]")
+        if not isinstance(self.ignore_eos, bool):
+            raise _bad("ignore_eos", "must be a boolean")
+
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
@@ -109,31 +141,57 @@ def _is_number(value: object) -> bool:
 
 
 @dataclass
+class TokenLogprob:
+    """Log-probability of a sampled token under the model's raw distribution (log_softmax of its logits, before
+    temperature, penalties and top-k/top-p), and the `top` most likely tokens with theirs, best first."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass
 class TokenEvent:
-    """New tokens of a request and the text they complete (text may lag by a partial UTF-8 character)."""
+    """New tokens of one choice (`index` < n) of a request and the text they complete (text may lag by a partial
+    UTF-8 character). `logprobs`: one entry per token when the request asked for them."""
 
     request_id: str
     token_ids: list[int]
     text: str
+    index: int = 0
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
 class DoneEvent:
-    """Last event of a request. usage: prompt_tokens, completion_tokens; timings: ttft/tpot/e2e/queue ms."""
+    """Last event of a request, once every choice ended. usage: prompt_tokens, completion_tokens (all choices);
+    timings: ttft/tpot/e2e/queue ms (of choice 0); `finish_reasons`: one per choice."""
 
     request_id: str
     finish_reason: FinishReason
     usage: dict[str, int]
     timings: dict[str, float]
     error: str | None = None
+    finish_reasons: list[FinishReason] = field(default_factory=list)
 
 
 EngineEvent = TokenEvent | DoneEvent
 
 
 @dataclass
+class Choice:
+    """One of the n samples of a request."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: FinishReason
+    logprobs: list[TokenLogprob] | None = None
+
+
+@dataclass
 class GenerateResult:
-    """Everything one synchronous generation produced."""
+    """Everything one synchronous generation produced; text, token_ids and finish_reason are choice 0's."""
 
     request_id: str
     text: str
@@ -142,6 +200,7 @@ class GenerateResult:
     usage: dict[str, int]
     timings: dict[str, float]
     error: str | None = None
+    choices: list[Choice] = field(default_factory=list)
 
 
 class RequestStatus(Enum):
@@ -171,6 +230,15 @@ class Request:
     finish_reason: FinishReason | None = None
     num_preemptions: int = 0
     predicted_ttft_s: float | None = None  # raw queue-model prediction at admission (SLO admission only)
+    index: int = 0  # which of the request's n samples this is; samples > 0 are forked from sample 0
+    parent_id: str = ""  # the caller's request id ("" for sample 0: its own)
+    block_hashes: list[bytes] = field(default_factory=list)  # chained content hashes of its full blocks so far
+    num_registered_blocks: int = 0  # leading blocks whose hash is registered in the prefix cache
+
+    @property
+    def caller_id(self) -> str:
+        """The request id the caller knows this sample by."""
+        return self.parent_id or self.request_id
 
     @property
     def priority(self) -> int:

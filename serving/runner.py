@@ -18,7 +18,8 @@ from transformers.activations import ACT2FN
 from serving.kv_cache import KVLayout, PagedKVCache
 from serving.model import LoadedModel
 from serving.plan import SamplingSpec, ScheduledChunk, SchedulerOutput
-from serving.sampling import make_generator, sample_rows
+from serving.request import TokenLogprob
+from serving.sampling import make_generator, sample_rows, token_logprobs
 
 
 @dataclass
@@ -136,6 +137,7 @@ class ModelRunner:
         self.cos, self.sin = cos[0].to(dtype), sin[0].to(dtype)
         self.kv = PagedKVCache(self.layout, num_blocks, block_size, device)
         self._generators: dict[str, torch.Generator] = {}
+        self.last_logprobs: dict[str, TokenLogprob] = {}
 
     @staticmethod
     def _layer_weights(layer) -> LayerWeights:
@@ -160,9 +162,14 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, output: SchedulerOutput) -> dict[str, int]:
-        """Run the plan; returns {request_id: sampled token} for every chunk with `sample`."""
+        """Run the plan; returns {request_id: sampled token} for every chunk with `sample` (and its forks).
+
+        Log-probabilities of what was sampled, for the requests that asked, are left in `last_logprobs`.
+        """
         for rid in output.released_request_ids:
             self._generators.pop(rid, None)
+        self.kv.copy_blocks(output.block_copies)  # before this step writes into the blocks copied
+        self.last_logprobs = {}
         if output.is_empty:
             return {}
         # Decodes first, shortest context first: decodes attend in a few groups of similar length.
@@ -175,10 +182,21 @@ class ModelRunner:
             return {}
         last = _rms_norm(hidden[step.sample_rows], self.final_norm, self.eps)
         logits = F.linear(last, self.lm_head)
-        specs = [c.sampling for c in sampling]
-        gens = [None if c.sampling.greedy else self._generator(c.request_id, c.sampling) for c in sampling]
-        picked = sample_rows(logits, specs, gens)
-        return {c.request_id: tok for c, tok in zip(sampling, picked, strict=True)}
+        # One row per sampled id: a chunk's forks draw from its row too, each with its own generator.
+        rows = [(i, c.request_id, c.sampling, c.history) for i, c in enumerate(sampling)]
+        rows += [(i, rid, spec, c.history) for i, c in enumerate(sampling) for rid, spec in c.forks]
+        if len(rows) > len(sampling):
+            logits = logits[torch.tensor([r[0] for r in rows], device=self.device)]
+        specs = [r[2] for r in rows]
+        gens = [None if spec.greedy else self._generator(rid, spec) for _, rid, spec, _ in rows]
+        picked = sample_rows(logits, specs, gens, [r[3] for r in rows])
+        wanted = [j for j, spec in enumerate(specs) if spec.logprobs is not None]
+        if wanted:
+            index = torch.tensor(wanted, device=self.device)
+            found = token_logprobs(logits[index], [picked[j] for j in wanted], [specs[j].logprobs for j in wanted])
+            for j, (lp, top) in zip(wanted, found, strict=True):
+                self.last_logprobs[rows[j][1]] = TokenLogprob(picked[j], lp, top)
+        return {rid: tok for (_, rid, _, _), tok in zip(rows, picked, strict=True)}
 
     def _generator(self, request_id: str, spec: SamplingSpec) -> torch.Generator:
         gen = self._generators.get(request_id)

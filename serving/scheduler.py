@@ -3,7 +3,11 @@
 One-way loop (after vLLM v1): `schedule() -> SchedulerOutput`, the runner executes it, `update(output,
 sampled)` advances requests. Per step, within the token budget: running decodes first, then chunks of partial
 prefills, then new requests. KV blocks are granted here; when they run out, the lowest-priority running request
-is preempted (its blocks freed, its tokens recomputed later). The scheduler never touches the model or text.
+is preempted (its blocks freed, its tokens recomputed later). With prefix caching, a request starts from the
+longest run of its full blocks already cached (content-hashed, see kv_cache). A request with n > 1 samples is
+prefilled once: at its first sample it forks into n requests that share the prompt's blocks (the last, partly
+filled block is copied for each new sample before anyone writes into it). The scheduler never touches the
+model or text.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 from serving.config import ServingConfig
-from serving.kv_cache import BlockAllocator
+from serving.kv_cache import BlockAllocator, chain_hash
 from serving.latency import LatencyModel
 from serving.plan import SamplingSpec, ScheduledChunk, SchedulerOutput
 from serving.policies import (
@@ -25,7 +29,7 @@ from serving.policies import (
     predict_ttft_s,
     queue_key,
 )
-from serving.request import FinishReason, Request, RequestStatus
+from serving.request import CHOICE_SEPARATOR, FinishReason, Request, RequestStatus
 
 
 @dataclass
@@ -61,6 +65,10 @@ class Scheduler:
         self._released: list[str] = []
         self.num_preemptions = 0
         self._inflight_end_s: float | None = None
+        self._copies: list[tuple[int, int]] = []  # copy-on-write of forked samples, done before the next step
+        self.prefix_caching = config.prefix_caching
+        self.num_prompt_tokens_prefilled = 0  # prompt tokens computed by the model (recomputes included)
+        self.num_prompt_tokens_cached = 0  # prompt tokens taken from the prefix cache instead
 
     # ----- admission and removal -----
     def add(self, req: Request) -> None:
@@ -114,19 +122,24 @@ class Scheduler:
                 budget -= n
         budget = self._schedule_waiting(budget, chunks)
         released, self._released = self._released, []
+        copies, self._copies = self._copies, []
         shape = [(len(c.token_ids), c.start_pos + len(c.token_ids)) for c in chunks]
         predicted = self.latency.step_s(shape) if chunks else 0.0
         self._inflight_end_s = time.perf_counter() + predicted if chunks else None
         for c in chunks:
             self.requests[c.request_id].num_inflight_tokens = len(c.token_ids)
-        return SchedulerOutput(chunks, released, predicted)
+        return SchedulerOutput(chunks, released, predicted, copies)
 
     def _schedule_waiting(self, budget: int, chunks: list[ScheduledChunk]) -> int:
         while self.waiting and budget > 0 and len(self.running) < self.config.max_running_requests:
             req = self.waiting[0]
+            cached = self._take_cached_prefix(req)
             n = self._prefill_size(req, budget, chunks)
             if not n or not self._allocate(req, n):
+                self._release_blocks(req)
+                req.num_computed_tokens = 0
                 break
+            self.num_prompt_tokens_cached += min(cached, len(req.prompt_ids))
             self.waiting.pop(0)
             req.status = RequestStatus.RUNNING
             if req.first_scheduled_s is None:
@@ -149,15 +162,61 @@ class Scheduler:
 
     def _chunk(self, req: Request, n: int) -> ScheduledChunk:
         start = req.num_computed_tokens
-        p = req.params
+        sample = start + n == req.num_tokens
+        spec = self._spec(req, req.index)
+        # Sample 0 draws the first token of every sample from its prompt's last row: the prompt runs once.
+        fork = sample and req.index == 0 and req.params.n > 1 and not req.output_ids
         return ScheduledChunk(
             request_id=req.request_id,
             token_ids=req.tokens_between(start, start + n),
             start_pos=start,
             block_table=req.block_table,
-            sample=start + n == req.num_tokens,
-            sampling=SamplingSpec(p.temperature, p.top_k, p.top_p, p.seed),
+            sample=sample,
+            sampling=spec,
+            forks=[(self._sample_id(req, i), self._spec(req, i)) for i in range(1, req.params.n)] if fork else [],
+            history=(req.prompt_ids, req.output_ids) if spec.penalized else None,
         )
+
+    @staticmethod
+    def _spec(req: Request, index: int) -> SamplingSpec:
+        p = req.params
+        seed = None if p.seed is None else (p.seed + index) % 2**63
+        return SamplingSpec(p.temperature, p.top_k, p.top_p, seed, p.presence_penalty, p.frequency_penalty,
+                            p.repetition_penalty, p.logprobs)  # fmt: skip
+
+    @staticmethod
+    def _sample_id(req: Request, index: int) -> str:
+        return f"{req.caller_id}{CHOICE_SEPARATOR}{index}"
+
+    # ----- prefix cache -----
+    def _hashes(self, req: Request, num_blocks: int) -> list[bytes]:
+        """The chained content hashes of `req`'s first `num_blocks` full blocks (computed once, kept)."""
+        bs, hashes = self.block_size, req.block_hashes
+        while len(hashes) < num_blocks:
+            j = len(hashes)
+            hashes.append(chain_hash(hashes[-1] if hashes else b"", req.tokens_between(j * bs, (j + 1) * bs)))
+        return hashes[:num_blocks]
+
+    def _take_cached_prefix(self, req: Request) -> int:
+        """Start a request that holds no blocks from its longest cached prefix; the tokens it skips.
+
+        At least the last token is always computed: its logits give the next token.
+        """
+        if not self.prefix_caching or req.block_table or req.num_computed_tokens:
+            return 0
+        blocks = self.allocator.cached_prefix(self._hashes(req, (req.num_tokens - 1) // self.block_size))
+        req.block_table, req.num_registered_blocks = blocks, len(blocks)
+        req.num_computed_tokens = len(blocks) * self.block_size
+        return req.num_computed_tokens
+
+    def _register_full_blocks(self, req: Request) -> None:
+        """Offer `req`'s newly completed blocks to the prefix cache."""
+        full = req.num_computed_tokens // self.block_size
+        if full <= req.num_registered_blocks:
+            return
+        for j, digest in enumerate(self._hashes(req, full)[req.num_registered_blocks :], req.num_registered_blocks):
+            self.allocator.register(req.block_table[j], digest)
+        req.num_registered_blocks = full
 
     # ----- KV blocks -----
     def _blocks_needed(self, req: Request, n: int) -> int:
@@ -200,6 +259,7 @@ class Scheduler:
         if req.block_table:
             self.allocator.free(req.block_table)
             req.block_table = []
+        req.num_registered_blocks = 0
 
     # ----- results -----
     def update(self, output: SchedulerOutput, sampled: dict[str, int]) -> list[StepUpdate]:
@@ -211,10 +271,16 @@ class Scheduler:
             req = self.requests.get(chunk.request_id)
             if req is None or req.status is not RequestStatus.RUNNING or req.block_table is not chunk.block_table:
                 continue  # cancelled or preempted while the step ran
+            prompt_part = min(chunk.start_pos + len(chunk.token_ids), len(req.prompt_ids)) - chunk.start_pos
+            self.num_prompt_tokens_prefilled += max(prompt_part, 0)
             req.num_computed_tokens += len(chunk.token_ids)
             req.num_inflight_tokens = 0
+            if self.prefix_caching:
+                self._register_full_blocks(req)
             if not chunk.sample:
                 continue
+            for rid, _ in chunk.forks:
+                updates.append(self._fork(req, rid, sampled[rid], now))
             token = sampled[chunk.request_id]
             req.output_ids.append(token)
             if req.first_token_s is None:
@@ -228,6 +294,37 @@ class Scheduler:
                 self.finish(req.request_id, reason)
             updates.append(StepUpdate(req, [token], reason))
         return updates
+
+    def _fork(self, parent: Request, request_id: str, token: int, now: float) -> StepUpdate:
+        """A new sample of `parent`, whose first token was just drawn from the prompt's last row. It shares the
+        prompt's full blocks and gets its own copy of the partly filled one; without a free block for that copy,
+        it waits and recomputes its prompt like a preempted request."""
+        index = int(request_id.rsplit(CHOICE_SEPARATOR, 1)[1])
+        child = Request(request_id, parent.prompt_ids, parent.max_new_tokens, parent.params, parent.arrival_s,
+                        parent.eos_token_ids, index=index, parent_id=parent.caller_id)  # fmt: skip
+        child.first_scheduled_s, child.first_token_s, child.last_token_s = parent.first_scheduled_s, now, now
+        full, partial = divmod(len(parent.prompt_ids), self.block_size)
+        child.block_hashes = parent.block_hashes[:full]  # the prompt's full blocks: the same tokens
+        child.output_ids.append(token)
+        self.requests[request_id] = child
+        copy = self.allocator.allocate(1) if partial else []
+        if copy is None:
+            self.waiting.append(child)
+            self.waiting.sort(key=queue_key)
+        else:
+            shared = parent.block_table[:full]
+            self.allocator.share(shared)
+            child.block_table = shared + copy
+            if copy:
+                self._copies.append((parent.block_table[full], copy[0]))
+            child.num_computed_tokens = len(parent.prompt_ids)
+            child.num_registered_blocks = min(parent.num_registered_blocks, full)
+            child.status = RequestStatus.RUNNING
+            self.running.append(child)
+        reason = self._finish_reason(child, token)
+        if reason is not None:
+            self.finish(request_id, reason)
+        return StepUpdate(child, [token], reason)
 
     def _finish_reason(self, req: Request, token: int) -> FinishReason | None:
         if token in req.eos_token_ids:

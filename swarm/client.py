@@ -10,6 +10,8 @@ text is lost at the switch and stop strings that span it still end the answer.
     from swarm.client import Client
     with Client(peers=["/ip4/127.0.0.1/tcp/4001/p2p/12D3KooW..."]) as client:
         print(client.generate("def fib(n):", max_new_tokens=32).text)
+        group = client.generate("def fib(n):", max_new_tokens=32, n=4, temperature=1.0, seed=0, logprobs=0)
+        print([(c.text, sum(t.logprob for t in c.logprobs)) for c in group.choices])
         for delta in client.stream("import os", max_new_tokens=16):
             print(delta.text, end="")
 
@@ -28,6 +30,7 @@ import trio
 from protocols import PeerAnnounce
 from swarm.config import NodeConfig, build_config
 from swarm.dispatch import (
+    GeneratedChoice,
     GenerationRefused,
     GenerationResult,
     NoPeerAvailable,
@@ -37,8 +40,8 @@ from swarm.dispatch import (
     TokenDelta,
 )
 
-__all__ = ["AsyncClient", "Client", "GenerationRefused", "GenerationResult", "NoPeerAvailable", "ResumeUnavailable",
-           "TokenDelta"]  # fmt: skip
+__all__ = ["AsyncClient", "Client", "GeneratedChoice", "GenerationRefused", "GenerationResult", "NoPeerAvailable",
+           "ResumeUnavailable", "TokenDelta"]  # fmt: skip
 
 
 def client_config(peers: list[str], swarm_key: Path | None, swarm_id: str, **network: Any) -> NodeConfig:
@@ -99,11 +102,14 @@ class AsyncClient:
 
     async def generate(self, prompt: str | None = None, **kwargs: Any) -> GenerationResult:
         """Generate a whole answer. Keyword arguments are GenerateRequest fields (max_new_tokens, temperature,
-        top_k, top_p, seed, stop, ttft_ms, tpot_ms, priority, model, messages, prompt_token_ids)."""
+        top_k, top_p, seed, stop, ttft_ms, tpot_ms, priority, model, messages, prompt_token_ids, n, logprobs,
+        presence_penalty, frequency_penalty, repetition_penalty, ignore_eos). With ``n`` > 1 the n samples share
+        one prompt prefill on the serving peer and come back in ``result.choices``; ``logprobs=k`` gives each
+        token's log-probability and its k most likely alternatives (``choice.logprobs``)."""
         return await self.dispatch.generate(self.dispatch.request(prompt, kwargs))
 
     async def stream(self, prompt: str | None = None, **kwargs: Any) -> AsyncIterator[TokenDelta]:
-        """Yield the answer as it is produced."""
+        """Yield the answer as it is produced (with ``n`` > 1, each delta's ``index`` names its sample)."""
         async for delta in self.dispatch.run(self.dispatch.request(prompt, kwargs), Progress()):
             yield delta
 

@@ -35,6 +35,7 @@ from protocols import (
     ProtocolError,
     SwarmError,
     TokenChunk,
+    TokenLogprobs,
     Usage,
 )
 from protocols.ids import GENERATE_PROTOCOL
@@ -64,11 +65,34 @@ class GenerationRefused(SwarmError):
 
 @dataclass
 class TokenDelta:
-    """New tokens of a streamed answer, their text, and the peer that produced them."""
+    """New tokens of a streamed answer (of sample `index` when n > 1), their text, the peer that produced them,
+    and their log-probabilities when asked for."""
 
     text: str
     token_ids: list[int]
     peer_id: str
+    index: int = 0
+    logprobs: list[TokenLogprobs] | None = None
+
+
+@dataclass
+class GeneratedChoice:
+    """One of the n samples of an answer."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    logprobs: list[TokenLogprobs] | None = None
+
+
+@dataclass
+class SampleProgress:
+    """What the asker has received of one sample other than sample 0 (those never resume: no tokenizer needed)."""
+
+    token_ids: list[int] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprobs] = field(default_factory=list)
 
 
 @dataclass
@@ -82,6 +106,7 @@ class GenerationResult:
     request_id: str
     model_id: str = ""
     resumes: int = 0
+    choices: list[GeneratedChoice] = field(default_factory=list)  # every sample, choice 0 included
 
 
 @dataclass
@@ -98,6 +123,13 @@ class Progress:
     answer: AnswerText | None = None  # decodes the text from the ids; None without a tokenizer for the model
     started: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
+    logprobs: list[TokenLogprobs] = field(default_factory=list)  # of sample 0's tokens, when asked for
+    samples: dict[int, SampleProgress] = field(default_factory=dict)  # samples 1..n-1
+    n: int = 1
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids) + sum(len(p.token_ids) for p in self.samples.values())
 
 
 class _PeerFailed(Exception):
@@ -137,7 +169,7 @@ class SwarmGenerator:
         progress = Progress()
         async for _ in self.run(request, progress):
             pass
-        return self.result(progress)
+        return self.result(progress, request)
 
     @staticmethod
     def request(prompt: str | None, kwargs: dict[str, Any]) -> GenerateRequest:
@@ -153,9 +185,19 @@ class SwarmGenerator:
         request.validate()
         return request
 
-    def result(self, progress: Progress) -> GenerationResult:
+    def result(self, progress: Progress, request: GenerateRequest | None = None) -> GenerationResult:
         done = progress.done
         assert done is not None
+        n = request.n if request is not None else 1
+        wants_logprobs = request is not None and request.logprobs is not None
+        reasons = list(done.finish_reasons) or [done.finish_reason]
+        choices = [GeneratedChoice(0, "".join(progress.text), list(progress.token_ids), reasons[0],
+                                   list(progress.logprobs) if wants_logprobs else None)]  # fmt: skip
+        for i in range(1, n):
+            sample = progress.samples.get(i, SampleProgress())
+            reason = reasons[i] if i < len(reasons) else done.finish_reason
+            choices.append(GeneratedChoice(i, "".join(sample.text), list(sample.token_ids), reason,
+                                           list(sample.logprobs) if wants_logprobs else None))  # fmt: skip
         timings = {
             "ttft_ms": 1000 * (progress.first_token_at - progress.started) if progress.first_token_at else None,
             "e2e_ms": 1000 * (time.perf_counter() - progress.started),
@@ -165,8 +207,8 @@ class SwarmGenerator:
         return GenerationResult(
             text="".join(progress.text), token_ids=list(progress.token_ids), finish_reason=done.finish_reason,
             peers=list(progress.peers), usage={"prompt_tokens": done.usage.prompt_tokens,
-            "completion_tokens": len(progress.token_ids)}, timings=timings, request_id=done.request_id,
-            model_id=progress.model_id, resumes=max(len(progress.peers) - 1, 0),
+            "completion_tokens": progress.num_tokens}, timings=timings, request_id=done.request_id,
+            model_id=progress.model_id, resumes=max(len(progress.peers) - 1, 0), choices=choices,
         )  # fmt: skip
 
     async def run(self, request: GenerateRequest, progress: Progress) -> AsyncIterator[TokenDelta]:
@@ -189,8 +231,13 @@ class SwarmGenerator:
                         waiting = False
                     yield delta
             except _PeerFailed as err:
-                log.info("peer %s failed mid-request (%s); resuming elsewhere", peer[-8:], err)
                 self.state.avoid(peer, DEAD_PEER_BACKOFF_S)
+                if request.n > 1 and progress.num_tokens:
+                    # Resuming n samples would need n continuations, each forking the prompt anew.
+                    raise ResumeUnavailable(
+                        f"peer {peer[-8:]} failed mid-answer ({err}); answers with n > 1 do not resume"
+                    ) from err
+                log.info("peer %s failed mid-request (%s); resuming elsewhere", peer[-8:], err)
             finally:
                 if waiting:
                     queued[peer] -= 1
@@ -291,7 +338,13 @@ class SwarmGenerator:
                         accepted.model_hash[:12], progress.model_hash[:12])  # fmt: skip
             self.state.avoid(peer, DEAD_PEER_BACKOFF_S)
             return False
+        if (accepted.n, accepted.logprobs) != (request.n, request.logprobs):
+            log.warning("peer %s cannot give n=%d samples with logprobs=%s (it speaks an older protocol)",
+                        peer[-8:], request.n, request.logprobs)  # fmt: skip
+            self.state.avoid(peer, DEAD_PEER_BACKOFF_S)
+            return False
         if not progress.peers:
+            progress.n = request.n
             progress.model_id, progress.model_hash = accepted.model_id, accepted.model_hash
             progress.prompt_tokens = accepted.prompt_tokens
             local = self.node.serve_role.engine if self.node.serve_role is not None else None
@@ -341,6 +394,8 @@ class SwarmGenerator:
     def _take(self, chunk: TokenChunk, progress: Progress, peer: str) -> TokenDelta | None:
         """Append a chunk's tokens, skipping any this asker already has (no gaps, no duplicates), and their text:
         decoded here when a tokenizer is at hand, else the peer's own."""
+        if chunk.choice:
+            return self._take_sample(chunk, progress, peer)
         have = len(progress.token_ids)
         if chunk.index > have:
             raise _PeerFailed(f"gap in tokens: expected index {have}, got {chunk.index}")
@@ -356,7 +411,26 @@ class SwarmGenerator:
             new = new[:taken]
         progress.token_ids.extend(new)
         progress.text.append(text)
-        if progress.answer is not None and progress.answer.stopped:
-            # A stop string this asker found (one the serving peer could not see if it spans a failover).
+        logprobs = None
+        if chunk.logprobs is not None:
+            skip = have - chunk.index
+            logprobs = chunk.logprobs[skip : skip + len(new)]
+            progress.logprobs.extend(logprobs)
+        if progress.answer is not None and progress.answer.stopped and progress.n == 1:
+            # A stop string this asker found (one the serving peer could not see if it spans a failover; with
+            # n > 1 there is no failover, and the peer ends each sample at its own stop string).
             progress.done = self._done(chunk.request_id, progress, "stop")
-        return TokenDelta(text, new, peer)
+        return TokenDelta(text, new, peer, 0, logprobs)
+
+    @staticmethod
+    def _take_sample(chunk: TokenChunk, progress: Progress, peer: str) -> TokenDelta | None:
+        """Tokens of a sample other than 0, with the peer's text (such samples never span a failover)."""
+        if chunk.choice >= progress.n:
+            raise _PeerFailed(f"sample {chunk.choice} of a request for {progress.n}")
+        sample = progress.samples.setdefault(chunk.choice, SampleProgress())
+        if chunk.index != len(sample.token_ids):
+            raise _PeerFailed(f"sample {chunk.choice}: expected index {len(sample.token_ids)}, got {chunk.index}")
+        sample.token_ids.extend(chunk.token_ids)
+        sample.text.append(chunk.text)
+        sample.logprobs.extend(chunk.logprobs or [])
+        return TokenDelta(chunk.text, list(chunk.token_ids), peer, chunk.choice, chunk.logprobs)

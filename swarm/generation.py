@@ -23,6 +23,7 @@ from protocols import (
     ProtocolError,
     Timings,
     TokenChunk,
+    TokenLogprobs,
     Usage,
 )
 
@@ -71,6 +72,23 @@ class LocalRun:
     events: trio.MemoryReceiveChannel[TokenChunk | GenerateDone]
 
 
+LOGPROB_FLOOR = -9999.0  # what -inf is sent as (JSON and the wire carry finite floats only), as vLLM does
+
+
+def _finite(logprob: float) -> float:
+    return logprob if math.isfinite(logprob) else LOGPROB_FLOOR
+
+
+def wire_logprobs(entries: list[Any] | None) -> list[TokenLogprobs] | None:
+    """The engine's TokenLogprob entries as protocol records."""
+    if entries is None:
+        return None
+    return [
+        TokenLogprobs(e.token_id, _finite(e.logprob), [t for t, _ in e.top], [_finite(v) for _, v in e.top])
+        for e in entries
+    ]
+
+
 def _done_message(event: Any, continuation: int) -> GenerateDone:
     timings = {k: (v if v is not None and math.isfinite(v) else None) for k, v in (event.timings or {}).items()}
     return GenerateDone(
@@ -82,6 +100,7 @@ def _done_message(event: Any, continuation: int) -> GenerateDone:
         ),
         timings=Timings(**{k: timings.get(k) for k in ("ttft_ms", "tpot_ms", "e2e_ms", "queue_ms")}),
         error=event.error,
+        finish_reasons=list(event.finish_reasons) if len(event.finish_reasons) > 1 else [],
     )
 
 
@@ -101,11 +120,13 @@ async def run_local(engine: Any, request: GenerateRequest) -> AsyncIterator[Loca
         temperature=request.temperature, top_k=request.top_k, top_p=request.top_p, seed=request.seed,
         stop=list(request.stop), ttft_ms=request.ttft_ms, tpot_ms=request.tpot_ms,
         priority=engine.config.clamp_priority(request.priority),
-        request_id=request.request_id,
+        request_id=request.request_id, n=request.n, logprobs=request.logprobs,
+        presence_penalty=request.presence_penalty, frequency_penalty=request.frequency_penalty,
+        repetition_penalty=request.repetition_penalty, ignore_eos=request.ignore_eos,
     )  # fmt: skip
-    send, receive = trio.open_memory_channel[TokenChunk | GenerateDone](params.max_new_tokens + 4)
+    send, receive = trio.open_memory_channel[TokenChunk | GenerateDone](request.n * params.max_new_tokens + 4)
     token = trio.lowlevel.current_trio_token()
-    position = [len(continuation)]
+    position = [len(continuation)] * request.n  # per sample: where its next chunk starts in its completion
     finished = [False]
 
     def _push(message: TokenChunk | GenerateDone) -> None:  # runs on the trio loop
@@ -119,8 +140,9 @@ async def run_local(engine: Any, request: GenerateRequest) -> AsyncIterator[Loca
             finished[0] = True
             message: TokenChunk | GenerateDone = _done_message(event, len(continuation))
         else:
-            message = TokenChunk(event.request_id, position[0], list(event.token_ids), event.text)
-            position[0] += len(event.token_ids)
+            message = TokenChunk(event.request_id, position[event.index], list(event.token_ids), event.text,
+                                 event.index, wire_logprobs(event.logprobs))  # fmt: skip
+            position[event.index] += len(event.token_ids)
         try:
             token.run_sync_soon(_push, message)
         except trio.RunFinishedError:
@@ -134,7 +156,7 @@ async def run_local(engine: Any, request: GenerateRequest) -> AsyncIterator[Loca
         raise Rejected(err.code, err.reason, err.field) from err
     accepted = GenerateAccepted(
         request_id=params.request_id, model_id=engine.model_id, model_hash=engine.model_hash,
-        prompt_tokens=len(prompt_ids), predicted_ttft_ms=0.0,
+        prompt_tokens=len(prompt_ids), predicted_ttft_ms=0.0, n=request.n, logprobs=request.logprobs,
     )  # fmt: skip
     try:
         async with receive:

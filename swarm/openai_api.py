@@ -2,15 +2,15 @@
 non-streaming and streaming (server-sent events ending in `data: [DONE]`).
 
 The node answers from its own engine or forwards through the swarm to the peer that can best meet the SLO, so
-a node without a model is a gateway. Errors use OpenAI's JSON shape with HTTP 400, 404, 429 or 503.
+a node without a model is a gateway. Errors use OpenAI's JSON shape with HTTP 400, 404, 429 or 503. Which
+request fields are honoured, ignored or refused is in swarm.openai_request; n > 1 samples and log-probabilities
+come back in OpenAI's response shapes, streamed or not.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,101 +18,62 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from protocols import ChatMessage, ErrorCode, GenerateRequest, ProtocolError
-from swarm.dispatch import GenerationRefused, NoPeerAvailable, Progress, SwarmGenerator
+from protocols import ErrorCode, GenerateRequest, TokenLogprobs
+from swarm.answer_text import tokenizer_for
+from swarm.dispatch import GeneratedChoice, GenerationRefused, NoPeerAvailable, Progress, SwarmGenerator
+from swarm.openai_request import ApiError, build_request
 from swarm.routing import serves_model
 
-# OpenAI request fields we honour, and swarm extensions; anything else is refused by name.
-COMMON_FIELDS = {"model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed", "stream",
-                 "stream_options", "n", "user", "top_k", "ttft_ms", "tpot_ms", "priority"}  # fmt: skip
 STATUS_BY_CODE = {ErrorCode.BAD_REQUEST: 400, ErrorCode.TOO_LARGE: 400, ErrorCode.MALFORMED: 400,
                   ErrorCode.MODEL_MISMATCH: 404, ErrorCode.NOT_FOUND: 404, ErrorCode.OVERLOADED: 429}  # fmt: skip
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.param, self.code = status, param, code
-
-    def response(self) -> JSONResponse:
-        kind = {400: "invalid_request_error", 404: "invalid_request_error", 429: "rate_limit_error"}.get(
-            self.status, "server_error"
-        )
-        body = {"error": {"message": str(self), "type": kind, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status)
-
-
-def _number(body: dict[str, Any], name: str, default: Any, kind: type) -> Any:
-    value = body.get(name, default)
-    if value is None:
-        return default
-    ok = isinstance(value, int | float) and not isinstance(value, bool) if kind is float else type(value) is int
-    if not ok or (kind is float and not math.isfinite(value)):
-        raise ApiError(400, f"{name} must be a finite {kind.__name__}", param=name, code="invalid_value")
-    return kind(value)
-
-
-def _stop(body: dict[str, Any]) -> list[str]:
-    stop = body.get("stop")
-    if stop is None:
-        return []
-    stop = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-        raise ApiError(400, "stop must be a string or a list of strings", param="stop", code="invalid_value")
-    return stop
-
-
-def build_request(body: dict[str, Any], *, chat: bool) -> GenerateRequest:
-    allowed = COMMON_FIELDS | ({"messages"} if chat else {"prompt"})
-    for key in body:
-        if key not in allowed:
-            raise ApiError(400, f"unsupported parameter {key!r}", param=key, code="unsupported_parameter")
-    if body.get("n", 1) != 1:
-        raise ApiError(400, "only n=1 is supported", param="n", code="unsupported_value")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise ApiError(400, "model is required", param="model", code="missing_required_parameter")
-    fields: dict[str, Any] = {"prompt": None, "messages": None}
-    if chat:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise ApiError(400, "messages must be a non-empty list", param="messages", code="invalid_value")
-        try:
-            fields["messages"] = [ChatMessage(str(m["role"]), _content(m["content"])) for m in messages]
-        except (KeyError, TypeError, AttributeError) as err:
-            raise ApiError(400, "each message needs a role and a text content", param="messages") from err
-    else:
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-            prompt = prompt[0]
-        if not isinstance(prompt, str) or not prompt:
-            raise ApiError(400, "prompt must be a non-empty string", param="prompt", code="invalid_value")
-        fields["prompt"] = prompt
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens", 16 if not chat else 256))
-    request = GenerateRequest(
-        request_id=uuid.uuid4().hex, model_id=model, max_new_tokens=_number({"max_tokens": max_tokens},
-        "max_tokens", 16, int), temperature=_number(body, "temperature", 1.0, float),
-        top_p=_number(body, "top_p", 1.0, float), top_k=_number(body, "top_k", 0, int),
-        seed=_number(body, "seed", None, int), stop=_stop(body), ttft_ms=_number(body, "ttft_ms", None, float),
-        tpot_ms=_number(body, "tpot_ms", None, float), priority=_number(body, "priority", 0, int), **fields,
-    )  # fmt: skip
-    try:
-        request.validate()
-    except ProtocolError as err:
-        raise ApiError(400, err.reason, param=err.field, code="invalid_value") from err
-    return request
-
-
-def _content(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
-        return "".join(part["text"] for part in content if part.get("type") == "text")
-    raise TypeError("content")
+__all__ = ["ApiError", "OpenAIApi", "build_request"]
 
 
 def _finish(reason: str) -> str:
     return reason if reason in ("stop", "length") else "stop"
+
+
+class _LogprobsView:
+    """Log-probabilities in OpenAI's shapes: chat (`content`: token, logprob, bytes, top_logprobs) and legacy
+    completions (tokens, token_logprobs, top_logprobs, text_offset). A token's string is its decoded text when a
+    tokenizer of the model is at hand, else vLLM's `token_id:<id>`."""
+
+    def __init__(self, tokenizer: Any, chat: bool) -> None:
+        self.tokenizer, self.chat = tokenizer, chat
+        self.offsets: dict[int, int] = {}  # per choice: text offset of the next token (completions)
+
+    def _token(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id]) if self.tokenizer is not None else f"token_id:{token_id}"
+
+    def render(self, index: int, entries: list[TokenLogprobs]) -> dict[str, Any]:
+        if self.chat:
+            return {"content": [self._chat_entry(e) for e in entries]}
+        tokens = [self._token(e.token_id) for e in entries]
+        offsets = []
+        for token in tokens:
+            offsets.append(self.offsets.get(index, 0))
+            self.offsets[index] = offsets[-1] + len(token)
+        return {
+            "tokens": tokens,
+            "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": [self._top_map(e) for e in entries],
+            "text_offset": offsets,
+        }  # fmt: skip
+
+    def _top_map(self, e: TokenLogprobs) -> dict[str, float]:
+        """Legacy completions key alternatives by their text; tokens that print alike keep the best one's."""
+        top: dict[str, float] = {}
+        for t, v in zip(e.top_ids, e.top_logprobs, strict=True):
+            top.setdefault(self._token(t), v)
+        return top
+
+    def _chat_entry(self, e: TokenLogprobs) -> dict[str, Any]:
+        token = self._token(e.token_id)
+        top = []
+        for t, v in zip(e.top_ids, e.top_logprobs, strict=True):
+            alt = self._token(t)
+            top.append({"token": alt, "logprob": v, "bytes": list(alt.encode())})
+        return {"token": token, "logprob": e.logprob, "bytes": list(token.encode()), "top_logprobs": top}
 
 
 class OpenAIApi:
@@ -143,7 +104,7 @@ class OpenAIApi:
     async def _serve(self, http: Request, *, chat: bool) -> Response:
         try:
             body = await self._json(http)
-            gen = build_request(body, chat=chat)
+            gen = build_request(body, chat=chat, max_n=self.node.config.serving.max_n)
             # The serving peer clamps again; clamping here too keeps an absurd figure off the wire.
             gen.priority = self.node.config.serving.clamp_priority(gen.priority)
             if not any(serves_model(a, gen.model_id) for a in self.dispatch.servers(None)):
@@ -164,12 +125,24 @@ class OpenAIApi:
         except NoPeerAvailable as err:
             return ApiError(503, str(err), code="no_peer_available").response()
         usage = {**result.usage, "total_tokens": sum(result.usage.values())}
-        if chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": result.text},
-                      "finish_reason": _finish(result.finish_reason), "logprobs": None}  # fmt: skip
-        else:
-            choice = {"index": 0, "text": result.text, "finish_reason": _finish(result.finish_reason), "logprobs": None}
-        return JSONResponse(_envelope(gen, result.model_id, chat, stream=False) | {"choices": [choice], "usage": usage})
+        view = _LogprobsView(self._tokenizer(result.model_id), chat)
+        choices = []
+        for c in result.choices or [GeneratedChoice(0, result.text, result.token_ids, result.finish_reason)]:
+            logprobs = view.render(c.index, c.logprobs) if gen.logprobs is not None and c.logprobs is not None else None
+            if chat:
+                choice = {"index": c.index, "message": {"role": "assistant", "content": c.text}}
+            else:
+                choice = {"index": c.index, "text": c.text}
+            choices.append(choice | {"finish_reason": _finish(c.finish_reason), "logprobs": logprobs})
+        return JSONResponse(_envelope(gen, result.model_id, chat, stream=False) | {"choices": choices, "usage": usage})
+
+    def _tokenizer(self, model_id: str) -> Any:
+        """A tokenizer of ``model_id`` to spell tokens with, when this node has one (None otherwise)."""
+        role = getattr(self.node, "serve_role", None)
+        engine = role.engine if role is not None else None
+        if engine is not None and engine.model_id == model_id:
+            return engine.tokenizer
+        return tokenizer_for(model_id, "", None, None)
 
     async def _json(self, http: Request) -> dict[str, Any]:
         raw = await http.body()  # the HttpGuard has refused bodies over node.max_body_bytes already
@@ -197,13 +170,16 @@ class OpenAIApi:
     async def _sse(self, gen: GenerateRequest, events: AsyncIterator[Any], first: Any, progress: Progress, *,
                    chat: bool, include_usage: bool) -> AsyncIterator[str]:  # fmt: skip
         head = _envelope(gen, progress.model_id, chat, stream=True)
+        view = _LogprobsView(self._tokenizer(progress.model_id), chat) if gen.logprobs is not None else None
         try:
             if chat:
-                yield _sse(head | {"choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]})
+                roles = [{"index": i, "delta": {"role": "assistant"}, "finish_reason": None} for i in range(gen.n)]
+                yield _sse(head | {"choices": roles})
             delta = first
             while delta is not None:
-                part = {"content": delta.text} if chat else None
-                choice = {"index": 0, "delta": part} if chat else {"index": 0, "text": delta.text}
+                choice = {"index": delta.index}
+                choice |= {"delta": {"content": delta.text}} if chat else {"text": delta.text}
+                choice["logprobs"] = view.render(delta.index, delta.logprobs or []) if view is not None else None
                 yield _sse(head | {"choices": [choice | {"finish_reason": None}]})
                 delta = await anext(events, None)
         except (NoPeerAvailable, GenerationRefused) as err:
@@ -212,11 +188,14 @@ class OpenAIApi:
         finally:
             await events.aclose()
         done = progress.done
-        reason = _finish(done.finish_reason) if done else "stop"
-        last = {"index": 0, "delta": {}} if chat else {"index": 0, "text": ""}
-        yield _sse(head | {"choices": [last | {"finish_reason": reason}]})
+        reasons = (done.finish_reasons or [done.finish_reason]) if done else []
+        last = []
+        for i in range(gen.n):
+            reason = _finish(reasons[i] if i < len(reasons) else (done.finish_reason if done else "stop"))
+            last.append(({"index": i, "delta": {}} if chat else {"index": i, "text": ""}) | {"finish_reason": reason})
+        yield _sse(head | {"choices": last})
         if include_usage and done is not None:
-            usage = {"prompt_tokens": done.usage.prompt_tokens, "completion_tokens": len(progress.token_ids)}
+            usage = {"prompt_tokens": done.usage.prompt_tokens, "completion_tokens": progress.num_tokens}
             usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
             yield _sse(head | {"choices": [], "usage": usage})
         yield "data: [DONE]\n\n"

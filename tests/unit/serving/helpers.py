@@ -24,10 +24,12 @@ def tiny_config(tmp_path: Path, **overrides: object) -> ServingConfig:
 
 
 class Collector:
-    """A sink that records every event and signals when each request is done."""
+    """A sink that records every event and signals when each request is done. `tokens` and `text` are choice
+    0's; `choices` holds every choice's tokens by (request id, index)."""
 
     def __init__(self) -> None:
         self.tokens: dict[str, list[int]] = {}
+        self.choices: dict[tuple[str, int], list[int]] = {}
         self.text: dict[str, str] = {}
         self.done: dict[str, DoneEvent] = {}
         self._lock = threading.Lock()
@@ -35,6 +37,9 @@ class Collector:
     def __call__(self, event: EngineEvent) -> None:
         with self._lock:
             if isinstance(event, TokenEvent):
+                self.choices.setdefault((event.request_id, event.index), []).extend(event.token_ids)
+                if event.index:
+                    return
                 self.tokens.setdefault(event.request_id, []).extend(event.token_ids)
                 self.text[event.request_id] = self.text.get(event.request_id, "") + event.text
             else:

@@ -26,9 +26,35 @@ BASE = {"model": "tiny", "prompt": "x"}
         ({**BASE, "priority": 1.5}, False, "priority"),
         ({**BASE, "priority": True}, False, "priority"),
         ({**BASE, "stop": [1]}, False, "stop"),
-        ({**BASE, "n": 2}, False, "n"),
-        ({**BASE, "logit_bias": {}}, False, "logit_bias"),
+        ({**BASE, "n": 0}, False, "n"),
+        ({**BASE, "n": 17}, False, "n"),
+        ({**BASE, "n": "2"}, False, "n"),
+        ({**BASE, "n": float("nan")}, False, "n"),
+        ({**BASE, "logit_bias": {"5": 10}}, False, "logit_bias"),
+        ({**BASE, "tools": [{"type": "function", "function": {"name": "f"}}]}, False, "tools"),
+        ({**BASE, "response_format": {"type": "json_object"}}, False, "response_format"),
+        ({**BASE, "best_of": 3}, False, "best_of"),
+        ({**BASE, "echo": True}, False, "echo"),
+        ({**BASE, "logprobs": 21}, False, "logprobs"),
+        ({**BASE, "logprobs": -1}, False, "logprobs"),
+        ({**BASE, "presence_penalty": 2.5}, False, "presence_penalty"),
+        ({**BASE, "frequency_penalty": float("nan")}, False, "frequency_penalty"),
+        ({**BASE, "frequency_penalty": float("-inf")}, False, "frequency_penalty"),
+        ({**BASE, "repetition_penalty": 0}, False, "repetition_penalty"),
+        ({**BASE, "ignore_eos": "yes"}, False, "ignore_eos"),
+        ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 3}, True, "top_logprobs"),
+        (
+            {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 21},
+            True,
+            "top_logprobs",
+        ),
+        ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "logprobs": 2}, True, "logprobs"),
         ({"prompt": "x"}, False, "model"),
+        ({**BASE, "prompt": "a\ud800b"}, False, "prompt"),
+        ({**BASE, "stop": ["\udfff"]}, False, "stop"),
+        ({"model": "tiny", "messages": [{"role": "user", "content": "\ud800"}]}, True, "messages"),
+        ({**BASE, "seed": 2**64}, False, "seed"),
+        ({**BASE, "max_tokens": 2**63}, False, "max_tokens"),
         ({"model": "tiny", "prompt": ""}, False, "prompt"),
         ({"model": "tiny", "messages": "hi"}, True, "messages"),
         ({"model": "tiny", "messages": ["hi"]}, True, "messages"),
@@ -41,6 +67,35 @@ def test_malformed_fields_are_400_naming_the_field(body: dict[str, Any], chat: b
     with pytest.raises(ApiError) as info:
         build_request(body, chat=chat)
     assert (info.value.status, info.value.param) == (400, param)
+
+
+NEUTRAL_FIELDS = {
+    "logprobs": None, "presence_penalty": 0, "frequency_penalty": 0.0, "repetition_penalty": 1.0, "tools": [],
+    "tool_choice": "none", "response_format": {"type": "text"}, "stream_options": {"include_usage": False},
+    "max_completion_tokens": 7, "user": "someone", "ignore_eos": False, "logit_bias": {}, "best_of": 1,
+    "echo": False, "min_p": 0, "some_future_field": {"anything": [1, 2]},
+}  # fmt: skip
+
+
+def test_neutral_and_unknown_fields_are_accepted_and_change_nothing() -> None:
+    plain = build_request({**BASE, "max_tokens": 7}, chat=False)
+    loaded = build_request({**BASE, **NEUTRAL_FIELDS}, chat=False)
+    same = {k: v for k, v in vars(loaded).items() if k != "request_id"}
+    assert same == {k: v for k, v in vars(plain).items() if k != "request_id"}
+    assert (loaded.n, loaded.logprobs, loaded.max_new_tokens, loaded.ignore_eos) == (1, None, 7, False)
+
+
+def test_honoured_fields_reach_the_generate_request() -> None:
+    body = {**BASE, "n": 3, "logprobs": 2, "presence_penalty": -1.5, "frequency_penalty": 0.5,
+            "repetition_penalty": 1.2, "ignore_eos": True, "seed": 9, "temperature": 0.7}  # fmt: skip
+    gen = build_request(body, chat=False)
+    assert (gen.n, gen.logprobs, gen.presence_penalty, gen.frequency_penalty) == (3, 2, -1.5, 0.5)
+    assert (gen.repetition_penalty, gen.ignore_eos, gen.seed, gen.temperature) == (1.2, True, 9, 0.7)
+    chat = {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 4}
+    assert build_request(chat, chat=True).logprobs == 4
+    assert build_request({**chat, "top_logprobs": None}, chat=True).logprobs == 0
+    assert build_request({**chat, "logprobs": False, "top_logprobs": 0}, chat=True).logprobs is None
+    assert build_request({**BASE, "prompt": [[5, 6, 7]]}, chat=False).prompt_token_ids == [5, 6, 7]
 
 
 class _Dispatch:
