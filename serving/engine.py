@@ -247,7 +247,8 @@ class Engine:
     def _die(self, err: Exception) -> None:
         """Fail every request in flight, refuse new ones, and tell the owner why the step loop ended."""
         reason = f"engine thread died: {type(err).__name__}: {' '.join(str(err).split())}"
-        log.error("%s", reason)
+        if self.on_failure is None:  # an owner that listens reports it in its own words: one error line, not two
+            log.error("%s", reason)
         log.debug("engine failure", exc_info=err)
         with self._lock:
             self.failure = reason
