@@ -27,6 +27,7 @@ NetStreamHandler = Callable[[INetStream], Awaitable[None]]
 UNNEGOTIATED = "negotiation"  # label of a stream that failed before a protocol was agreed
 REASON_CHARS = 200
 MAX_VARINT_BYTES = 10  # a uvarint of 64 bits
+PRUNE_ABOVE_PEERS = 1024  # peers tracked before stale entries are swept (a sweep is linear in them)
 
 
 class StreamGuardConfig(BaseModel):
@@ -94,7 +95,7 @@ class StreamGuard:
 
     def _forget_stale(self, now: float) -> None:
         """Keep the tables bounded by live entries: peers whose strikes all left the window are dropped."""
-        if len(self._strikes) <= self.config.max_bad_streams * 64:
+        if len(self._strikes) + len(self._banned_until) <= PRUNE_ABOVE_PEERS:
             return
         for peer_id in [p for p, s in self._strikes.items() if not s or s[-1] <= now - self.config.window_s]:
             del self._strikes[peer_id]
