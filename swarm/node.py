@@ -17,6 +17,7 @@ from typing import Any
 import trio
 from libp2p.crypto.keys import KeyPair
 
+from comms.errors import ListenError
 from comms.host import P2PHost
 from comms.identity import load_or_create_identity
 from comms.metrics import NetMetrics
@@ -75,7 +76,11 @@ class Node:
                 nursery.start_soon(self.discovery.run_bootstrap)
                 nursery.start_soon(self.discovery.run_dialer)
                 if self.config.node.http:
-                    self.http_url = await nursery.start(serve_http, self, self.config.node.http)
+                    try:
+                        self.http_url = await nursery.start(serve_http, self, self.config.node.http)
+                    except* OSError as group:
+                        bind = self.config.node.http
+                        raise ListenError(f"cannot serve HTTP on {bind}: {describe_error(group)}") from group
                 # Roles start once the node is in the swarm: training finds its averaging peers through gossip.
                 for role in self.roles:
                     await nursery.start(self._run_role, role)

@@ -57,4 +57,5 @@ def test_a_libp2p_port_in_use(busy_port: int) -> None:
 
 
 def test_an_http_port_in_use(busy_port: int) -> None:
-    assert_one_line_error(join(*LISTEN, "--http", f"127.0.0.1:{busy_port}"), "Address already in use")
+    bind = f"127.0.0.1:{busy_port}"
+    assert_one_line_error(join(*LISTEN, "--http", bind), f"cannot serve HTTP on {bind}", "Address already in use")
