@@ -31,7 +31,7 @@ from comms.identity import peer_id_of
 from comms.metrics import NetMetrics
 from comms.pnet import read_swarm_key
 from comms.stream_guard import BanNotifee, GuardedPubsub, StreamGuard
-from comms.streams import MessageStream
+from comms.streams import MessageStream, StreamClosedError
 from protocols import Limits, ProtocolError
 from protocols.errors import ErrorCode
 
@@ -163,6 +163,8 @@ class P2PHost:
                 await stream.refuse(err)
                 if self.guard.strike(remote, protocol, str(err)):
                     self._request_disconnect(remote)
+            except StreamClosedError as err:  # the remote went away mid-exchange: neither hostile nor our bug
+                log.debug("%s stream from %s ended early: %s", protocol, remote[-8:], err)
             except Exception as err:  # the handler's bug must not take the host down
                 log.exception("handler for %s failed", protocol)
                 await stream.refuse(ProtocolError(ErrorCode.INTERNAL, type(err).__name__))
