@@ -10,6 +10,7 @@ from pathlib import Path
 import multiaddr
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from comms.stream_guard import StreamGuardConfig
 from protocols.ids import check_swarm_id
 
 
@@ -44,6 +45,7 @@ class NetworkConfig(BaseModel):
     dial_timeout_s: float = Field(5.0, gt=0, le=300)
     request_timeout_s: float = Field(10.0, gt=0, le=3600, description="Deadline of one request on a stream.")
     max_dial_peers: int = Field(16, ge=0, le=1024, description="Dial announced peers until this many connections.")
+    stream_guard: StreamGuardConfig = Field(default_factory=StreamGuardConfig)
 
     @field_validator("swarm_id")
     @classmethod

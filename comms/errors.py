@@ -19,3 +19,7 @@ class SwarmKeyError(CommsError):
 
 class DialError(CommsError):
     """A peer could not be reached."""
+
+
+class ListenError(CommsError):
+    """The host could not listen where the config says (address in use, not an address of this machine)."""

@@ -20,18 +20,18 @@ from libp2p.exceptions import BaseLibp2pError
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub.gossipsub import GossipSub
-from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.anyio_service import background_trio_service
 from libp2p.utils.address_validation import expand_wildcard_address
 
 from comms.config import NetworkConfig
-from comms.errors import DialError
+from comms.errors import DialError, ListenError
 from comms.identity import peer_id_of
 from comms.metrics import NetMetrics
 from comms.pnet import read_swarm_key
-from comms.streams import MessageStream
+from comms.stream_guard import BanNotifee, GuardedPubsub, StreamGuard
+from comms.streams import MessageStream, StreamClosedError
 from protocols import Limits, ProtocolError
 from protocols.errors import ErrorCode
 
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 GOSSIPSUB_PROTOCOLS = ["/meshsub/1.1.0", "/meshsub/1.0.0"]
 MAX_GOSSIP_MSGS_PER_TOPIC_PER_S = 500.0
+DISCONNECT_QUEUE = 64  # peers waiting to be dropped; more are asked again by their next stream
 StreamHandler = Callable[[MessageStream, str], Awaitable[None]]
 GossipValidator = Callable[[str, bytes], bool]
 
@@ -67,7 +68,13 @@ class P2PHost:
             # The default (10 msg/s per topic per peer) throttles relayed announces once a swarm passes ~20 peers.
             max_messages_per_topic_per_second=MAX_GOSSIP_MSGS_PER_TOPIC_PER_S,
         )
-        self._pubsub = Pubsub(self._host, self._gossipsub)
+        self._pubsub = GuardedPubsub(self._host, self._gossipsub)
+        # Every inbound stream, whichever protocol it negotiates, runs inside the guard.
+        self.guard = StreamGuard(config.stream_guard, self.metrics)
+        network = self._host.get_network()
+        network.set_stream_handler(self.guard.wrap(network.common_stream_handler, self._request_disconnect))
+        network.register_notifee(BanNotifee(self.guard, self._request_disconnect))
+        self._to_disconnect, self._disconnect_queue = trio.open_memory_channel[str](DISCONNECT_QUEUE)
         self._running = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -79,13 +86,31 @@ class P2PHost:
             background_trio_service(self._pubsub),
             background_trio_service(self._gossipsub),
         ):
+            listening = self._host.get_transport_addrs()
+            if len(listening) < len(self._listen):
+                # py-libp2p logs a failed listener and carries on; a node nobody can dial is of no use.
+                missing = [str(a) for a in self._listen if not any(_same_listener(a, got) for got in listening)]
+                raise ListenError(f"cannot listen on {', '.join(missing) or self._listen}: address in use or absent")
             await self._pubsub.wait_until_ready()
             self._running = True
             task_status.started()
             try:
-                await trio.sleep_forever()
+                await self._disconnect_loop()
             finally:
                 self._running = False
+
+    def _request_disconnect(self, peer_id: str) -> None:
+        """Queue a peer to drop: a stream's task cannot close its own connection without cancelling itself."""
+        try:
+            self._to_disconnect.send_nowait(peer_id)
+        except trio.WouldBlock:
+            pass  # the loop is behind on drops already; the peer's next stream asks again
+
+    async def _disconnect_loop(self) -> None:
+        async for peer_id in self._disconnect_queue:
+            if peer_id in self.connected_peers():
+                with trio.move_on_after(self.config.dial_timeout_s):
+                    await self.disconnect(peer_id)
 
     def dialable_addrs(self) -> list[str]:
         """Full multiaddrs (with /p2p/<id>) others can dial; wildcard listen addresses are expanded."""
@@ -126,8 +151,8 @@ class P2PHost:
     # ------------------------------------------------------------------ streams
 
     def set_handler(self, protocol: str, handler: StreamHandler, limits: Limits) -> None:
-        """Serve ``protocol``: ``handler(stream, remote_peer_id)``. Refusals become typed ErrorReplies; nothing
-        a remote sends can crash the host."""
+        """Serve ``protocol``: ``handler(stream, remote_peer_id)``. Refusals become typed ErrorReplies and count
+        as the peer's bad streams; nothing a remote sends can crash the host."""
 
         async def _serve(raw: INetStream) -> None:
             stream = MessageStream(raw, limits, self.metrics)
@@ -135,8 +160,11 @@ class P2PHost:
             try:
                 await handler(stream, remote)
             except ProtocolError as err:
-                log.info("refused %s from %s: %s", protocol, remote[-8:], err)
                 await stream.refuse(err)
+                if self.guard.strike(remote, protocol, str(err)):
+                    self._request_disconnect(remote)
+            except StreamClosedError as err:  # the remote went away mid-exchange: neither hostile nor our bug
+                log.debug("%s stream from %s ended early: %s", protocol, remote[-8:], err)
             except Exception as err:  # the handler's bug must not take the host down
                 log.exception("handler for %s failed", protocol)
                 await stream.refuse(ProtocolError(ErrorCode.INTERNAL, type(err).__name__))
@@ -185,19 +213,33 @@ class P2PHost:
                 except trio.WouldBlock:
                     log.warning("gossip consumer of %s is behind; dropping a message", topic)
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_pump)
-            try:
-                yield receive
-            finally:
-                nursery.cancel_scope.cancel()
-                if self._running:
-                    with trio.move_on_after(1.0):
-                        await self._pubsub.unsubscribe(topic)
+        # Unsubscribing happens outside the pump's nursery: awaiting inside its cancelled scope would raise a
+        # Cancelled that the scope then swallows, together with the exception the caller's block raised.
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_pump)
+                try:
+                    yield receive
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            if self._running:
+                with trio.move_on_after(1.0):
+                    await self._pubsub.unsubscribe(topic)
 
     async def publish(self, topic: str, data: bytes) -> None:
         await self._pubsub.publish(topic, data)
         self.metrics.sent(f"gossip:{topic.rsplit('/', 1)[-1]}", "gossip", len(data))
+
+
+def _same_listener(asked: multiaddr.Multiaddr, got: multiaddr.Multiaddr) -> bool:
+    """``got`` serves the listen address ``asked`` (port 0 in ``asked`` matches any port)."""
+    asked_parts, got_parts = str(asked).split("/"), str(got).split("/")
+    if len(asked_parts) != len(got_parts):
+        return False
+    *asked_head, asked_port = asked_parts
+    *got_head, got_port = got_parts
+    return asked_head == got_head and asked_port in (got_port, "0")
 
 
 def _origin(msg: object) -> str | None:

@@ -1,4 +1,5 @@
-"""Counters of what crossed the network: messages and bytes in and out, refusals by error code.
+"""Counters of what crossed the network: messages and bytes in and out, refusals by error code, hostile streams
+by protocol and peers dropped for them.
 
 Plain integers updated from the node's event loop (and, for bytes, from the averaging thread): the HTTP layer
 renders them in the Prometheus text format. Knows no sockets.
@@ -22,6 +23,8 @@ class NetMetrics:
     bytes_in: Counter[str] = field(default_factory=Counter)  # by channel: "gossip", "stream", ...
     bytes_out: Counter[str] = field(default_factory=Counter)
     refused: Counter[str] = field(default_factory=Counter)  # by ErrorCode name
+    stream_errors: Counter[str] = field(default_factory=Counter)  # inbound streams ended as hostile, by protocol
+    peers_dropped: Counter[str] = field(default_factory=Counter)  # peers disconnected and banned, by reason
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def received(self, kind: str, channel: str, nbytes: int) -> None:
@@ -54,6 +57,19 @@ class NetMetrics:
         with self._lock:
             self.refused[code.name] += 1
 
+    def stream_error(self, protocol: str) -> None:
+        with self._lock:
+            self.stream_errors[protocol] += 1
+
+    def refuse_banned(self) -> None:
+        """A stream from a banned peer, refused before it was read."""
+        with self._lock:
+            self.stream_errors["banned_peer"] += 1
+
+    def peer_dropped(self, reason: str) -> None:
+        with self._lock:
+            self.peers_dropped[reason] += 1
+
     def snapshot(self) -> dict[str, dict[str, int]]:
         with self._lock:
             return {
@@ -62,4 +78,6 @@ class NetMetrics:
                 "bytes_in": dict(self.bytes_in),
                 "bytes_out": dict(self.bytes_out),
                 "refused": dict(self.refused),
+                "stream_errors": dict(self.stream_errors),
+                "peers_dropped": dict(self.peers_dropped),
             }

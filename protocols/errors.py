@@ -48,3 +48,20 @@ class ProtocolError(SwarmError):
         if field:
             prefix += f" ({field})"
         super().__init__(f"{prefix}: {message}")
+
+
+def describe_error(err: BaseException) -> str:
+    """One line for an error, exception groups flattened to their distinct leaves: ``Type: message; ...``."""
+    leaves: list[str] = []
+
+    def walk(e: BaseException) -> None:
+        if isinstance(e, BaseExceptionGroup):
+            for sub in e.exceptions:
+                walk(sub)
+            return
+        text = " ".join(str(e).split())
+        # The project's own errors say what failed in their message; others need their type to make sense.
+        leaves.append(text if isinstance(e, SwarmError) and text else f"{type(e).__name__}: {text}".rstrip(": "))
+
+    walk(err)
+    return "; ".join(dict.fromkeys(leaves))

@@ -107,6 +107,10 @@ class Engine:
         self.scheduler: Scheduler | None = None
         self.latency: LatencyModel | None = None
         self.num_steps = 0
+        # Set once, from the engine thread, when the step loop dies: why, in one line. ``on_failure`` (set by the
+        # owner before ``start``) is then called with it from that thread and must not block.
+        self.failure: str | None = None
+        self.on_failure: Callable[[str], None] | None = None
 
     # ----- lifecycle -----
     def start(self) -> None:
@@ -158,7 +162,7 @@ class Engine:
     def submit(self, params: GenerateParams, sink: Sink) -> None:
         """Validate and admit `params`; events go to `sink` from the engine thread (it must not block)."""
         if self.scheduler is None or self._stopping:
-            raise EngineError("engine is not running")
+            raise EngineError(self.failure or "engine is not running")
         params.validate(self.config.max_new_tokens_limit, self.config.max_n)
         prompt_ids = self._prompt_ids(params)
         max_new = min(params.max_new_tokens, self.max_context - len(prompt_ids))
@@ -272,6 +276,35 @@ class Engine:
 
     # ----- the step loop -----
     def _loop(self) -> None:
+        try:
+            self._run_steps()
+        except Exception as err:  # outside a step's own guard: the loop cannot go on
+            self._die(err)
+
+    def _die(self, err: Exception) -> None:
+        """Fail every request in flight, refuse new ones, and tell the owner why the step loop ended."""
+        reason = f"engine thread died: {type(err).__name__}: {' '.join(str(err).split())}"
+        if self.on_failure is None:  # an owner that listens reports it in its own words: one error line, not two
+            log.error("%s", reason)
+        log.debug("engine failure", exc_info=err)
+        with self._lock:
+            self.failure = reason
+            self._stopping = True
+            # The scheduler may be what broke: end the streams without asking it.
+            events = []
+            for st in self._streams.values():
+                for i in range(st.request.params.n):
+                    st.reasons.setdefault(i, "error")
+                events.append((st.sink, self._done_event(st, reason, "error")))
+            self._streams.clear()
+        self._deliver(events)
+        if self.on_failure is not None:
+            try:
+                self.on_failure(reason)
+            except Exception:
+                log.exception("engine failure callback failed")
+
+    def _run_steps(self) -> None:
         while True:
             with self._lock:
                 if self._stopping:

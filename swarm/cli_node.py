@@ -11,9 +11,9 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from protocols.errors import SwarmError
+from protocols.errors import SwarmError, describe_error
 
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # an error stays on one line, however narrow the terminal
 
 # Every `swarm join` flag that sets a config field, and the field it sets (a test checks each one resolves).
 JOIN_FLAG_FIELDS = {
@@ -122,11 +122,33 @@ def join(
     try:
         setup_logging(log_level)
         node_config = load_config(config, flags=flags, overrides=overrides or [])
-        trio.run(_run_until_signal, node_config)
     except (ConfigError, ValueError) as err:
         fail(str(err))
-    except SwarmError as err:
-        fail(str(err), code=1)
+    try:
+        trio.run(_run_until_signal, node_config)
+    except Exception as err:  # one readable line, never a traceback of exception groups
+        fail_with(err)
+
+
+def fail_with(err: BaseException) -> None:
+    """Exit with one line naming what failed: code 2 for bad settings, 1 for anything else (a bug's traceback
+    goes to the DEBUG log)."""
+    import logging
+
+    from swarm.config import ConfigError
+
+    leaves = _leaves(err)
+    if all(isinstance(e, (SwarmError, OSError, ValueError)) for e in leaves):
+        code = 2 if all(isinstance(e, (ConfigError, ValueError)) for e in leaves) else 1
+        fail(describe_error(err), code=code)
+    logging.getLogger("swarm").debug("unexpected error", exc_info=err)
+    fail(f"unexpected {describe_error(err)} (run with --log-level DEBUG for the traceback)", code=1)
+
+
+def _leaves(err: BaseException) -> list[BaseException]:
+    if isinstance(err, BaseExceptionGroup):
+        return [leaf for sub in err.exceptions for leaf in _leaves(sub)]
+    return [err]
 
 
 async def _run_until_signal(config: Any) -> None:
@@ -138,9 +160,10 @@ async def _run_until_signal(config: Any) -> None:
 
     log = logging.getLogger("swarm")
     node = Node(config)
+    # Signals are watched from the start: a SIGTERM during a long model load stops the node too.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(node.run)
+            nursery.start_soon(node.run)
             async for signum in signals:
                 log.info("received %s: leaving the swarm", signal.Signals(signum).name)
                 break

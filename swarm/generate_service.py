@@ -41,6 +41,10 @@ class GenerateService:
         if not isinstance(request, GenerateRequest):
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"expected generate_request, got {request.TYPE}", field="type")
         engine = self.serve_role.engine
+        if self.serve_role.failure:
+            reason = f"serving failed here: {self.serve_role.failure}"
+            await self._reject(stream, request, Rejected(ErrorCode.INTERNAL, reason, None, None))
+            return
         if engine is None:
             await self._reject(stream, request, Rejected(ErrorCode.OVERLOADED, "model still loading", None, 1000))
             return

@@ -53,6 +53,8 @@ class _NodeCollector:
             ("swarm_bytes_in", "bytes_in", "channel", "Bytes received, by channel."),
             ("swarm_bytes_out", "bytes_out", "channel", "Bytes sent, by channel."),
             ("swarm_refused_messages", "refused", "code", "Messages refused, by error code."),
+            ("swarm_stream_errors", "stream_errors", "protocol", "Inbound streams ended as hostile, by protocol."),
+            ("swarm_peers_dropped", "peers_dropped", "reason", "Peers disconnected and banned, by reason."),
         ):
             family = CounterMetricFamily(name, doc, labels=[label])
             for value_label, value in sorted(snap[key].items()):
@@ -69,7 +71,11 @@ def build_app(node: Node) -> HttpGuard:
     registry.register(collector := _NodeCollector(node))  # type: ignore[arg-type]
 
     async def healthz(_: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok", "peer_id": node.peer_id, "peers": len(node.membership)})
+        status, reason = node.health()
+        body = {"status": status, "peer_id": node.peer_id, "peers": len(node.membership)}
+        if reason is not None:
+            body["reason"] = reason
+        return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
     async def peers(_: Request) -> JSONResponse:
         return JSONResponse(node.peers_view())

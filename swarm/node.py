@@ -17,11 +17,12 @@ from typing import Any
 import trio
 from libp2p.crypto.keys import KeyPair
 
+from comms.errors import ListenError
 from comms.host import P2PHost
 from comms.identity import load_or_create_identity
 from comms.metrics import NetMetrics
 from protocols import GOSSIP_LIMITS, PeerAnnounce, ProtocolError, decode_as, encode
-from protocols.errors import ErrorCode
+from protocols.errors import ErrorCode, describe_error
 from protocols.ids import ANNOUNCE_TOPIC, topic
 from swarm import __version__
 from swarm.config import NodeConfig
@@ -29,7 +30,7 @@ from swarm.discovery import Discovery
 from swarm.generate_service import GenerateService
 from swarm.hardware import detect_hardware
 from swarm.membership import Membership
-from swarm.roles import build_roles
+from swarm.roles import Role, build_roles
 
 log = logging.getLogger(__name__)
 VALIDATED_KEPT = 256  # decoded announces waiting for the consumer; older ones are decoded again if ever needed
@@ -75,14 +76,45 @@ class Node:
                 nursery.start_soon(self.discovery.run_bootstrap)
                 nursery.start_soon(self.discovery.run_dialer)
                 if self.config.node.http:
-                    self.http_url = await nursery.start(serve_http, self, self.config.node.http)
+                    try:
+                        self.http_url = await nursery.start(serve_http, self, self.config.node.http)
+                    except* OSError as group:
+                        bind = self.config.node.http
+                        raise ListenError(f"cannot serve HTTP on {bind}: {describe_error(group)}") from group
                 # Roles start once the node is in the swarm: training finds its averaging peers through gossip.
                 for role in self.roles:
-                    await nursery.start(role.run)
+                    await nursery.start(self._run_role, role)
                 self.hardware = detect_hardware()  # a role may have brought up an accelerator
                 self._report_started()
                 task_status.started()
                 await trio.sleep_forever()
+
+    async def _run_role(self, role: Role, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run a role; once it has started, its failure is recorded and logged in one line instead of ending the
+        node. A failure before readiness (a bad model path) still ends the start-up with that error."""
+        started = _StartedFlag(task_status)
+        try:
+            await role.run(task_status=started)
+        except Exception as err:
+            if not started.done:
+                raise
+            role.failure = describe_error(err)
+            log.error("role %s failed and is no longer announced: %s", role.name, role.failure)
+            log.debug("role %s failure", role.name, exc_info=err)
+
+    def health(self) -> tuple[str, str | None]:
+        """``("ok", None)``, or ``("degraded" | "failed", "<role>: <why>; ...")`` when roles have failed: failed
+        when every role this node was asked to run is down, degraded while some still work."""
+        failed = [r for r in self.roles if r.failure]
+        if not failed:
+            return "ok", None
+        reason = "; ".join(f"{r.name}: {r.failure}" for r in failed)
+        return ("failed" if len(failed) == len(self.roles) else "degraded"), reason
+
+    def live_role_names(self) -> list[str]:
+        """The roles this node announces: those asked for, less those that failed."""
+        failed = {r.name for r in self.roles if r.failure}
+        return [name for name in self.config.node.roles if name not in failed]
 
     def stop(self) -> None:
         """Cancel every service of this node; ``run`` then returns."""
@@ -112,19 +144,20 @@ class Node:
             addrs=self.host.dialable_addrs(),
             version=__version__,
             timestamp_ms=int(time.time() * 1000),
-            roles=["client"] if self.client_only else list(self.config.node.roles),
+            roles=["client"] if self.client_only else self.live_role_names(),
             hardware=self.hardware,
             seq=self._seq,
         )
         for role in self.roles:
-            role.fill_announce(announce)
+            if not role.failure:
+                role.fill_announce(announce)
         return announce
 
     def serving_view(self) -> PeerAnnounce | None:
         """This node as a candidate for routing its own requests: model and current load only (no address
         enumeration, nothing published); None while it has no engine up."""
         role = self.serve_role
-        if role is None or role.engine is None:
+        if role is None or role.engine is None or role.failure:
             return None
         view = PeerAnnounce(peer_id=self.peer_id, addrs=[], version=__version__, timestamp_ms=0, roles=["serve"])
         role.fill_announce(view)
@@ -193,6 +226,18 @@ class Node:
         rows = [_peer_row(own, age_s=0.0, is_self=True)]
         rows += [_peer_row(e.announce, age_s=e.age_s(now), is_self=False) for e in self.membership.entries()]
         return rows
+
+
+class _StartedFlag:
+    """A task status that remembers whether ``started()`` was called, passing the call on."""
+
+    def __init__(self, inner: trio.TaskStatus[None]) -> None:
+        self.inner = inner
+        self.done = False
+
+    def started(self, value: None = None) -> None:
+        self.done = True
+        self.inner.started(value)
 
 
 def _peer_row(announce: PeerAnnounce, *, age_s: float, is_self: bool) -> dict[str, Any]:

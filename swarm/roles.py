@@ -1,25 +1,36 @@
 """Roles a node can take besides being a peer: `serve` runs the generation engine beside the host.
 
 A role is a service under the node's nursery (``await nursery.start(role.run)``) that may add to the node's
-announce. Torch work stays in the role's own thread; the event loop only waits on it.
+announce. Torch work stays in the role's own thread; the event loop only waits on it. A role that cannot go on
+raises RoleFailed (or anything else) from ``run``; the node then records why and stops announcing it.
 """
 
 from __future__ import annotations
 
 import logging
+from contextlib import suppress
 from typing import Any
 
 import trio
 
 from protocols import Load, PeerAnnounce
+from protocols.errors import SwarmError
 
 log = logging.getLogger(__name__)
 
 
+class RoleFailed(SwarmError):
+    """A role stopped working after it had started; the message says why, in one line."""
+
+
 class Role:
-    """A capability of a node. ``run`` starts it, reports readiness, and stops it when cancelled."""
+    """A capability of a node. ``run`` starts it, reports readiness, and stops it when cancelled.
+
+    ``failure`` is set by the node when ``run`` ended with an error after readiness: the role is then down for good.
+    """
 
     name = ""
+    failure: str | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         raise NotImplementedError
@@ -41,13 +52,22 @@ class ServeRole(Role):
         from serving.engine import Engine
 
         engine = Engine(self.config)
+        died = trio.Event()
+        token = trio.lowlevel.current_trio_token()
+
+        def _on_failure(_reason: str) -> None:  # called from the engine thread
+            with suppress(trio.RunFinishedError):
+                trio.from_thread.run_sync(died.set, trio_token=token)
+
+        engine.on_failure = _on_failure
         log.info("loading model %s and profiling this hardware", self.config.model)
         await trio.to_thread.run_sync(engine.start)  # model load and latency profile block: not on the loop
         self.engine = engine
         log.info("serving %s (hash %s) on %s", engine.model_id, engine.model_hash[:12], engine.device)
         task_status.started()
         try:
-            await trio.sleep_forever()
+            await died.wait()
+            raise RoleFailed(engine.failure or "engine thread died")
         finally:
             self.engine = None
             with trio.CancelScope(shield=True):
