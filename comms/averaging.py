@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from comms.robust_average import bounded_weight
 from comms.tcp_counters import TcpByteCounter, TcpCountersUnavailable
 from protocols.errors import ErrorCode, SwarmError
 
@@ -59,6 +60,10 @@ class AveragingSettings:
     startup_timeout_s: float = 60.0
     declare_state_period_s: float = 30.0  # hivemind's default: each declaration is a DHT store to every replica
     bandwidth_mbps: float | None = None  # emulate a WAN uplink (token bucket on sent tensor bytes)
+    # how reducers treat what senders claim (comms.robust_average): weights above max_weight are cut to it; a
+    # part whose norm is above max_norm_ratio times the median of the group's is excluded
+    max_weight: float = 1.0
+    max_norm_ratio: float = 4.0
 
 
 class UplinkShaper:
@@ -92,7 +97,7 @@ class AveragingCounters:
     payload_bytes_sent: int = 0
     payload_bytes_received: int = 0
     bytes_counted_at: str = "tcp socket"
-    parts_refused: int = 0
+    parts_refused: int = 0  # parts this peer's reducer did not average: undecodable, bad weight, shape or norm
     rounds_ok: int = 0
     rounds_failed: int = 0
 
@@ -247,6 +252,8 @@ class HivemindAverager:
             raise AveragingError(ErrorCode.BAD_REQUEST, "tensor shapes differ from the averager's")
         if not all(np.isfinite(a).all() for a in arrays):
             raise AveragingError(ErrorCode.BAD_REQUEST, "refusing to send tensors with NaN/Inf")
+        if bounded_weight(weight, self.settings.max_weight) != weight:
+            raise AveragingError(ErrorCode.BAD_REQUEST, f"weight {weight} is not in (0, {self.settings.max_weight}]")
         req = {
             "op": "step",
             "tensors": arrays,
@@ -272,14 +279,21 @@ class HivemindAverager:
         self._call({"op": "share_state", "metadata": metadata, "tensors": arrays}, timeout_s=30.0)
 
     def load_state(
-        self, timeout_s: float, peer: str | None = None, min_step: int = 0
+        self, timeout_s: float, peer: str | None = None, min_step: int = 0, metadata_only: bool = False
     ) -> tuple[dict[str, Any], list[torch.Tensor]]:
-        """Download the state a peer of this run shares (`peer`, a hivemind peer id, or hivemind's choice);
-        raise `AveragingError` if none did in time. From a named `peer`, a state whose metadata `step` is below
-        `min_step` comes back with no tensors (they are not downloaded): ask again later."""
+        """Download the state a peer of this run shares (`peer`, a hivemind peer id, or hivemind's choice: the
+        donor that claims the highest priority); raise `AveragingError` if none did in time. From a named
+        `peer`, a state whose metadata `step` is below `min_step`, or any state if `metadata_only`, comes back
+        with no tensors (they are not downloaded). Metadata and tensors are the peer's claims: check them."""
         req = {"op": "load_state", "timeout_s": timeout_s, "peer": peer, "min_step": min_step}
+        req["metadata_only"] = metadata_only
         reply = self._call(req, timeout_s=timeout_s + 15.0)
-        return reply["metadata"], [torch.from_numpy(a) for a in reply["tensors"]]
+        metadata = reply["metadata"] if isinstance(reply["metadata"], dict) else {}
+        return metadata, [torch.from_numpy(a) for a in reply["tensors"]]
+
+    def donors(self, timeout_s: float) -> list[str]:
+        """Peer ids that declared they share a state (sorted; what each declared about its priority is ignored)."""
+        return list(self._call({"op": "donors"}, timeout_s=timeout_s)["donors"])
 
     def _kill(self) -> None:
         """SIGKILL the child's whole process group (hivemind's own subprocesses included) and reap the child."""

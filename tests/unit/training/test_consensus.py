@@ -79,14 +79,20 @@ class LocalMember:
             self.group.shared[self.peer_id] = (dict(metadata), [t.clone() for t in tensors])
 
     def load_state(
-        self, timeout_s: float, peer: str | None = None, min_step: int = 0
+        self, timeout_s: float, peer: str | None = None, min_step: int = 0, metadata_only: bool = False
     ) -> tuple[dict[str, Any], list[torch.Tensor]]:
         with self.group.lock:
-            self.group.loads.append((self.peer_id, peer))
             if peer not in self.group.shared:
                 raise AveragingError(ErrorCode.TIMEOUT, f"{peer} shares no state")
             meta, tensors = self.group.shared[peer]
-            return dict(meta), ([t.clone() for t in tensors] if meta["step"] >= min_step else [])
+            if metadata_only or meta["step"] < min_step:
+                return dict(meta), []
+            self.group.loads.append((self.peer_id, peer))
+            return dict(meta), [t.clone() for t in tensors]
+
+    def donors(self, timeout_s: float) -> list[str]:
+        with self.group.lock:
+            return sorted(p for p in self.group.shared if p != self.peer_id)
 
 
 def tiny_peer(peer_id: str, shard: int, member: LocalMember) -> TrainingPeer:

@@ -1,0 +1,80 @@
+"""hivemind's part reducer, except that it keeps every sender's part and combines them with `comms.robust_average`.
+
+hivemind's `TensorPartReducer` adds each part times the weight its sender claims to a running sum, so one sender
+with weight 1e30 makes its part the average, and a part of the wrong shape is broadcast into the sum. This one
+holds the parts of the current part index until every sender still in the round has sent it (hivemind's own
+bookkeeping decides who that is), then averages the acceptable ones (`combine_parts`) and reports each excluded
+part to `on_excluded`. An excluded part never aborts the round: the others' mean goes back to every sender. It
+runs in the averaging process (`comms.hivemind_worker`) and knows nothing about training.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+
+import torch
+from hivemind.averaging.partition import AllreduceException, BannedException, TensorPartReducer
+
+from comms.robust_average import PartPolicy, combine_parts
+
+
+class RobustPartReducer(TensorPartReducer):
+    """Same contract as `TensorPartReducer` (parts in order, one future per part index), with `combine_parts`."""
+
+    def __init__(
+        self,
+        part_shapes: Sequence[torch.Size],
+        num_senders: int,
+        *,
+        policy: PartPolicy,
+        on_excluded: Callable[[str], None],
+    ) -> None:
+        self.policy = policy
+        self.on_excluded = on_excluded
+        self._parts: dict[int, tuple[torch.Tensor, object]] = {}
+        super().__init__(part_shapes, num_senders)
+
+    def reset_accumulators(self) -> None:
+        self._parts = {}
+        super().reset_accumulators()
+
+    async def accumulate_part(
+        self, sender_index: int, part_index: int, tensor_part: torch.Tensor, weight: float = 1.0
+    ) -> torch.Tensor:
+        """Hold this sender's part, wait until every sender's is in, then return the combined part."""
+        if not (0 <= sender_index < self.num_senders and 0 <= part_index < self.num_parts):
+            raise AllreduceException(f"sender {sender_index} or part {part_index} is out of range")
+        self.num_parts_received[sender_index] += 1
+        while part_index > self.current_part_index:
+            await self._wait_for_current_part()
+        if self.sender_failed_after[sender_index] != float("inf"):
+            raise BannedException(f"sender {sender_index} was banned in background")
+        if part_index != self.current_part_index or sender_index in self._parts:
+            raise AllreduceException(f"sender {sender_index} sent part {part_index} out of order")
+        future = self.current_part_future
+        if part_index < self.sender_failed_after[sender_index]:
+            self._parts[sender_index] = (tensor_part, weight)
+            self.current_part_accumulated_from += 1
+            self.check_current_part_finished()
+        return await future
+
+    async def _wait_for_current_part(self) -> None:
+        await asyncio.wait(
+            {self.current_part_future, asyncio.create_task(self.finished.wait())},
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if self.finished.is_set():
+            raise AllreduceException(f"attempted to aggregate part in a finalized {type(self).__name__}")
+
+    def check_current_part_finished(self) -> None:
+        if self.current_part_accumulated_from < self.num_current_senders:
+            return
+        combined = combine_parts(self._parts, self.part_shapes[self.current_part_index], self.policy)
+        for reason in combined.excluded.values():
+            self.on_excluded(reason)
+        if combined.average is None:
+            self.current_part_future.set_exception(AllreduceException("no sender's part was acceptable"))
+        else:
+            self.current_part_future.set_result(combined.average)
+        self.reset_accumulators()
