@@ -127,6 +127,8 @@ def model_hash_of(shapes: list[tuple[int, ...]], extra: str = "") -> str:
 class HivemindAverager:
     """Blocking client of one averaging child process. Use as a context manager or call `close()`."""
 
+    worker_module = "comms.hivemind_worker"  # what the child runs (tests run forged workers)
+
     def __init__(self, settings: AveragingSettings, shapes: list[tuple[int, ...]], model_hash: str) -> None:
         self.settings = settings
         self.shapes = [tuple(int(d) for d in s) for s in shapes]
@@ -158,7 +160,7 @@ class HivemindAverager:
         env["PYTHONPATH"] = os.pathsep.join([str(_PROJECT_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         env.setdefault("HIVEMIND_LOGLEVEL", "ERROR")
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "comms.hivemind_worker", str(r_child), str(w_child)],
+            [sys.executable, "-m", self.worker_module, str(r_child), str(w_child)],
             pass_fds=(r_child, w_child),
             env=env,
             cwd=str(_PROJECT_ROOT),
