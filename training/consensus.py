@@ -49,12 +49,6 @@ def reference_holders(me: str, digest: str, round_index: int, members: dict[str,
     return [] if reference == digest else sorted(holders[reference])
 
 
-def reference_peer(me: str, digest: str, round_index: int, members: dict[str, tuple[int, str]]) -> str | None:
-    """The first of `reference_holders`, or None when `me` holds the reference."""
-    holders = reference_holders(me, digest, round_index, members)
-    return holders[0] if holders else None
-
-
 def group_round(me: str, round_index: int, members: dict[str, tuple[int, str]]) -> int:
     """The round the group is at: the lower median of the rounds its members started (`me` at `round_index`;
     members that sent no round left out). A later round counts only when a majority of the group claims it, so

@@ -1,7 +1,7 @@
 """One training peer: inner steps, exchanges through an averager, outer steps, state sharing, checkpoints.
 
 `TrainingPeer.run` is blocking and meant for a worker thread or process. The averager is anything with the
-`HivemindAverager` methods `step`, `share_state` and `load_state` and its `peer_id` (None trains alone).
+`HivemindAverager` methods `step`, `share_state`, `load_state` and `donors` and its `peer_id` (None trains alone).
 Exchanged tensors are flattened into one fixed-length fp32 vector per exchange (zero-padded to the largest
 fragment), so one averager serves every fragment. Where the group must agree on the outer state (DiLoCo), a peer
 whose state differed from the group's at the start of a round takes a member's state after it
