@@ -4,8 +4,9 @@ hivemind's `TensorPartReducer` adds each part times the weight its sender claims
 with weight 1e30 makes its part the average, and a part of the wrong shape is broadcast into the sum. This one
 holds the parts of the current part index until every sender still in the round has sent it (hivemind's own
 bookkeeping decides who that is), then averages the acceptable ones (`combine_parts`) and reports each excluded
-part to `on_excluded`. An excluded part never aborts the round: the others' mean goes back to every sender. It
-runs in the averaging process (`comms.hivemind_worker`) and knows nothing about training.
+part to `on_excluded`. An excluded part never aborts the round: the others' mean goes back to every sender.
+`install` also makes every member reduce an equal share, whatever bandwidth it claims. It runs in the averaging
+process (`comms.hivemind_worker`) and knows nothing about training.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import asyncio
 from collections.abc import Callable, Sequence
 
 import torch
+from hivemind.averaging import averager as averager_module
+from hivemind.averaging.load_balancing import hagenbach_bishoff
 from hivemind.averaging.partition import AllreduceException, BannedException, TensorPartReducer
 
 from comms.robust_average import PartPolicy, combine_parts
@@ -78,3 +81,20 @@ class RobustPartReducer(TensorPartReducer):
         else:
             self.current_part_future.set_result(combined.average)
         self.reset_accumulators()
+
+
+def equal_shares(vector_size: int, bandwidths: Sequence[float | None], min_size: int = 0) -> tuple[int, ...]:
+    """How many values each group member reduces: equal shares for every member that reduces at all (hivemind's
+    `load_balance_peers` gives shares by the bandwidth each member claims, so one claiming 1e30 would reduce the
+    whole vector, and choose the average everyone gets). A member claiming 0 (client mode) or anything but a
+    positive number reduces nothing; `min_size` is hivemind's and unused (the node passes 0)."""
+    scores = [1.0 if b is None or (isinstance(b, (int, float)) and b > 0) else 0.0 for b in bandwidths]
+    if not any(scores):
+        raise AllreduceException("no member of the group reduces")
+    return tuple(hagenbach_bishoff(vector_size, scores))
+
+
+def install() -> None:
+    """The averager computes shares with the name `load_balance_peers` of its module (in the averaging process and
+    the averager's, forked from it)."""
+    averager_module.load_balance_peers = equal_shares

@@ -33,7 +33,7 @@ from hivemind.utils.asyncio import aiter_with_timeout, amap_in_executor, as_aite
 from hivemind.utils.streaming import combine_from_streaming
 from hivemind.utils.timed_storage import get_dht_time
 
-from comms import hivemind_matchmaking
+from comms import hivemind_matchmaking, hivemind_reducer
 from comms.hivemind_compression import SwarmCodecCompression, install
 from comms.hivemind_reducer import RobustPartReducer
 from comms.robust_average import PartPolicy
@@ -133,6 +133,7 @@ class _StateServingAverager(DecentralizedAverager):
     def __init__(self, *args: Any, policy: PartPolicy, **kwargs: Any) -> None:
         self.served_state: tuple[Any, list[torch.Tensor]] | None = None
         self.policy = policy  # set before hivemind forks the averager process in super().__init__
+        hivemind_reducer.install()
         super().__init__(*args, **kwargs)
 
     async def _run_allreduce_inplace_(

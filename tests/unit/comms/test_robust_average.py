@@ -121,11 +121,15 @@ for got in asyncio.run(main()):  # every sender gets the same combined parts
     assert torch.equal(got[0], torch.tensor([2.0, 2.0])), got
     assert torch.equal(got[1], torch.tensor([2.0, 2.0, 2.0])), got
 assert sorted(excluded) == ["non-finite", "norm"], excluded
+from comms.hivemind_reducer import equal_shares
+assert equal_shares(10, [None, None]) == (5, 5)
+assert equal_shares(10, [None, 1e30, None]) == (4, 3, 3)  # a claimed bandwidth buys no larger share
+assert equal_shares(10, [None, 0.0, float("nan"), -1.0]) == (10, 0, 0, 0)  # client mode or nonsense: none
 print("ok")
 """
 
 
 def test_hivemind_reducer_combines_every_part_and_counts_exclusions() -> None:
-    """Driven as hivemind drives it, one coroutine per sender (in a fresh interpreter: hivemind and libp2p cannot
-    share one)."""
+    """Driven as hivemind drives it, one coroutine per sender; and shares of the vector to reduce that no claimed
+    bandwidth changes (in a fresh interpreter: hivemind and libp2p cannot share one)."""
     assert_script_prints_ok(REDUCER_SCRIPT)
