@@ -5,7 +5,8 @@ with weight 1e30 makes its part the average, and a part of the wrong shape is br
 holds the parts of the current part index until every sender still in the round has sent it (hivemind's own
 bookkeeping decides who that is), then averages the acceptable ones (`combine_parts`) and reports each excluded
 part to `on_excluded`. An excluded part never aborts the round: the others' mean goes back to every sender.
-`install` also makes every member reduce an equal share, whatever bandwidth it claims. It runs in the averaging
+`check_returned_averages` bounds what a reducer can return; `install` makes every member reduce an equal share,
+whatever bandwidth it claims. It runs in the averaging
 process (`comms.hivemind_worker`) and knows nothing about training.
 """
 
@@ -17,9 +18,9 @@ from collections.abc import Callable, Sequence
 import torch
 from hivemind.averaging import averager as averager_module
 from hivemind.averaging.load_balancing import hagenbach_bishoff
-from hivemind.averaging.partition import AllreduceException, BannedException, TensorPartReducer
+from hivemind.averaging.partition import AllreduceException, BannedException, TensorPartContainer, TensorPartReducer
 
-from comms.robust_average import PartPolicy, combine_parts
+from comms.robust_average import PartPolicy, combine_parts, plausible_average
 
 
 class RobustPartReducer(TensorPartReducer):
@@ -81,6 +82,24 @@ class RobustPartReducer(TensorPartReducer):
         else:
             self.current_part_future.set_result(combined.average)
         self.reset_accumulators()
+
+
+def check_returned_averages(
+    container: TensorPartContainer, own_index: int, policy: PartPolicy, on_refused: Callable[[], None]
+) -> None:
+    """Make `container` (a runner's) refuse an average a remote reducer returns that `plausible_average` rejects:
+    the sender keeps its own values for that part, as hivemind does for a reducer that failed."""
+    register = container.register_processed_part
+
+    def checked(peer_index: int, part_index: int, part: torch.Tensor) -> None:
+        if peer_index != own_index:
+            own_part = container._input_parts_by_peer[peer_index][part_index][0]
+            if not plausible_average(part, own_part, policy):
+                on_refused()
+                part = own_part.detach().clone()
+        register(peer_index, part_index, part)
+
+    container.register_processed_part = checked
 
 
 def equal_shares(vector_size: int, bandwidths: Sequence[float | None], min_size: int = 0) -> tuple[int, ...]:

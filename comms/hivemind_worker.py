@@ -35,7 +35,7 @@ from hivemind.utils.timed_storage import get_dht_time
 
 from comms import hivemind_matchmaking, hivemind_reducer
 from comms.hivemind_compression import SwarmCodecCompression, install
-from comms.hivemind_reducer import RobustPartReducer
+from comms.hivemind_reducer import RobustPartReducer, check_returned_averages
 from comms.robust_average import PartPolicy
 
 # The runner below overrides internals of this exact release; another one needs a review first.
@@ -63,6 +63,8 @@ class _AverageReturningRunner(AllReduceRunner):
             policy=policy,
             on_excluded=lambda _reason: compression.count_refused(),
         )
+        own_index = self.ordered_peer_ids.index(self.peer_id)
+        check_returned_averages(self.tensor_part_container, own_index, policy, compression.count_refused)
         self.tensor_part_container.return_deltas = False  # outputs are averages: a failed part keeps local values
         self._replying = 0  # senders whose parts this peer reduces and who are still being answered
         self._all_replied = asyncio.Event()

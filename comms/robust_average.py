@@ -98,3 +98,15 @@ def combine_parts(parts: dict[int, tuple[torch.Tensor, object]], shape: torch.Si
         total.add_(tensor, alpha=weight)
         weights += weight
     return CombinedPart(total.div_(weights), sorted(candidates), excluded)
+
+
+def plausible_average(average: torch.Tensor, own_part: torch.Tensor, policy: PartPolicy) -> bool:
+    """Whether an average a reducer returned for a part can be one `combine_parts` made, seen from a sender that
+    knows only its own part: same shape, finite, and a norm at most `max_norm_ratio`**2 times its own part's. The
+    combined parts' norms are at most `max_norm_ratio` times their median, and honest parts' norms are within
+    `max_norm_ratio` of each other (or the rule would exclude honest parts), hence the square. A sender refuses
+    anything else and keeps its own values for that part, as for a reducer that failed."""
+    if tuple(average.shape) != tuple(own_part.shape) or not bool(torch.isfinite(average).all()):
+        return False
+    limit = policy.max_norm_ratio**2 * float(torch.linalg.vector_norm(own_part.float()))
+    return float(torch.linalg.vector_norm(average.float())) <= limit

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from comms.robust_average import PartPolicy, bounded_weight, combine_parts, lower_median
+from comms.robust_average import PartPolicy, bounded_weight, combine_parts, lower_median, plausible_average
 from tests.unit.comms.fresh_interpreter import assert_script_prints_ok
 
 pytestmark = pytest.mark.timeout(60)
@@ -93,6 +93,16 @@ def test_no_acceptable_part_gives_no_average() -> None:
     assert out.average is None and out.kept == [] and out.excluded == {0: "non-finite", 1: "weight"}
 
 
+def test_a_returned_average_is_plausible_only_within_ratio_squared_of_the_own_part() -> None:
+    own = torch.tensor([3.0, 4.0])  # norm 5: the limit is 4**2 * 5 = 80
+    assert plausible_average(torch.tensor([0.0, 80.0]), own, POLICY)
+    assert plausible_average(torch.zeros(2), own, POLICY)
+    assert not plausible_average(torch.tensor([0.0, 80.1]), own, POLICY)
+    assert not plausible_average(torch.tensor([math.nan, 0.0]), own, POLICY)
+    assert not plausible_average(torch.zeros(3), own, POLICY)
+    assert plausible_average(torch.zeros(2), torch.zeros(2), POLICY)
+
+
 def test_policy_bounds_are_checked() -> None:
     for kwargs in ({"max_weight": 0.0}, {"max_weight": math.nan}, {"max_norm_ratio": 0.5}):
         with pytest.raises(ValueError):
@@ -121,7 +131,16 @@ for got in asyncio.run(main()):  # every sender gets the same combined parts
     assert torch.equal(got[0], torch.tensor([2.0, 2.0])), got
     assert torch.equal(got[1], torch.tensor([2.0, 2.0, 2.0])), got
 assert sorted(excluded) == ["non-finite", "norm"], excluded
-from comms.hivemind_reducer import equal_shares
+from hivemind.averaging.partition import TensorPartContainer
+from comms.hivemind_reducer import check_returned_averages, equal_shares
+refused = []
+local = torch.tensor([3.0, 4.0, 1.0, 1.0])
+container = TensorPartContainer([local], (0.5, 0.5), part_size_bytes=8, return_deltas=False)
+check_returned_averages(container, 0, PartPolicy(1.0, 4.0), lambda: refused.append(1))
+container.register_processed_part(0, 0, torch.tensor([9.0, 9.0]))  # own reduction: not checked
+container.register_processed_part(1, 0, torch.tensor([1e6, 0.0]))  # a forged reducer's average: refused
+assert refused == [1], refused
+assert torch.equal(container._output_parts_by_peer[1][0], torch.tensor([1.0, 1.0]))  # own values kept
 assert equal_shares(10, [None, None]) == (5, 5)
 assert equal_shares(10, [None, 1e30, None]) == (4, 3, 3)  # a claimed bandwidth buys no larger share
 assert equal_shares(10, [None, 0.0, float("nan"), -1.0]) == (10, 0, 0, 0)  # client mode or nonsense: none
