@@ -281,12 +281,13 @@ class HivemindAverager:
         self._call({"op": "share_state", "metadata": metadata, "tensors": arrays}, timeout_s=30.0)
 
     def load_state(
-        self, timeout_s: float, peer: str | None = None, min_step: int = 0, metadata_only: bool = False
+        self, timeout_s: float, peer: str, min_step: int = 0, metadata_only: bool = False
     ) -> tuple[dict[str, Any], list[torch.Tensor]]:
-        """Download the state a peer of this run shares (`peer`, a hivemind peer id, or hivemind's choice: the
-        donor that claims the highest priority); raise `AveragingError` if none did in time. From a named
-        `peer`, a state whose metadata `step` is below `min_step`, or any state if `metadata_only`, comes back
-        with no tensors (they are not downloaded). Metadata and tensors are the peer's claims: check them."""
+        """Download the state `peer` (a hivemind peer id; see `donors`) shares; raise `AveragingError` if it did not
+        in time. A state whose metadata `step` is below `min_step`, or any state if `metadata_only`, comes back
+        with no tensors (they are not downloaded). Metadata and tensors are the peer's claims: check them.
+        (hivemind's own choice of donor, the one claiming the highest priority, is not offered: any peer can
+        claim it.)"""
         req = {"op": "load_state", "timeout_s": timeout_s, "peer": peer, "min_step": min_step}
         req["metadata_only"] = metadata_only
         reply = self._call(req, timeout_s=timeout_s + 15.0)
@@ -295,7 +296,7 @@ class HivemindAverager:
 
     def donors(self, timeout_s: float) -> list[str]:
         """Peer ids that declared they share a state (sorted; what each declared about its priority is ignored)."""
-        return list(self._call({"op": "donors"}, timeout_s=timeout_s)["donors"])
+        return list(self._call({"op": "donors", "timeout_s": timeout_s}, timeout_s=timeout_s + 15.0)["donors"])
 
     def _kill(self) -> None:
         """SIGKILL the child's whole process group (hivemind's own subprocesses included) and reap the child."""

@@ -307,12 +307,9 @@ class Worker:
 
     def handle_load_state(self, req: dict[str, Any]) -> dict[str, Any]:
         try:
-            if req.get("peer"):
-                loaded = self.averager.load_state_from(
-                    req["peer"], req["timeout_s"], req.get("min_step", 0), bool(req.get("metadata_only"))
-                )
-            else:
-                loaded = self.averager.load_state_from_peers(timeout=req["timeout_s"])
+            loaded = self.averager.load_state_from(
+                req["peer"], req["timeout_s"], req.get("min_step", 0), bool(req.get("metadata_only"))
+            )
         except Exception as err:
             return {"ok": False, "error": f"{type(err).__name__}: {err}"}
         if loaded is None or (isinstance(loaded[0], dict) and loaded[0].get("empty")):
@@ -328,7 +325,8 @@ class Worker:
         """Peers that declared (in the DHT, where hivemind's `load_state_from_peers` looks) that they share a
         state. The priorities they declared are dropped: any peer can declare itself the best donor."""
         try:
-            found = self.dht.get(f"{self.averager.prefix}.all_averagers", latest=True)
+            key = f"{self.averager.prefix}.all_averagers"
+            found = self.dht.get(key, latest=True, return_future=True).result(timeout=req["timeout_s"])
         except Exception as err:  # a DHT failure: no donors known
             return {"ok": False, "error": f"{type(err).__name__}: {err}"}
         records = found.value if found is not None and isinstance(found.value, dict) else {}
@@ -341,7 +339,7 @@ class Worker:
                 continue
             if peer != me and isinstance(getattr(record, "value", None), (int, float)):
                 donors.append(peer)
-        return {"ok": True, "donors": sorted(donors)[: int(req.get("limit", MAX_DONORS))]}
+        return {"ok": True, "donors": sorted(donors)[:MAX_DONORS]}
 
     def shutdown(self) -> None:
         self.averager.shutdown()

@@ -60,7 +60,7 @@ class Averager(Protocol):
     def share_state(self, metadata: dict[str, Any], tensors: list[torch.Tensor]) -> None: ...
 
     def load_state(
-        self, timeout_s: float, peer: str | None = None, min_step: int = 0, metadata_only: bool = False
+        self, timeout_s: float, peer: str, min_step: int = 0, metadata_only: bool = False
     ) -> tuple[dict[str, Any], list[torch.Tensor]]: ...
 
     def donors(self, timeout_s: float) -> list[str]: ...
@@ -158,7 +158,7 @@ class TrainingPeer:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exchange")
         # Extra files for every checkpoint (the node adds its tokenizer so the serving engine loads the directory).
         self.checkpoint_files: dict[str, bytes] = {}
-        self._behind = False
+        self._group_round: int | None = None  # the group's round when it is not this peer's (see _realign)
         self._reference: list[str] = []  # the members whose state to take after this round (any of them)
         self._members: dict[str, tuple[int, str]] = {}  # what the last round's members gathered
 
@@ -337,7 +337,8 @@ class TrainingPeer:
         self.status.exchanges_ok += 1
         self.status.last_group = list(result.peers)
         self._members = dict(result.members)
-        self._behind = group_round(self.averager.peer_id, round_index, result.members) > round_index
+        agreed = group_round(self.averager.peer_id, round_index, result.members)
+        self._group_round = agreed if agreed != round_index else None
         if digest:
             self._reference = reference_holders(self.averager.peer_id, digest, round_index, result.members)
         return unflatten(result.tensors[0], outgoing)
@@ -345,13 +346,17 @@ class TrainingPeer:
     def next_batch(self) -> torch.Tensor:
         return self.data.batch(self.shard, self.cfg.batch_size, self.shard_seed, self.status.step)
 
-    def _catch_up(self) -> None:
-        """Most of the group was at a later round: take the state its members share after that round (the one most
-        of them claim, digest checked) rather than drift on stale rounds. One round ahead at most, so a donor can
-        not move this peer past where the group is."""
-        self._behind = False
+    def _realign(self) -> None:
+        """The group's round (the lower median of its members' claims) is not this peer's: take the state the
+        members at the group's round share after it (the one most of them claim, digest checked). A peer behind
+        catches up; a peer one round ahead of its group (it started earlier) steps back to the group's state, so
+        that members at different rounds do not stay apart. Never more than one round back, and a claim of a far
+        later round is no majority's, so no peer drags the others anywhere."""
+        target, self._group_round = self._group_round, None
         me = self.averager.peer_id if self.averager is not None else self.peer_id
-        target = group_round(me, self.status.step // self.cfg.inner_steps, self._members)
+        mine = self.status.step // self.cfg.inner_steps
+        if target is None or target < mine - 1:
+            return
         candidates = [p for p, (r, _) in self._members.items() if r == target and p != me]
         loaded = self._load_agreed_state(
             candidates,
@@ -360,10 +365,11 @@ class TrainingPeer:
             fits=lambda c: target <= c.round_index <= target + 1,
         )
         if loaded is None:
-            log.warning("behind the group (round %d) but no member's state could be taken", target)
-        elif loaded[0]["step"] > self.status.step:
-            self._load_state_tensors(loaded[1])
-            self._set_position(int(loaded[0]["round"]), int(loaded[0]["step"]))
+            log.warning("at round %d, the group at %d; no member's state could be taken", mine, target)
+            return
+        self._load_state_tensors(loaded[1])
+        self._set_position(int(loaded[0]["round"]), int(loaded[0]["step"]))
+        self.status.resyncs += 1
 
     def _take_reference_state(self) -> None:
         """This peer started the round from another outer state than the group's reference: take the state the
@@ -426,8 +432,8 @@ class TrainingPeer:
                 if self.outer.overlap_steps == 0:
                     digest = state_digest(self.outer.state_tensors()) if self.outer.group_agrees else ""
                     self.outer.incoming(f, self._exchange(f, st.step // h, outgoing, digest))
-                    if self._behind:
-                        self._catch_up()
+                    if self._group_round is not None:
+                        self._realign()
                     elif self._reference:
                         self._take_reference_state()
                 else:

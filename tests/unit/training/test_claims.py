@@ -11,7 +11,7 @@ import torch
 from training.consensus import StateClaim, group_round, majority_donors, state_claim, state_digest
 from training.trainer import TrainingPeer
 
-from .test_consensus import LocalGroup, states_equal, tiny_peer
+from .test_consensus import LocalGroup, run_round, states_equal, tiny_peer
 
 pytestmark = pytest.mark.timeout(60)
 D1, D2 = "1" * 32, "2" * 32
@@ -109,4 +109,15 @@ def test_a_claimed_later_round_moves_no_honest_peer() -> None:
     assert not any(t.is_alive() for t in threads)
     assert a.status.step == b.status.step == a.cfg.inner_steps and a.status.round_index == 1
     assert all(who not in ("a", "b") for who, _ in group.loads)  # no honest peer downloaded anything
+    assert states_equal(a, b)
+
+
+def test_a_peer_one_round_ahead_steps_back_to_the_groups_state() -> None:
+    group = LocalGroup(2)
+    a, b = tiny_peer("a", 0, group.member("a")), tiny_peer("b", 1, group.member("b"))
+    b.status.step = b.cfg.inner_steps  # b started a round earlier: it exchanges round 2 while a exchanges round 1
+    run_round([a, b])
+    h = a.cfg.inner_steps
+    assert (a.status.step, b.status.step) == (h, h) and (a.status.resyncs, b.status.resyncs) == (0, 1)
+    assert group.loads == [("b", "a")]  # b took a's state after round 1; a, at the group's round, took nothing
     assert states_equal(a, b)

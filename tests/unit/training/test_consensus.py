@@ -79,7 +79,7 @@ class LocalMember:
             self.group.shared[self.peer_id] = (dict(metadata), [t.clone() for t in tensors])
 
     def load_state(
-        self, timeout_s: float, peer: str | None = None, min_step: int = 0, metadata_only: bool = False
+        self, timeout_s: float, peer: str, min_step: int = 0, metadata_only: bool = False
     ) -> tuple[dict[str, Any], list[torch.Tensor]]:
         with self.group.lock:
             if peer not in self.group.shared:
