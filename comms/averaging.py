@@ -3,7 +3,8 @@
 `HivemindAverager` starts `comms.hivemind_worker` as a child interpreter (hivemind and libp2p cannot share
 one: both register `crypto.pb` in protobuf's default pool) and talks to it over two pipes. Calls are blocking
 and meant for the trainer's thread, never the trio loop. It knows nothing about models or optimizers: it
-averages lists of float tensors with the peers that share its prefix, model hash and shapes. Its byte
+averages lists of float tensors with the peers that share its prefix, model hash and shapes; what other peers
+send is bounded there (`comms.robust_average`), and states come only from a donor the caller names. Its byte
 counters come from the kernel's counts for the TCP sockets of the child's process tree (`comms.tcp_counters`).
 """
 
