@@ -216,6 +216,8 @@ class TrainingPeer:
             return "it holds NaN/Inf"
         if state_claim(meta, self.cfg.inner_steps, self.model_hash) is None:
             return "round/step/digest are missing or inconsistent"
+        if meta["step"] > self.cfg.total_steps:  # taking it would end this peer's run
+            return f"its step {meta['step']} is past this run's total_steps ({self.cfg.total_steps})"
         if state_digest(tensors[len(self.inner.params) :]) != meta["digest"]:
             return "its outer state does not match the digest it claims"
         return None

@@ -66,6 +66,21 @@ def test_a_joiner_takes_the_majority_state_and_refuses_a_wrong_digest() -> None:
     assert states_equal(joiner, honest)
 
 
+def test_a_lone_donor_past_total_steps_is_refused() -> None:
+    group = LocalGroup(1)
+    honest = tiny_peer("b", 0, group.member("b"))
+    total = honest.cfg.total_steps
+    share_poisoned(group, "a", honest, round=total, step=total * honest.cfg.inner_steps)
+    with group.lock:  # the forged donor's digest matches its tensors: only the step gives it away
+        meta, tensors = group.shared["a"]
+        n = len(honest.inner.params)
+        group.shared["a"] = ({**meta, "digest": state_digest(tensors[n:])}, tensors)
+        del group.shared["b"]
+    joiner = tiny_peer("z", 1, group.member("z"))
+    how = joiner.resume_or_join(join_timeout_s=5.0)
+    assert how.startswith("started fresh") and joiner.status.step == 0 and joiner.status.states_refused == 1
+
+
 def test_a_donor_claiming_a_later_step_is_outvoted() -> None:
     group = LocalGroup(1)
     honest = tiny_peer("b", 0, group.member("b"))
