@@ -3,7 +3,8 @@
 `HivemindAverager` starts `comms.hivemind_worker` as a child interpreter (hivemind and libp2p cannot share
 one: both register `crypto.pb` in protobuf's default pool) and talks to it over two pipes. Calls are blocking
 and meant for the trainer's thread, never the trio loop. It knows nothing about models or optimizers: it
-averages lists of float tensors with the peers that share its prefix, model hash and shapes. Its byte
+averages lists of float tensors with the peers that share its prefix, model hash and shapes; what other peers
+send is bounded there (`comms.robust_average`), and states come only from a donor the caller names. Its byte
 counters come from the kernel's counts for the TCP sockets of the child's process tree (`comms.tcp_counters`).
 """
 
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from comms.robust_average import bounded_weight
 from comms.tcp_counters import TcpByteCounter, TcpCountersUnavailable
 from protocols.errors import ErrorCode, SwarmError
 
@@ -63,6 +65,10 @@ class AveragingSettings:
     # The private swarm key (64 hex digits): every DHT and averaging RPC then needs proof of it
     # (`comms.hivemind_auth`). Sent to the child over its pipe, never on a command line; kept out of reprs.
     swarm_key_hex: str | None = field(default=None, repr=False)
+    # how reducers treat what senders claim (comms.robust_average): weights above max_weight are cut to it; a
+    # part whose norm is above max_norm_ratio times the median of the group's is excluded
+    max_weight: float = 1.0
+    max_norm_ratio: float = 4.0
 
 
 def averaging_host_maddrs(listen: list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -111,7 +117,7 @@ class AveragingCounters:
     payload_bytes_sent: int = 0
     payload_bytes_received: int = 0
     bytes_counted_at: str = "tcp socket"
-    parts_refused: int = 0
+    parts_refused: int = 0  # parts this peer's reducer did not average: undecodable, bad weight, shape or norm
     swarm_key_refused: int = 0  # DHT and averaging RPCs refused for want of the swarm key, and hellos that failed
     rounds_ok: int = 0
     rounds_failed: int = 0
@@ -142,6 +148,8 @@ def model_hash_of(shapes: list[tuple[int, ...]], extra: str = "") -> str:
 
 class HivemindAverager:
     """Blocking client of one averaging child process. Use as a context manager or call `close()`."""
+
+    worker_module = "comms.hivemind_worker"  # what the child runs (tests run forged workers)
 
     def __init__(self, settings: AveragingSettings, shapes: list[tuple[int, ...]], model_hash: str) -> None:
         self.settings = settings
@@ -177,7 +185,7 @@ class HivemindAverager:
         env["PYTHONPATH"] = os.pathsep.join([str(_PROJECT_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         env.setdefault("HIVEMIND_LOGLEVEL", "ERROR")
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "comms.hivemind_worker", str(r_child), str(w_child)],
+            [sys.executable, "-m", self.worker_module, str(r_child), str(w_child)],
             pass_fds=(r_child, w_child),
             env=env,
             cwd=str(_PROJECT_ROOT),
@@ -273,6 +281,8 @@ class HivemindAverager:
             raise AveragingError(ErrorCode.BAD_REQUEST, "tensor shapes differ from the averager's")
         if not all(np.isfinite(a).all() for a in arrays):
             raise AveragingError(ErrorCode.BAD_REQUEST, "refusing to send tensors with NaN/Inf")
+        if bounded_weight(weight, self.settings.max_weight) != weight:
+            raise AveragingError(ErrorCode.BAD_REQUEST, f"weight {weight} is not in (0, {self.settings.max_weight}]")
         req = {
             "op": "step",
             "tensors": arrays,
@@ -298,14 +308,22 @@ class HivemindAverager:
         self._call({"op": "share_state", "metadata": metadata, "tensors": arrays}, timeout_s=30.0)
 
     def load_state(
-        self, timeout_s: float, peer: str | None = None, min_step: int = 0
+        self, timeout_s: float, peer: str, min_step: int = 0, metadata_only: bool = False
     ) -> tuple[dict[str, Any], list[torch.Tensor]]:
-        """Download the state a peer of this run shares (`peer`, a hivemind peer id, or hivemind's choice);
-        raise `AveragingError` if none did in time. From a named `peer`, a state whose metadata `step` is below
-        `min_step` comes back with no tensors (they are not downloaded): ask again later."""
+        """Download the state `peer` (a hivemind peer id; see `donors`) shares; raise `AveragingError` if it did not
+        in time. A state whose metadata `step` is below `min_step`, or any state if `metadata_only`, comes back
+        with no tensors (they are not downloaded). Metadata and tensors are the peer's claims: check them.
+        (hivemind's own choice of donor, the one claiming the highest priority, is not offered: any peer can
+        claim it.)"""
         req = {"op": "load_state", "timeout_s": timeout_s, "peer": peer, "min_step": min_step}
+        req["metadata_only"] = metadata_only
         reply = self._call(req, timeout_s=timeout_s + 15.0)
-        return reply["metadata"], [torch.from_numpy(a) for a in reply["tensors"]]
+        metadata = reply["metadata"] if isinstance(reply["metadata"], dict) else {}
+        return metadata, [torch.from_numpy(a) for a in reply["tensors"]]
+
+    def donors(self, timeout_s: float) -> list[str]:
+        """Peer ids that declared they share a state (sorted; what each declared about its priority is ignored)."""
+        return list(self._call({"op": "donors", "timeout_s": timeout_s}, timeout_s=timeout_s + 15.0)["donors"])
 
     @property
     def alive(self) -> bool:

@@ -33,7 +33,8 @@ SENT, RECEIVED, REFUSED = 0, 1, 2
 class SwarmCodecCompression(CompressionBase):
     """hivemind `CompressionBase` backed by a `TensorCodec`. Counts, in a fork-shared array, the serialized
     size of every tensor message it produces (payload this process sends) and consumes (payload it receives),
-    and the parts it refuses (wrong codec, wrong size, NaN/Inf): hivemind then bans that sender for the round.
+    and the parts refused (here: wrong codec, wrong size, NaN/Inf, and hivemind then bans that sender for the
+    round; or by the reducer, `count_refused`).
     What crosses the sockets is counted by the kernel (`comms.tcp_counters`)."""
 
     compression_type = getattr(runtime_pb2.CompressionType, SLOT)
@@ -74,6 +75,10 @@ class SwarmCodecCompression(CompressionBase):
             raise ValueError(f"refused a tensor part: {err}") from err
         self._add(RECEIVED, serialized_tensor.ByteSize())
         return out
+
+    def count_refused(self) -> None:
+        """Count one part refused after decoding (the reducer excluded it: weight, shape, NaN/Inf or norm)."""
+        self._add(REFUSED, 1)
 
     def roundtrip(self, tensor: torch.Tensor) -> torch.Tensor:
         """What a peer decodes from `compress(tensor)`, without counting or pacing bytes (nothing is sent)."""

@@ -34,9 +34,11 @@ from hivemind.utils.asyncio import aiter_with_timeout, amap_in_executor, as_aite
 from hivemind.utils.streaming import combine_from_streaming
 from hivemind.utils.timed_storage import get_dht_time
 
-from comms import hivemind_matchmaking
+from comms import hivemind_matchmaking, hivemind_reducer
 from comms.hivemind_auth import SwarmKeyAuthorizer, SwarmKeyGate, SwarmKeyGuarded, derive_auth_key
 from comms.hivemind_compression import SwarmCodecCompression, install
+from comms.hivemind_reducer import RobustPartReducer, check_returned_averages
+from comms.robust_average import PartPolicy
 
 # The runner below overrides internals of this exact release; another one needs a review first.
 HIVEMIND_VERSION = "1.1.12"
@@ -51,11 +53,20 @@ class _AverageReturningRunner(AllReduceRunner):
     With hivemind's deltas and a lossy codec each sender adds a delta quantised against its own part to its own
     exact values, so group members end a round with different results and drift apart round after round. Here
     every member of a part decodes the same bytes: all members end with bitwise equal tensors (a part whose
-    reducer failed keeps the member's own values, as in hivemind)."""
+    reducer failed keeps the member's own values, as in hivemind). Parts are combined by `RobustPartReducer`:
+    senders' weights are bounded and bad parts excluded (`comms.robust_average`)."""
 
-    def __init__(self, *, compression: SwarmCodecCompression, **kwargs: Any) -> None:
+    def __init__(self, *, compression: SwarmCodecCompression, policy: PartPolicy, **kwargs: Any) -> None:
         super().__init__(compression=compression, **kwargs)
         self.compression = compression
+        self.tensor_part_reducer = RobustPartReducer(
+            self.tensor_part_reducer.part_shapes,
+            self.tensor_part_reducer.num_senders,
+            policy=policy,
+            on_excluded=lambda _reason: compression.count_refused(),
+        )
+        own_index = self.ordered_peer_ids.index(self.peer_id)
+        check_returned_averages(self.tensor_part_container, own_index, policy, compression.count_refused)
         self.tensor_part_container.return_deltas = False  # outputs are averages: a failed part keeps local values
         self._replying = 0  # senders whose parts this peer reduces and who are still being answered
         self._all_replied = asyncio.Event()
@@ -116,14 +127,17 @@ class _AverageReturningRunner(AllReduceRunner):
 
 
 MAX_DIGEST_CHARS = 128
+MAX_DONORS = 64  # a late joiner asks each listed donor for its metadata: a flood of declarations costs no more
 REPLIES_TIMEOUT_S = 5.0  # a sender that stops reading its averages does not hold the round longer than this
 
 
 class _StateServingAverager(SwarmKeyGuarded, DecentralizedAverager):
     """Serves the state its parent last pushed (weights + outer optimizer state) to peers that join late."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, policy: PartPolicy, **kwargs: Any) -> None:
         self.served_state: tuple[Any, list[torch.Tensor]] | None = None
+        self.policy = policy  # set before hivemind forks the averager process in super().__init__
+        hivemind_reducer.install()
         super().__init__(*args, **kwargs)
 
     async def _run_allreduce_inplace_(
@@ -140,6 +154,7 @@ class _StateServingAverager(SwarmKeyGuarded, DecentralizedAverager):
             tensors=tensors,
             group_id=group_id,
             ordered_peer_ids=group_info.peer_ids,
+            policy=self.policy,
             **kwargs,
         )
         if group_id not in self._running_groups:
@@ -150,15 +165,20 @@ class _StateServingAverager(SwarmKeyGuarded, DecentralizedAverager):
             self.last_updated = get_dht_time()
         await runner.wait_for_replies(REPLIES_TIMEOUT_S)
 
-    def load_state_from(self, peer: str, timeout: float, min_step: int = 0) -> tuple[Any, list[torch.Tensor]] | None:
-        """Download the state one given peer serves (hivemind's own `load_state_from_peers` picks the peer). A
-        state whose metadata says `step` < `min_step` comes back as its metadata alone, its tensors not fetched."""
+    def load_state_from(
+        self, peer: str, timeout: float, min_step: int = 0, metadata_only: bool = False
+    ) -> tuple[Any, list[torch.Tensor]] | None:
+        """Download the state one given peer serves (hivemind's own `load_state_from_peers` picks the peer that
+        claims the highest priority, which any peer can claim). A state whose metadata says `step` < `min_step`,
+        or any state when `metadata_only`, comes back as its metadata alone, its tensors not fetched."""
         future: MPFuture = MPFuture()
-        call = dict(peer=peer, timeout=timeout, min_step=min_step, future=future)
+        call = dict(peer=peer, timeout=timeout, min_step=min_step, metadata_only=metadata_only, future=future)
         self._outer_pipe.send(("_load_state_from_peer", [], call))
         return future.result(timeout=timeout + 5.0)
 
-    async def _load_state_from_peer(self, peer: str, timeout: float, min_step: int, future: MPFuture) -> None:
+    async def _load_state_from_peer(
+        self, peer: str, timeout: float, min_step: int, metadata_only: bool, future: MPFuture
+    ) -> None:
         try:
             stub = self.get_stub(self._p2p, PeerID.from_base58(peer), namespace=self.prefix)
             stream = await asyncio.wait_for(stub.rpc_download_state(averaging_pb2.DownloadRequest()), timeout)
@@ -166,7 +186,7 @@ class _StateServingAverager(SwarmKeyGuarded, DecentralizedAverager):
             async for message in aiter_with_timeout(stream, timeout=timeout):
                 if message.metadata:
                     metadata = self.serializer.loads(message.metadata)
-                    if _step_of(metadata) < min_step:  # not the state wanted yet: skip its tensors
+                    if metadata_only or _step_of(metadata) < min_step:  # skip its tensors
                         await stream.aclose()
                         future.set_result((metadata, []))
                         return
@@ -239,6 +259,7 @@ class Worker:
             reducer_timeout=allreduce_timeout / 2,
             next_chunk_timeout=allreduce_timeout / 2,
             compression=self.compression,
+            policy=PartPolicy(init["max_weight"], init["max_norm_ratio"]),
             state_compression=NoCompression(),
             declare_state_period=init["declare_state_period_s"],
             allow_state_sharing=False,  # declared a donor (a DHT store to every replica) once it has a state
@@ -300,10 +321,9 @@ class Worker:
 
     def handle_load_state(self, req: dict[str, Any]) -> dict[str, Any]:
         try:
-            if req.get("peer"):
-                loaded = self.averager.load_state_from(req["peer"], req["timeout_s"], req.get("min_step", 0))
-            else:
-                loaded = self.averager.load_state_from_peers(timeout=req["timeout_s"])
+            loaded = self.averager.load_state_from(
+                req["peer"], req["timeout_s"], req.get("min_step", 0), bool(req.get("metadata_only"))
+            )
         except Exception as err:
             return {"ok": False, "error": f"{type(err).__name__}: {err}"}
         if loaded is None or (isinstance(loaded[0], dict) and loaded[0].get("empty")):
@@ -314,6 +334,26 @@ class Worker:
             "metadata": metadata,
             "tensors": [t.detach().float().numpy().copy() for t in tensors],
         }
+
+    def handle_donors(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Peers that declared (in the DHT, where hivemind's `load_state_from_peers` looks) that they share a
+        state. The priorities they declared are dropped: any peer can declare itself the best donor."""
+        try:
+            key = f"{self.averager.prefix}.all_averagers"
+            found = self.dht.get(key, latest=True, return_future=True).result(timeout=req["timeout_s"])
+        except Exception as err:  # a DHT failure: no donors known
+            return {"ok": False, "error": f"{type(err).__name__}: {err}"}
+        records = found.value if found is not None and isinstance(found.value, dict) else {}
+        me = str(self.dht.peer_id)
+        donors = []
+        for subkey, record in records.items():
+            try:
+                peer = str(PeerID(subkey))
+            except Exception:  # a malformed record from the network is skipped
+                continue
+            if peer != me and isinstance(getattr(record, "value", None), (int, float)):
+                donors.append(peer)
+        return {"ok": True, "donors": sorted(donors)[:MAX_DONORS]}
 
     def shutdown(self) -> None:
         self.averager.shutdown()
@@ -334,6 +374,7 @@ def serve(conn_in: Connection, conn_out: Connection) -> None:
             "step": worker.handle_step,
             "share_state": worker.handle_share_state,
             "load_state": worker.handle_load_state,
+            "donors": worker.handle_donors,
         }
         while True:
             try:

@@ -1,11 +1,13 @@
 """One training peer: inner steps, exchanges through an averager, outer steps, state sharing, checkpoints.
 
 `TrainingPeer.run` is blocking and meant for a worker thread or process. The averager is anything with the
-`HivemindAverager` methods `step`, `share_state` and `load_state` and its `peer_id` (None trains alone).
+`HivemindAverager` methods `step`, `share_state`, `load_state` and `donors` and its `peer_id` (None trains alone).
 Exchanged tensors are flattened into one fixed-length fp32 vector per exchange (zero-padded to the largest
 fragment), so one averager serves every fragment. Where the group must agree on the outer state (DiLoCo), a peer
 whose state differed from the group's at the start of a round takes a member's state after it
-(`training.consensus`). This module knows nothing about gossip or HTTP.
+(`training.consensus`). What other peers claim (their round, their state) is checked against the group: a state is
+taken only from donors making the majority's claim, and its digest is recomputed. This module knows nothing about
+gossip or HTTP.
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ import torch
 from comms.averaging import AveragingError, AveragingResult, AveragingSettings
 from training.checkpoint import load_latest, save_checkpoint
 from training.config import TrainingConfig
-from training.consensus import reference_peer, state_digest
+from training.consensus import (
+    StateClaim,
+    group_round,
+    majority_donors,
+    reference_holders,
+    state_claim,
+    state_digest,
+)
 from training.data import TokenData
 from training.inner import InnerLoop
 from training.model import build_model, llama_config, model_hash
@@ -32,6 +41,7 @@ from training.outer import OuterOptimizer, make_outer
 
 log = logging.getLogger(__name__)
 HISTORY_LEN = 20_000
+CLAIM_POLL_S = 0.1  # between asks of a donor that has not shared the state wanted yet
 
 
 class Averager(Protocol):
@@ -50,8 +60,10 @@ class Averager(Protocol):
     def share_state(self, metadata: dict[str, Any], tensors: list[torch.Tensor]) -> None: ...
 
     def load_state(
-        self, timeout_s: float, peer: str | None = None, min_step: int = 0
+        self, timeout_s: float, peer: str, min_step: int = 0, metadata_only: bool = False
     ) -> tuple[dict[str, Any], list[torch.Tensor]]: ...
+
+    def donors(self, timeout_s: float) -> list[str]: ...
 
 
 @dataclass
@@ -65,6 +77,7 @@ class PeerStatus:
     exchanges_ok: int = 0
     exchanges_failed: int = 0
     resyncs: int = 0  # rounds after which this peer took a group member's state (see training.consensus)
+    states_refused: int = 0  # states downloaded from a peer and refused (digest, shapes, NaN, claim changed)
     # bounded: a node may train for days
     history: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=HISTORY_LEN))
     eval_history: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=HISTORY_LEN))
@@ -145,8 +158,9 @@ class TrainingPeer:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exchange")
         # Extra files for every checkpoint (the node adds its tokenizer so the serving engine loads the directory).
         self.checkpoint_files: dict[str, bytes] = {}
-        self._behind = False
-        self._reference: str | None = None  # the member whose state to take after this round
+        self._group_round: int | None = None  # the group's round when it is not this peer's (see _realign)
+        self._reference: list[str] = []  # the members whose state to take after this round (any of them)
+        self._members: dict[str, tuple[int, str]] = {}  # what the last round's members gathered
 
     # state: checkpoints and late join -------------------------------------------------------------------
     def state_tensors(self) -> list[torch.Tensor]:
@@ -177,13 +191,15 @@ class TrainingPeer:
                 self._set_position(ckpt.round_index, ckpt.step)
                 return f"resumed from {ckpt.path}"
         if self.averager is not None and join_timeout_s is not None:
+            deadline = time.monotonic() + join_timeout_s
             try:
-                meta, tensors = self.averager.load_state(timeout_s=join_timeout_s)
+                donors = self.averager.donors(timeout_s=join_timeout_s)
             except AveragingError as err:
                 return f"started fresh ({err})"
-            problem = self._state_problem(meta, tensors)
-            if problem:
-                return f"started fresh (refused a peer's state: {problem})"
+            loaded = self._load_agreed_state(donors, min_step=0, deadline=deadline, fits=lambda c: True)
+            if loaded is None:
+                return f"started fresh (no state that most of {len(donors)} donor(s) agree on)"
+            meta, tensors = loaded
             self._load_state_tensors(tensors)
             self._set_position(int(meta["round"]), int(meta["step"]))
             return f"joined at step {self.status.step} with a peer's state"
@@ -198,8 +214,69 @@ class TrainingPeer:
             return "tensor shapes differ from this model's"
         if not all(bool(torch.isfinite(t).all()) for t in tensors):
             return "it holds NaN/Inf"
-        if not isinstance(meta.get("step"), int) or not isinstance(meta.get("round"), int) or meta["step"] < 0:
-            return "round/step are missing or not integers"
+        if state_claim(meta, self.cfg.inner_steps, self.model_hash) is None:
+            return "round/step/digest are missing or inconsistent"
+        if meta["step"] > self.cfg.total_steps:  # taking it would end this peer's run
+            return f"its step {meta['step']} is past this run's total_steps ({self.cfg.total_steps})"
+        if state_digest(tensors[len(self.inner.params) :]) != meta["digest"]:
+            return "its outer state does not match the digest it claims"
+        return None
+
+    def _collect_claims(self, candidates: list[str], min_step: int, deadline: float) -> dict[str, StateClaim]:
+        """Ask each candidate donor (metadata only) what state it shares, until each shares one at `min_step` or
+        later, a strict majority of them agree, or `deadline`. A malformed claim or a dead donor drops out."""
+        claims: dict[str, StateClaim] = {}
+        if self.averager is None:
+            return claims
+        pending = list(dict.fromkeys(candidates))
+        total = len(pending)
+        while pending and time.monotonic() < deadline:
+            for peer in list(pending):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    timeout_s = min(left, self.cfg.request_timeout_s)
+                    meta, _ = self.averager.load_state(timeout_s, peer=peer, min_step=min_step, metadata_only=True)
+                except AveragingError:
+                    pending.remove(peer)
+                    continue
+                claim = state_claim(meta, self.cfg.inner_steps, self.model_hash)
+                if claim is None or claim.step >= min_step:
+                    pending.remove(peer)
+                if claim is not None and claim.step >= min_step:
+                    claims[peer] = claim
+            agreed = majority_donors(claims)
+            if 2 * len(agreed) > total:
+                break
+            if pending:
+                time.sleep(CLAIM_POLL_S)
+        return claims
+
+    def _load_agreed_state(
+        self, candidates: list[str], *, min_step: int, deadline: float, fits: Callable[[StateClaim], bool]
+    ) -> tuple[dict[str, Any], list[torch.Tensor]] | None:
+        """Download the state most `candidates` claim (among claims `fits` accepts) from one of them, checked:
+        its recomputed digest and its claim must be what that donor's metadata said. None if no donor gave it."""
+        if self.averager is None:
+            return None
+        claims = {p: c for p, c in self._collect_claims(candidates, min_step, deadline).items() if fits(c)}
+        for peer in majority_donors(claims):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                meta, tensors = self.averager.load_state(timeout_s=left, peer=peer, min_step=min_step)
+            except AveragingError as err:
+                log.warning("could not download %s's state: %s", peer, err)
+                continue
+            problem = self._state_problem(meta, tensors)
+            if problem is None and state_claim(meta, self.cfg.inner_steps, self.model_hash) != claims[peer]:
+                problem = "its state is not the one its metadata claimed"
+            if problem is None:
+                return meta, tensors
+            self.status.states_refused += 1
+            log.warning("refused %s's state: %s", peer, problem)
         return None
 
     def _set_position(self, round_index: int, step: int) -> None:
@@ -228,6 +305,7 @@ class TrainingPeer:
         if self.averager is None:
             return
         meta = {"round": self.status.round_index, "step": self.status.step, "model_hash": self.model_hash}
+        meta["digest"] = state_digest(self.outer.state_tensors())
         self.averager.share_state(meta, self.state_tensors())
 
     # the loop ------------------------------------------------------------------------------------------
@@ -236,7 +314,7 @@ class TrainingPeer:
     ) -> list[torch.Tensor] | None:
         """Average `outgoing` with a group; `digest` (of the outer state this round starts from, or "") is
         compared with the members' to pick a state to take after the round."""
-        self._reference = None
+        self._reference = []
         if self.averager is None:
             return None
         bits = self.outer.group_bits(round_index, self.peers(), self.peer_id)
@@ -256,61 +334,62 @@ class TrainingPeer:
             return None
         self.status.exchanges_ok += 1
         self.status.last_group = list(result.peers)
-        self._behind = any(r > round_index for r in result.rounds)
+        self._members = dict(result.members)
+        agreed = group_round(self.averager.peer_id, round_index, result.members)
+        self._group_round = agreed if agreed != round_index else None
         if digest:
-            self._reference = reference_peer(self.averager.peer_id, digest, round_index, result.members)
+            self._reference = reference_holders(self.averager.peer_id, digest, round_index, result.members)
         return unflatten(result.tensors[0], outgoing)
 
     def next_batch(self) -> torch.Tensor:
         return self.data.batch(self.shard, self.cfg.batch_size, self.shard_seed, self.status.step)
 
-    def _catch_up(self) -> None:
-        """A group peer was at a later round: take the state peers share rather than drift on stale rounds."""
-        self._behind = False
-        if self.averager is None:
+    def _realign(self) -> None:
+        """The group's round (the lower median of its members' claims) is not this peer's: take the state the
+        members at the group's round share after it (the one most of them claim, digest checked). A peer behind
+        catches up; a peer one round ahead of its group (it started earlier) steps back to the group's state, so
+        that members at different rounds do not stay apart. Never more than one round back, and a claim of a far
+        later round is no majority's, so no peer drags the others anywhere."""
+        target, self._group_round = self._group_round, None
+        me = self.averager.peer_id if self.averager is not None else self.peer_id
+        mine = self.status.step // self.cfg.inner_steps
+        if target is None or target < mine - 1:
             return
-        try:
-            meta, tensors = self.averager.load_state(timeout_s=self.cfg.round_timeout_s)
-        except AveragingError as err:
-            log.warning("behind the group but could not load a peer's state: %s", err)
+        candidates = [p for p, (r, _) in self._members.items() if r == target and p != me]
+        loaded = self._load_agreed_state(
+            candidates,
+            min_step=target * self.cfg.inner_steps,
+            deadline=time.monotonic() + self.cfg.round_timeout_s,
+            fits=lambda c: target <= c.round_index <= target + 1,
+        )
+        if loaded is None:
+            log.warning("at round %d, the group at %d; no member's state could be taken", mine, target)
             return
-        problem = self._state_problem(meta, tensors)
-        if problem:
-            log.warning("behind the group; refused a peer's state: %s", problem)
-        elif meta["step"] > self.status.step:
-            self._load_state_tensors(tensors)
-            self._set_position(int(meta["round"]), int(meta["step"]))
+        self._load_state_tensors(loaded[1])
+        self._set_position(int(loaded[0]["round"]), int(loaded[0]["step"]))
+        self.status.resyncs += 1
 
     def _take_reference_state(self) -> None:
-        """This peer started the round from another outer state than the group's reference: take the reference
-        member's state after the same round (it shares it right after its outer step; wait for that)."""
-        peer, self._reference = self._reference, None
-        if self.averager is None or peer is None:
+        """This peer started the round from another outer state than the group's reference: take the state the
+        reference holders share after the same round (right after their outer step; wait for that), from one
+        making the claim most of them make, digest checked."""
+        holders, self._reference = self._reference, []
+        if self.averager is None or not holders:
             return
-        deadline = time.monotonic() + self.cfg.round_timeout_s
-        while True:
-            try:
-                meta, tensors = self.averager.load_state(
-                    timeout_s=self.cfg.round_timeout_s, peer=peer, min_step=self.status.step
-                )
-            except AveragingError as err:
-                log.warning("state differs from the group's; could not load %s's state: %s", peer, err)
-                return
-            step = meta.get("step")
-            if isinstance(step, int) and step < self.status.step:  # not shared yet: tensors were not fetched
-                if time.monotonic() > deadline:
-                    log.warning("state differs from the group's; %s did not share this round's state in time", peer)
-                    return
-                time.sleep(0.1)
-                continue
-            problem = self._state_problem(meta, tensors)
-            if problem:
-                log.warning("state differs from the group's; refused %s's state: %s", peer, problem)
-                return
-            self._load_state_tensors(tensors)
-            self._set_position(int(meta["round"]), int(meta["step"]))
-            self.status.resyncs += 1
+        step, h = self.status.step, self.cfg.inner_steps
+        loaded = self._load_agreed_state(
+            holders,
+            min_step=step,
+            deadline=time.monotonic() + self.cfg.round_timeout_s,
+            fits=lambda c: c.round_index <= step // h + 1,
+        )
+        if loaded is None:
+            log.warning("state differs from the group's; no state of %s could be taken", ", ".join(holders))
             return
+        meta, tensors = loaded
+        self._load_state_tensors(tensors)
+        self._set_position(int(meta["round"]), int(meta["step"]))
+        self.status.resyncs += 1
 
     def evaluate(self) -> float:
         loss = self.inner.evaluate(self.eval_set)
@@ -351,9 +430,9 @@ class TrainingPeer:
                 if self.outer.overlap_steps == 0:
                     digest = state_digest(self.outer.state_tensors()) if self.outer.group_agrees else ""
                     self.outer.incoming(f, self._exchange(f, st.step // h, outgoing, digest))
-                    if self._behind:
-                        self._catch_up()
-                    elif self._reference is not None:
+                    if self._group_round is not None:
+                        self._realign()
+                    elif self._reference:
                         self._take_reference_state()
                 else:
                     fut = self._pool.submit(self._exchange, f, st.step // h, outgoing)

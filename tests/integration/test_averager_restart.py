@@ -73,8 +73,8 @@ def test_killed_averager_restarts_and_averages_again(pair: list[HivemindAverager
 
     assert restarts.check() is True
     assert b.alive and b.counters.restarts == 1 and b.peer_id != old_id and restarts.failures == 0
-    data = [torch.full((32,), -1.0), torch.full((32,), 5.0)]
+    data = [torch.full((32,), -1.0), torch.full((32,), 3.0)]  # norms within the reducers' 4x-median bound
     for res in step_both(pair, data):
         assert isinstance(res, AveragingResult), res
         assert res.group_size == 2 and b.peer_id in res.peers
-        assert torch.allclose(res.tensors[0], torch.full((32,), 2.0))
+        assert torch.allclose(res.tensors[0], torch.full((32,), 1.0))

@@ -13,7 +13,7 @@ import torch
 from comms.averaging import AveragingError, AveragingResult
 from protocols.errors import ErrorCode
 from training.config import TrainingConfig
-from training.consensus import reference_peer, state_digest
+from training.consensus import reference_holders, state_digest
 from training.data import TokenData
 from training.trainer import TrainingPeer
 
@@ -30,17 +30,17 @@ def test_digest_is_bitwise() -> None:
 
 def test_reference_is_the_majority_then_the_lowest_holder() -> None:
     members = {"a": (5, "X"), "b": (5, "Y"), "d": (5, "X")}
-    assert reference_peer("b", "Y", 5, members) == "a"  # X held by a and d: b takes a's (lowest id)
-    assert reference_peer("a", "X", 5, members) is None
-    assert reference_peer("d", "X", 5, members) is None
+    assert reference_holders("b", "Y", 5, members) == ["a", "d"]  # X held by a and d: b takes theirs
+    assert reference_holders("a", "X", 5, members) == []
+    assert reference_holders("d", "X", 5, members) == []
     tie = {"a": (5, "Y"), "b": (5, "X")}
-    assert reference_peer("a", "Y", 5, tie) is None  # a tie: the digest of the lowest peer id wins
-    assert reference_peer("b", "X", 5, tie) == "a"
+    assert reference_holders("a", "Y", 5, tie) == []  # a tie: the digest of the lowest peer id wins
+    assert reference_holders("b", "X", 5, tie) == ["a"]
 
 
 def test_reference_ignores_other_rounds_and_missing_digests() -> None:
     members = {"a": (4, "X"), "b": (5, "Y"), "c": (5, ""), "e": (-1, "X")}
-    assert reference_peer("b", "Y", 5, members) is None  # alone at round 5 with a digest
+    assert reference_holders("b", "Y", 5, members) == []  # alone at round 5 with a digest
 
 
 class LocalGroup:
@@ -79,14 +79,20 @@ class LocalMember:
             self.group.shared[self.peer_id] = (dict(metadata), [t.clone() for t in tensors])
 
     def load_state(
-        self, timeout_s: float, peer: str | None = None, min_step: int = 0
+        self, timeout_s: float, peer: str, min_step: int = 0, metadata_only: bool = False
     ) -> tuple[dict[str, Any], list[torch.Tensor]]:
         with self.group.lock:
-            self.group.loads.append((self.peer_id, peer))
             if peer not in self.group.shared:
                 raise AveragingError(ErrorCode.TIMEOUT, f"{peer} shares no state")
             meta, tensors = self.group.shared[peer]
-            return dict(meta), ([t.clone() for t in tensors] if meta["step"] >= min_step else [])
+            if metadata_only or meta["step"] < min_step:
+                return dict(meta), []
+            self.group.loads.append((self.peer_id, peer))
+            return dict(meta), [t.clone() for t in tensors]
+
+    def donors(self, timeout_s: float) -> list[str]:
+        with self.group.lock:
+            return sorted(p for p in self.group.shared if p != self.peer_id)
 
 
 def tiny_peer(peer_id: str, shard: int, member: LocalMember) -> TrainingPeer:

@@ -10,6 +10,7 @@ import torch
 from comms.averaging import AveragingError
 from protocols.errors import ErrorCode
 from training.config import TrainingConfig
+from training.consensus import state_digest
 from training.data import TokenData
 from training.inner import lr_factor
 from training.trainer import TrainingPeer
@@ -40,9 +41,19 @@ class DonorAverager:
     def __init__(self, donor: TrainingPeer) -> None:
         self.donor = donor
 
-    def load_state(self, timeout_s: float, peer: str | None = None, min_step: int = 0) -> tuple[dict, list]:
-        meta = {"round": 0, "step": self.donor.status.step, "model_hash": self.donor.model_hash}
-        return meta, [t.clone() for t in self.donor.state_tensors()]
+    def donors(self, timeout_s: float) -> list[str]:
+        return ["donor"]
+
+    def load_state(
+        self, timeout_s: float, peer: str, min_step: int = 0, metadata_only: bool = False
+    ) -> tuple[dict, list]:
+        meta = {
+            "round": 0,
+            "step": self.donor.status.step,
+            "model_hash": self.donor.model_hash,
+            "digest": state_digest(self.donor.outer.state_tensors()),
+        }
+        return meta, [] if metadata_only else [t.clone() for t in self.donor.state_tensors()]
 
     def step(self, *args: Any, **kwargs: Any) -> Any:
         raise AveragingError(ErrorCode.TIMEOUT, "no group")
