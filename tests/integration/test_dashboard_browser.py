@@ -82,7 +82,9 @@ def _loss_points(server: NodeProcess, peer_id: str) -> int:
 @pytest.mark.skipif(BROWSER is None, reason=INSTALL_HINT)
 def test_dashboard_in_headless_chromium(swarm, tmp_path: Path) -> None:
     server, ids, trainer_id = swarm
-    wait_until(lambda: _loss_points(server, trainer_id) >= 2, timeout_s=120, interval_s=0.5)
+    # The README's picture waits for a longer curve; the test needs a line, not a dot.
+    points = 10 if os.environ.get("SWARM_DASHBOARD_SCREENSHOT") else 2
+    wait_until(lambda: _loss_points(server, trainer_id) >= points, timeout_s=180, interval_s=0.5)
     found = trio.run(_drive_page, server.http, tmp_path, ids[2])
 
     assert all(peer_id in found["peers_text"] for peer_id in ids), found["peers_text"]
