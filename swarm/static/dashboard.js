@@ -5,6 +5,7 @@
 
 const POLL_MS = 2000;
 const MAX_ANSWER_CHARS = 20000;
+const CHAT_MAX_TOKENS = 64; // a short answer: the box is for trying the swarm, not for long work
 const KEY_STORE = "swarm-api-key";
 const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"];
 const SVG_NS = "http://www.w3.org/2000/svg";
@@ -258,7 +259,7 @@ async function sendChat(event) {
     const body = {
       model,
       messages: [{ role: "user", content: $("chat-input").value }],
-      max_tokens: 64,
+      max_tokens: CHAT_MAX_TOKENS,
       stream: true,
     };
     const response = await api("/v1/chat/completions", {

@@ -143,6 +143,8 @@ async def open_page(binary: str, url: str, workdir: Path, *, width: int = 1400, 
             metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}
             await page.call("Emulation.setDeviceMetricsOverride", metrics)
             await page.call("Page.navigate", {"url": url})
+            await page.wait_for(f"location.href === {json.dumps(url)} && document.readyState === 'complete'",
+                                START_TIMEOUT_S)  # fmt: skip
             yield page
             nursery.cancel_scope.cancel()
     finally:

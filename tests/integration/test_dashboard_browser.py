@@ -142,3 +142,28 @@ async def _drive_page(http: str, workdir: Path, hostile_id: str) -> dict:
         target = os.environ.get("SWARM_DASHBOARD_SCREENSHOT")
         found["screenshot"] = await page.screenshot(Path(target) if target else workdir / "dashboard.png")
     return found
+
+
+@pytest.mark.skipif(BROWSER is None, reason=INSTALL_HINT)
+def test_dashboard_asks_for_the_api_key(start_node, tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("sk-dashboard\n")
+    node = start_node("keyed", "--api-key-file", str(keys))
+    found = trio.run(_enter_key, node.http, tmp_path)
+    assert found["form_shown"] and found["rows_before"] == 0
+    assert found["rows_after"] == 1 and node.peer_id in found["peers_text"]
+    assert found["form_hidden_after"]
+
+
+async def _enter_key(http: str, workdir: Path) -> dict:
+    found: dict = {}
+    async with open_page(BROWSER, f"{http}/", workdir) as page:
+        found["form_shown"] = await page.wait_for("!document.querySelector('#key-form').hidden", PAGE_TIMEOUT_S)
+        found["rows_before"] = await page.evaluate("document.querySelectorAll('#peers tbody tr').length")
+        await page.evaluate("document.querySelector('#key-input').value = 'sk-dashboard'")
+        await page.evaluate("document.querySelector('#key-form').requestSubmit()")
+        await page.wait_for("document.querySelectorAll('#peers tbody tr').length === 1", PAGE_TIMEOUT_S)
+        found["rows_after"] = await page.evaluate("document.querySelectorAll('#peers tbody tr').length")
+        found["peers_text"] = await page.evaluate("document.querySelector('#peers').textContent")
+        found["form_hidden_after"] = await page.evaluate("document.querySelector('#key-form').hidden")
+    return found
