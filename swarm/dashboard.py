@@ -9,6 +9,7 @@ rest of the API. Knows the node's views, not how they are gathered.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import OrderedDict, deque
@@ -23,6 +24,7 @@ from starlette.routing import Route
 
 from protocols.errors import SwarmError
 
+log = logging.getLogger(__name__)
 MAX_PEERS = 256  # rows in the peers table
 MAX_CURVES = 64  # peers whose curves are kept
 MAX_POINTS = 120  # points per curve
@@ -152,7 +154,11 @@ class DashboardState:
 
     async def run(self, interval_s: float) -> None:
         while True:
-            self.sample()
+            try:
+                self.sample()
+            except Exception as err:  # a page that misses a point must not take the node's HTTP API down with it
+                log.warning("dashboard sample failed: %s", err)
+                log.debug("dashboard sample failure", exc_info=err)
             await trio.sleep(interval_s)
 
 

@@ -212,5 +212,11 @@ async def log_status(roles: list[Any], interval_s: float) -> None:
     status = StatusLine(roles)
     while True:
         await trio.sleep(interval_s)
-        for line in status.lines():
+        try:
+            lines = status.lines()
+        except Exception as err:  # a status line is not worth the node: say so and try again next interval
+            log.warning("status line failed: %s", err)
+            log.debug("status line failure", exc_info=err)
+            continue
+        for line in lines:
             log.info("%s", line)

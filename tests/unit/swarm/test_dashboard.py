@@ -83,3 +83,24 @@ def test_serving_figures_and_rate() -> None:
     assert serving["tokens_per_s"] == 10.0
     assert serving["requests"] == 1 and serving["ttft_ms"] == 20.0 and serving["tpot_ms"] == 10.0
     assert serving["running"] == 2 and serving["waiting"] == 3 and serving["kv_usage"] == 0.4
+
+
+def test_a_failing_sample_does_not_stop_the_sampler() -> None:
+    import trio
+    import trio.testing
+
+    class BrokenNode(FakeNode):
+        calls = 0
+
+        def peers_view(self) -> list[dict]:
+            BrokenNode.calls += 1
+            raise RuntimeError("a bug in a view")
+
+    state = DashboardState(BrokenNode([_row("me")]))
+
+    async def main() -> None:
+        with trio.move_on_after(10.5):  # virtual time: the mock clock jumps
+            await state.run(1.0)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert BrokenNode.calls == 11  # at 0, 1, ..., 10 s: every interval sampled again
