@@ -200,8 +200,12 @@ class Doctor:
         try:
             remote = await host.connect(addr)
         except CommsError as err:
-            fix = ("the swarm keys differ, or the peer id in the address is not the peer listening there: use the "
-                   "same --swarm-key file on every node, and the address the peer prints on start")  # fmt: skip
+            if self.config.network.swarm_key is not None:
+                fix = ("the peer's swarm key differs from this --swarm-key (or it runs without one): copy the same "
+                       "swarm.key to every node")  # fmt: skip
+            else:
+                fix = "the peer runs a private swarm: give this node its --swarm-key; or it is not a swarm node"
+            fix += "; and use the address the peer prints on start (its peer id must be the one listening there)"
             self.add(name, "fail", f"TCP answers but the libp2p handshake fails: {err}", fix)
             return "tcp"
         try:
@@ -219,8 +223,8 @@ class Doctor:
         keyed = self.config.network.swarm_key is not None
         where = "a private swarm (swarm key set)" if keyed else "an open swarm (no swarm key)"
         if "tcp" in answered:
-            self.add("swarm key", "fail", f"this node is in {where}; a bootstrap peer answers TCP but not the "
-                     "handshake", "use the same swarm.key file on every node, or none on any")  # fmt: skip
+            detail = f"this node is in {where}; a bootstrap peer answers TCP but not the handshake, as when keys differ"
+            self.add("swarm key", "fail", detail, "use the same swarm.key file on every node, or none on any")
         elif "ok" in answered:
             self.add("swarm key", "ok", f"this node is in {where}, as its bootstrap peers are")
         else:
