@@ -66,6 +66,9 @@ def serving_families(engine: Any) -> Iterator[Metric]:
                      stats.tpot, engine.model_id)  # fmt: skip
     yield _histogram("vllm:inter_token_latency_seconds", "Time between two tokens of a request.",
                      stats.inter_token, engine.model_id)  # fmt: skip
+    # The same figure under its older vLLM name, which vLLM's own example Grafana dashboard still queries.
+    yield _histogram("vllm:time_per_output_token_seconds", "Time between two tokens of a request (older name).",
+                     stats.inter_token, engine.model_id)  # fmt: skip
     yield _histogram("vllm:e2e_request_latency_seconds", "End-to-end request latency.", stats.e2e, engine.model_id)
     yield _gauge("vllm:num_requests_running", "Requests in the running batch.", load.running, model)
     yield _gauge("vllm:num_requests_waiting", "Requests waiting to be scheduled.", load.waiting, model)

@@ -62,6 +62,7 @@ def test_every_role_exports_its_figures() -> None:
     model = 'model_name="m<1>"'
     assert f'vllm:time_to_first_token_seconds_bucket{{le="0.04",{model}}} 1.0' in text
     assert f'vllm:time_to_first_token_seconds_bucket{{le="0.02",{model}}} 0.0' in text
+    assert f"vllm:time_per_output_token_seconds_count{{{model}}} 0.0" in text  # the older name of inter-token
     assert f"vllm:num_requests_running{{{model}}} 2.0" in text
     assert f"vllm:num_requests_waiting{{{model}}} 3.0" in text
     assert f"vllm:kv_cache_usage_perc{{{model}}} 0.4" in text
