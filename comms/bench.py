@@ -23,7 +23,8 @@ from protocols.limits import STREAM_LIMITS
 
 BULK_PROTOCOL = "/swarm/bench-bulk/1.0.0"
 CHUNK_BYTES = 64 * 1024
-Progress = Callable[[str], None]
+GOSSIP_PROGRESS_EVERY = 10  # messages between two progress reports
+Progress = Callable[[str], None]  # called with a message as each step begins
 
 
 def _local_host() -> P2PHost:
@@ -144,7 +145,7 @@ async def _gossip(num_peers: int, messages: int, progress: Progress) -> dict[str
         for m in range(messages):
             publisher = hosts[m % num_peers]
             await publisher.publish(topic, struct.pack(">d", time.perf_counter()) + os.urandom(120))
-            if m % 10 == 0:
+            if m % GOSSIP_PROGRESS_EVERY == 0:
                 progress(f"gossip: message {m + 1}/{messages}")
             await trio.sleep(0.02)
         await trio.sleep(2.0)
@@ -168,16 +169,26 @@ def _percentile(sorted_values: list[float], pct: float) -> float | None:
     return sorted_values[k]
 
 
-def run_comms_bench(*, quick: bool, num_peers: int = 5, progress: Progress | None = None) -> dict[str, Any]:
-    """Run both parts; returns the bench JSON object (without the machine description)."""
-    progress = progress or (lambda _msg: None)
-    config = {
+def bench_config(quick: bool, num_peers: int) -> dict[str, Any]:
+    return {
         "bulk_bytes": (16 if quick else 64) * 2**20,
         "bulk_repeats": 3 if quick else 5,
         "gossip_peers": num_peers,
         "gossip_messages": 40 if quick else 200,
         "chunk_bytes": CHUNK_BYTES,
     }
+
+
+def progress_steps(quick: bool, num_peers: int = 5) -> int:
+    """How many times `run_comms_bench` reports progress: two per bulk repeat, the mesh wait, the gossip reports."""
+    config = bench_config(quick, num_peers)
+    return 2 * config["bulk_repeats"] + 1 + -(-config["gossip_messages"] // GOSSIP_PROGRESS_EVERY)
+
+
+def run_comms_bench(*, quick: bool, num_peers: int = 5, progress: Progress | None = None) -> dict[str, Any]:
+    """Run both parts; returns the bench JSON object (without the machine description)."""
+    progress = progress or (lambda _msg: None)
+    config = bench_config(quick, num_peers)
 
     async def _main() -> dict[str, Any]:
         bulk = await _bulk(config["bulk_bytes"], config["bulk_repeats"], progress)

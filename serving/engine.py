@@ -12,7 +12,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -39,6 +39,7 @@ from serving.request import (
 )
 from serving.runner import ModelRunner, kv_layout_of, model_max_context
 from serving.scheduler import Scheduler, StepUpdate
+from serving.stats import ServingStats
 
 log = logging.getLogger(__name__)
 Sink = Callable[[EngineEvent], None]
@@ -66,6 +67,7 @@ class _Stream:
     request: Request
     samples: dict[int, Request]
     reasons: dict[int, FinishReason]
+    token_s: dict[int, float] = field(default_factory=dict)  # per sample, when its latest token came
 
 
 def resolve_device(name: str) -> torch.device:
@@ -107,6 +109,7 @@ class Engine:
         self.scheduler: Scheduler | None = None
         self.latency: LatencyModel | None = None
         self.num_steps = 0
+        self.stats = ServingStats()
         # Set once, from the engine thread, when the step loop dies: why, in one line. ``on_failure`` (set by the
         # owner before ``start``) is then called with it from that thread and must not block.
         self.failure: str | None = None
@@ -163,6 +166,13 @@ class Engine:
         """Validate and admit `params`; events go to `sink` from the engine thread (it must not block)."""
         if self.scheduler is None or self._stopping:
             raise EngineError(self.failure or "engine is not running")
+        try:
+            self._admit(params, sink)
+        except ProtocolError as err:
+            self.stats.refused(err.code.name)
+            raise
+
+    def _admit(self, params: GenerateParams, sink: Sink) -> None:
         params.validate(self.config.max_new_tokens_limit, self.config.max_n)
         prompt_ids = self._prompt_ids(params)
         max_new = min(params.max_new_tokens, self.max_context - len(prompt_ids))
@@ -265,6 +275,8 @@ class Engine:
                 "steps": self.num_steps,
                 "preemptions": sched.num_preemptions,
                 "cached_blocks": sched.allocator.num_cached,
+                "kv_blocks": sched.allocator.num_blocks,
+                "kv_blocks_free": sched.allocator.num_free,
             }
 
     def reset_prefix_cache(self) -> None:
@@ -354,6 +366,7 @@ class Engine:
             if stream is None:
                 continue
             stream.samples[req.index] = req
+            self._record_tokens(stream, req, len(up.new_token_ids))
             detok = stream.detoks[req.index]
             text = detok.add(up.new_token_ids)
             reason: FinishReason | None = up.finish_reason
@@ -370,6 +383,14 @@ class Engine:
                 out.append((stream.sink, self._done_event(stream, None)))
         return out
 
+    def _record_tokens(self, stream: _Stream, req: Request, count: int) -> None:
+        now = req.last_token_s or time.perf_counter()
+        previous = stream.token_s.get(req.index)
+        stream.token_s[req.index] = now
+        if previous is None and req.index == 0 and req.first_token_s is not None:
+            self.stats.first_token(req.first_token_s - req.arrival_s)
+        self.stats.tokens(count, None if previous is None else now - previous)
+
     def _finish(self, request_id: str, reason: FinishReason, error: str | None) -> tuple[Sink, EngineEvent] | None:
         """End a caller's request, every sample of it, from outside the step (cancel, stop, failure); called with
         the lock held."""
@@ -383,8 +404,7 @@ class Engine:
             stream.reasons.setdefault(i, reason)
         return stream.sink, self._done_event(stream, error, reason)
 
-    @staticmethod
-    def _done_event(stream: _Stream, error: str | None, reason: FinishReason | None = None) -> DoneEvent:
+    def _done_event(self, stream: _Stream, error: str | None, reason: FinishReason | None = None) -> DoneEvent:
         """`reason`: why the whole request ended when that was decided outside the step (default: choice 0's)."""
         now = time.perf_counter()
         req = stream.request
@@ -398,6 +418,8 @@ class Engine:
         completion = sum(len(r.output_ids) for r in stream.samples.values())
         usage = {"prompt_tokens": len(req.prompt_ids), "completion_tokens": completion}
         reasons = [stream.reasons[i] for i in range(req.params.n)]
+        tpot_s = timings["tpot_ms"] / 1000 if n > 1 else None
+        self.stats.finished(reason or reasons[0], usage["prompt_tokens"], timings["e2e_ms"] / 1000, tpot_s)
         return DoneEvent(req.request_id, reason or reasons[0], usage, timings, error, reasons)
 
     @staticmethod

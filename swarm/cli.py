@@ -1,7 +1,7 @@
 """The `swarm` command line: typer app and its sub-apps.
 
-Each capability registers its commands from its own module (cli_node, cli_serving, cli_training), so this file
-only assembles them; it knows nothing about what the commands do.
+Each capability registers its commands from its own module (cli_node, cli_doctor, cli_serving, cli_training), so
+this file only assembles them; it knows nothing about what the commands do.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ app.add_typer(model_app, name="model")
 
 
 def _register_all() -> None:
-    from swarm import cli_node, cli_serving, cli_training
+    from swarm import cli_doctor, cli_node, cli_serving, cli_training
 
     cli_node.register(app, bench_app)
+    cli_doctor.register(app)
     cli_serving.register(app, bench_app, model_app)
     cli_training.register(app, bench_app)
 

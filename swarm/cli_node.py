@@ -225,12 +225,12 @@ def bench_comms(
     num_peers: Annotated[int, typer.Option(help="Nodes in the gossip latency test.", min=2, max=16)] = 5,
 ) -> None:
     """libp2p stream vs raw TCP bulk transfer on loopback, and gossip propagation latency."""
-    from comms.bench import run_comms_bench
-    from swarm.benchio import finish_bench, machine_info
+    from comms.bench import progress_steps, run_comms_bench
+    from swarm.benchio import BenchProgress, finish_bench, machine_info
 
     console = Console()
-    with console.status("comms bench") as spinner:
-        result = run_comms_bench(quick=quick, num_peers=num_peers, progress=spinner.update)
+    with BenchProgress("comms bench", progress_steps(quick, num_peers), console) as progress:
+        result = run_comms_bench(quick=quick, num_peers=num_peers, progress=progress)
     result["machine"] = machine_info()
     finish_bench(result, json_path, console)
 

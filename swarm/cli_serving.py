@@ -134,21 +134,23 @@ def bench_serve(
     """Serving benchmark: the engine against transformers generate(), generate_batch() and FCFS batching; with
     --swarm N, predicted-TTFT routing against random routing across N serving peers."""
     from serving.bench import BenchSettings
-    from swarm.benchio import finish_bench, machine_info
+    from swarm.benchio import BenchProgress, finish_bench, machine_info
 
     if refusing_peers and not swarm:
         _fail("--refusing-peers applies to the routing bench: add --swarm N")
     if swarm:
         from rich.console import Console
 
-        from swarm.bench_swarm import run_swarm_bench
+        from swarm.bench_swarm import POLICIES, run_swarm_bench
 
         if swarm < 2:
             _fail("--swarm needs at least 2 peers")
         console = Console()
-        with console.status("routing bench") as spinner:
+        # Its steps: one peer's capacity, starting the peers, a warm-up pass, then each routing policy's passes.
+        steps = 3 + len(POLICIES) * (2 if quick else 3)
+        with BenchProgress("routing bench", steps, console) as progress:
             result = run_swarm_bench(
-                quick=quick, num_peers=swarm, model=model, refusing_peers=refusing_peers, progress=spinner.update
+                quick=quick, num_peers=swarm, model=model, refusing_peers=refusing_peers, progress=progress
             )
         result["machine"] = machine_info()
         finish_bench(result, json_path, console)

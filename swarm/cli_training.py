@@ -44,23 +44,27 @@ def bench_train(
     """Data-parallel baseline vs DiLoCo, NoLoCo and streaming DiLoCo (int4), each as N processes."""
     from rich.console import Console
 
+    from swarm.benchio import BenchProgress
     from training.bench import SYSTEMS, plot_curves, run_bench
 
     console = Console()
     started = time.monotonic()
-    with console.status("starting") as status:
+    with BenchProgress("train bench", 1 + len(SYSTEMS), console) as progress:  # the warm start, then each system
 
         def on_system(name: str, result: dict[str, Any] | None) -> None:
             if result is None:
-                where = f" ({SYSTEMS.index(name) + 1}/{len(SYSTEMS)})" if name in SYSTEMS else ""
-                status.update(f"running {name}{where}")
+                progress(name)
             else:
                 console.print(
                     f"{name}: eval loss {result['final_eval_loss']:.4f} in {result['wall_s']:.1f} s "
                     f"(bench at {time.monotonic() - started:.0f} s)"
                 )
 
-        report = run_bench(quick=quick, world=peers, bandwidth_mbps=bandwidth_mbps, on_system=on_system)
+        def on_warm_step(done: int, total: int) -> None:
+            progress.advance_to(done, total, "optimizer steps")
+
+        report = run_bench(quick=quick, world=peers, bandwidth_mbps=bandwidth_mbps, on_system=on_system,
+                           on_warm_step=on_warm_step)  # fmt: skip
     console.print(_table(report))
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)

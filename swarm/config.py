@@ -47,6 +47,9 @@ class NodeSection(BaseModel):
     max_body_bytes: int = Field(1 << 20, gt=0, le=1 << 30, description="larger HTTP request bodies get 413")
     tls_cert: Path | None = Field(None, description="PEM certificate: serve the HTTP API over TLS (with tls_key)")
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    status_interval_s: float = Field(
+        10.0, ge=0, le=3600, description="Seconds between each role's status log line (0: no status lines)."
+    )
 
     @field_validator("roles")
     @classmethod

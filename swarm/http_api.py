@@ -1,4 +1,5 @@
-"""The node's HTTP API: `/healthz`, `/v1/swarm/peers` (JSON) and `/metrics` (Prometheus text).
+"""The node's HTTP API: `/healthz`, `/v1/swarm/peers` (JSON), `/metrics` (Prometheus text), the OpenAI API and the
+live dashboard at `/`.
 
 A starlette app behind the HttpGuard (API keys, body limit), served by hypercorn's trio worker on the node's own
 event loop, over TLS when the config names a certificate. It reads the node's state and never blocks the loop.
@@ -20,7 +21,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from swarm.dashboard import OPEN_PATHS as DASHBOARD_OPEN_PATHS
+from swarm.dashboard import DashboardState, dashboard_routes
 from swarm.http_guard import HttpGuard, read_api_keys
+from swarm.role_metrics import RoleCollector
 
 if TYPE_CHECKING:
     from swarm.node import Node
@@ -66,9 +70,10 @@ class _NodeCollector:
         yield refused
 
 
-def build_app(node: Node) -> HttpGuard:
+def build_app(node: Node, dashboard: DashboardState) -> HttpGuard:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector := _NodeCollector(node))  # type: ignore[arg-type]
+    registry.register(RoleCollector(node.roles))  # type: ignore[arg-type]
 
     async def healthz(_: Request) -> JSONResponse:
         status, reason = node.health()
@@ -90,11 +95,13 @@ def build_app(node: Node) -> HttpGuard:
         Route("/v1/swarm/peers", peers),
         Route("/metrics", metrics),
         *OpenAIApi(node).routes(),
+        *dashboard_routes(dashboard),
     ]
     section = node.config.node
     return HttpGuard(
         Starlette(routes=routes), api_keys=read_api_keys(section.api_key_file) if section.api_key_file else [],
-        open_paths=section.open_paths, max_body_bytes=section.max_body_bytes, refused=collector.http_refused,
+        open_paths=[*section.open_paths, *DASHBOARD_OPEN_PATHS], max_body_bytes=section.max_body_bytes,
+        refused=collector.http_refused,
     )  # fmt: skip
 
 
@@ -109,11 +116,13 @@ async def serve_http(node: Node, bind: str, *, task_status: trio.TaskStatus[str]
     if node.config.node.tls_cert is not None:
         config.certfile = str(node.config.node.tls_cert)
         config.keyfile = str(node.config.node.tls_key)
-    app = build_app(node)
+    dashboard = DashboardState(node)
+    app = build_app(node, dashboard)
 
     async def _serve(*, task_status: trio.TaskStatus[list[str]]) -> None:
         await serve(app, config, task_status=task_status, mode="asgi")  # type: ignore[arg-type]
 
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(dashboard.run, node.config.network.heartbeat_s)
         binds = await nursery.start(_serve)
         task_status.started(binds[0] if binds else f"http://{bind}")

@@ -64,6 +64,7 @@ class Node:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         from swarm.http_api import serve_http
+        from swarm.role_metrics import log_status
 
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -86,6 +87,8 @@ class Node:
                     await nursery.start(self._run_role, role)
                 self.hardware = detect_hardware()  # a role may have brought up an accelerator
                 self._report_started()
+                if self.config.node.status_interval_s > 0:
+                    nursery.start_soon(log_status, self.roles, self.config.node.status_interval_s)
                 task_status.started()
                 await trio.sleep_forever()
 

@@ -71,18 +71,23 @@ def bench_configs(quick: bool) -> tuple[dict[str, TrainingConfig], int]:
     }, steps
 
 
-def warm_start(cfg: TrainingConfig, tokens: np.ndarray, steps: int, path: Path) -> float:
+StepProgress = Callable[[int, int], None]  # (steps done, steps in all)
+WARM_PROGRESS_EVERY = 10  # optimizer steps between two progress reports
+
+
+def warm_start(cfg: TrainingConfig, tokens: np.ndarray, steps: int, path: Path, on_step: StepProgress | None = None
+               ) -> float:  # fmt: skip
     """Train one model alone for `steps` plain AdamW steps on the whole train split and save it: every system
     starts from it (as DiLoCo starts from a pretrained model). Returns its eval loss."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny ops: more threads only spin against the peers' processes
     try:
-        return _warm_start(cfg, tokens, steps, path)
+        return _warm_start(cfg, tokens, steps, path, on_step or (lambda _done, _total: None))
     finally:
         torch.set_num_threads(threads)
 
 
-def _warm_start(cfg: TrainingConfig, tokens: np.ndarray, steps: int, path: Path) -> float:
+def _warm_start(cfg: TrainingConfig, tokens: np.ndarray, steps: int, path: Path, on_step: StepProgress) -> float:
     from safetensors.torch import save_file
 
     from training.data import TokenData
@@ -91,9 +96,11 @@ def _warm_start(cfg: TrainingConfig, tokens: np.ndarray, steps: int, path: Path)
     data = TokenData(torch.from_numpy(tokens.astype(np.int64)), cfg.eval_fraction, cfg.seq_len)
     warm_cfg = cfg.model_copy(update={"total_steps": steps, "seed": cfg.seed + 1})
     peer = TrainingPeer(warm_cfg, data, peer_id="warm-start", shard_index=0, num_shards=1)
-    for _ in range(steps):
+    for i in range(steps):
         peer.inner.step(peer.next_batch())
         peer.status.step += 1
+        if (i + 1) % WARM_PROGRESS_EVERY == 0 or i + 1 == steps:
+            on_step(i + 1, steps)
     save_file({n: p.detach().contiguous() for n, p in peer.inner.model.named_parameters()}, str(path))
     return peer.evaluate()
 
@@ -130,6 +137,7 @@ def run_systems(
     tokens: np.ndarray,
     on_system: Callable[[str, dict[str, Any] | None], None] | None = None,
     timeout_s: float = 900.0,
+    on_warm_step: StepProgress | None = None,
 ) -> tuple[dict[str, dict[str, Any]], float | None]:
     """Start `world` peer processes that run every system in turn; collect each system's results as they
     land; kill and reap the peers on any failure or timeout."""
@@ -153,7 +161,7 @@ def run_systems(
                     on_system("warm start", None)
                 base = TrainingConfig.model_validate(spec["configs"][spec["systems"][0]])
                 tmp_path = workdir / "warm.tmp.safetensors"
-                warm_loss = warm_start(base, tokens, spec["warm_start_steps"], tmp_path)
+                warm_loss = warm_start(base, tokens, spec["warm_start_steps"], tmp_path, on_warm_step)
                 tmp_path.rename(warm_path)
             for system in spec["systems"]:
                 if on_system:
@@ -219,6 +227,7 @@ def run_bench(
     bandwidth_mbps: float | None = None,
     systems: tuple[str, ...] = SYSTEMS,
     on_system: Callable[[str, dict[str, Any] | None], None] | None = None,
+    on_warm_step: StepProgress | None = None,
 ) -> dict[str, Any]:
     """Run every system in one go and return the report (JSON-ready)."""
     configs, steps = bench_configs(quick)
@@ -234,7 +243,7 @@ def run_bench(
         "bandwidth_mbps": bandwidth_mbps,
         "warm_start_steps": warm_steps,
     }
-    results, warm_loss = run_systems(spec, tokens, on_system)
+    results, warm_loss = run_systems(spec, tokens, on_system, on_warm_step=on_warm_step)
     return {
         "bench": "train",
         "config": {
