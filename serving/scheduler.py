@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from serving.config import ServingConfig
@@ -41,9 +42,18 @@ class Scheduler:
     """Token-budget scheduler with priorities, chunked prefill, SLO admission and preemption by recompute."""
 
     def __init__(
-        self, config: ServingConfig, allocator: BlockAllocator, block_size: int, latency: LatencyModel, max_context: int
+        self,
+        config: ServingConfig,
+        allocator: BlockAllocator,
+        block_size: int,
+        latency: LatencyModel,
+        max_context: int,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
+        """`clock` gives the seconds that token times and the step in flight are measured in (tests pass a fake
+        one to check admission against SLOs as logic, whatever the machine's speed)."""
         self.config = config
+        self.clock = clock
         self.allocator = allocator
         self.block_size = block_size
         self.latency = latency
@@ -91,7 +101,7 @@ class Scheduler:
         """Predicted time left of the step planned last and not yet updated (0 when none runs)."""
         if self._inflight_end_s is None:
             return 0.0
-        return max(0.0, self._inflight_end_s - time.perf_counter())
+        return max(0.0, self._inflight_end_s - self.clock())
 
     # ----- the step -----
     def schedule(self) -> SchedulerOutput:
@@ -116,7 +126,7 @@ class Scheduler:
         released, self._released = self._released, []
         shape = [(len(c.token_ids), c.start_pos + len(c.token_ids)) for c in chunks]
         predicted = self.latency.step_s(shape) if chunks else 0.0
-        self._inflight_end_s = time.perf_counter() + predicted if chunks else None
+        self._inflight_end_s = self.clock() + predicted if chunks else None
         for c in chunks:
             self.requests[c.request_id].num_inflight_tokens = len(c.token_ids)
         return SchedulerOutput(chunks, released, predicted)
@@ -130,7 +140,7 @@ class Scheduler:
             self.waiting.pop(0)
             req.status = RequestStatus.RUNNING
             if req.first_scheduled_s is None:
-                req.first_scheduled_s = time.perf_counter()
+                req.first_scheduled_s = self.clock()
             self.running.append(req)
             chunks.append(self._chunk(req, n))
             budget -= n
@@ -204,7 +214,7 @@ class Scheduler:
     # ----- results -----
     def update(self, output: SchedulerOutput, sampled: dict[str, int]) -> list[StepUpdate]:
         """Advance every request of `output` by what ran; finished ones leave and free their blocks."""
-        now = time.perf_counter()
+        now = self.clock()
         self._inflight_end_s = None
         updates = []
         for chunk in output.chunks:
