@@ -215,6 +215,7 @@ class Soak:
                 if self.s.kills and self.killable:
                     nursery.start_soon(self.chaos)
                 await self.load(c)
+                self.load_end = self.clock()
                 nursery.cancel_scope.cancel()
 
     def result(self, references: list[list[int]]) -> dict[str, Any]:
@@ -227,7 +228,7 @@ class Soak:
         memory = {n.name: {"growth": growth[n.name], "rss_mib": mib[n.name]} for n in survivors}
         garbage = self.garbage
         results = {
-            "load_s": round(self.clock() - self.load_start, 1),
+            "load_s": round(self.load_end - self.load_start, 1),
             "requests": {k: v for k, v in scores.items() if k not in ("lost_tokens", "duplicated_tokens")},
             "kills": self.kills,
             "crashes": {n.name: n.crashes for n in self.nodes if n.crashes},

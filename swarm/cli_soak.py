@@ -37,6 +37,7 @@ def bench_soak(
     from swarm.bench_soak import SoakSettings, run_soak
     from swarm.benchio import finish_bench, machine_info
 
+    _quiet_libraries()
     settings = SoakSettings.preset(quick, minutes, seed)
     if no_garbage:
         settings.garbage_protocols = ()
@@ -64,6 +65,18 @@ def bench_soak(
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(result, indent=2) + "\n")
         console.print(f"wrote {json_path}")
+
+
+def _quiet_libraries() -> None:
+    """The bench's own client and garbage peer make libp2p log every refused stream and dead dial: expected
+    here, and counted in the report, so only our warnings reach the terminal beside the progress bar."""
+    import logging
+
+    from swarm.logs import NOISY_LOGGERS, setup_logging
+
+    setup_logging("WARNING")
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def register(bench_app: typer.Typer) -> None:

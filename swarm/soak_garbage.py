@@ -36,7 +36,8 @@ WRITE_DEADLINE_S = 5.0
 class GarbageWriter:
     """Every `interval_s`, for each node `targets()` lists as up, writes `nbytes` random bytes on each protocol.
 
-    `counts`: "written" (streams that took the bytes), "not_spoken" (the node refused the protocol or the dial),
+    `counts`: "written" (streams that took the bytes), "not_spoken" (the node refused the protocol),
+    "dial_failed" (the node could not be reached),
     "reset" (the node closed the stream or connection while we wrote), "timeout"."""
 
     def __init__(
@@ -71,7 +72,7 @@ class GarbageWriter:
             try:
                 await host.connect(addr)
             except CommsError:
-                self.counts["not_spoken"] += 1
+                self.counts["dial_failed"] += 1
                 return
         for protocol in self.protocols:
             self.counts[await self._write(host, peer_id, protocol)] += 1

@@ -117,10 +117,9 @@ class SoakNode:
         """True (once) when the process died without being killed here: recorded as a crash."""
         if self.peer is None or self.down_since is not None or self.peer.proc.poll() is None:
             return False
-        tail = [line for line in self.peer.log_tail(2000).splitlines() if line.strip()]
-        self.crashes.append(
-            {"t_s": clock(), "returncode": self.peer.proc.returncode, "last_log_line": tail[-1] if tail else ""}
-        )
+        lines = [line.strip(" |+-") for line in self.peer.log_tail(4000).splitlines()]
+        errors = [line for line in lines if "Error" in line or "Exception" in line] or [x for x in lines if x] or [""]
+        self.crashes.append({"t_s": round(clock(), 2), "returncode": self.peer.proc.returncode, "error": errors[-1]})
         self.down_since = clock()
         return True
 

@@ -60,6 +60,7 @@ def score_requests(logs: list[RequestLog], references: list[list[int]]) -> dict:
         "streamed_tokens": streamed,
         "lost_tokens": lost,
         "duplicated_tokens": duplicated,
+        "counted_requests": counted,
         "failed_request_fraction": sum(failed.values()) / counted if counted else 0.0,
     }
 
