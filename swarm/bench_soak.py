@@ -54,7 +54,7 @@ class SoakSettings:
     garbage_interval_s: float = 2.0
     garbage_bytes: int = 1 << 18
     sample_interval_s: float = 5.0
-    request_timeout_s: float = 60.0
+    request_timeout_s: float = 30.0
     start_timeout_s: float = 180.0
     model: str = "tiny"
     seed: int = 0
