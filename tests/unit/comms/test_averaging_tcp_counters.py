@@ -24,7 +24,7 @@ def _counter(pid: int) -> TcpByteCounter:
         pytest.skip(f"no per-socket TCP counters here: {err}")
 
 
-def _poll_until(counter: TcpByteCounter, ok: Callable[[TcpBytes], bool], timeout_s: float = 5.0) -> TcpBytes:
+def _poll_until(counter: TcpByteCounter, ok: Callable[[TcpBytes], bool], timeout_s: float = 30.0) -> TcpBytes:
     """Poll until `ok` (an ACK may be delayed a little after the data arrived)."""
     deadline = time.monotonic() + timeout_s
     totals = counter.poll()
