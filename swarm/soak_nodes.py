@@ -71,6 +71,7 @@ class SoakNode:
     down_intervals: list[tuple[float, float]] = field(default_factory=list)
     killed: int = 0
     crashes: list[dict] = field(default_factory=list)
+    last_seen_alive: float = 0.0
 
     def __post_init__(self) -> None:
         self.identity_path = self.workdir / f"{self.name}.key"
@@ -115,12 +116,21 @@ class SoakNode:
 
     def exited_unasked(self, clock: Callable[[], float]) -> bool:
         """True (once) when the process died without being killed here: recorded as a crash."""
-        if self.peer is None or self.down_since is not None or self.peer.proc.poll() is None:
+        if self.peer is None or self.down_since is not None:
+            return False
+        if self.peer.proc.poll() is None:
+            self.last_seen_alive = clock()
             return False
         lines = [line.strip(" |+-") for line in self.peer.log_tail(4000).splitlines()]
         errors = [line for line in lines if "Error" in line or "Exception" in line] or [x for x in lines if x] or [""]
-        self.crashes.append({"t_s": round(clock(), 2), "returncode": self.peer.proc.returncode, "error": errors[-1]})
-        self.down_since = clock()
+        # It died after it was last seen alive and after its log's last line, not when this noticed it.
+        try:
+            died = clock() - max(0.0, time.time() - self.peer.log_path.stat().st_mtime)
+        except OSError:
+            died = clock()
+        died = max(died, self.last_seen_alive)
+        self.crashes.append({"t_s": round(died, 2), "returncode": self.peer.proc.returncode, "error": errors[-1]})
+        self.down_since = died
         return True
 
     def was_down(self, at: float) -> bool:

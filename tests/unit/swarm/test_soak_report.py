@@ -3,6 +3,8 @@ and when every serving node was down at once."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,3 +60,29 @@ def test_all_down_only_when_the_down_spells_overlap(tmp_path: Path) -> None:
     assert not all_down_during([a, b], 31.0, 40.0)
     b.down_since = 36.0
     assert all_down_during([a, b], 31.0, 40.0)
+
+
+class _ExitedPeer:
+    """Stands in for a LocalPeer whose process has exited with a traceback in its log."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+        self.proc.wait(timeout=60)
+        self.log_path = tmp_path / "x-0.log"
+        self.log_path.write_text("INFO up\n  | google.protobuf.message.DecodeError: Error parsing message\n  +--\n")
+
+    def log_tail(self, chars: int) -> str:
+        return self.log_path.read_text()[-chars:]
+
+
+def test_a_node_that_exits_unasked_is_one_crash_with_its_error(tmp_path: Path) -> None:
+    node = SoakNode("x", "serve", tmp_path, [])
+    node.peer = _ExitedPeer(tmp_path)  # type: ignore[assignment]
+    node.last_seen_alive = 7.0
+    assert node.exited_unasked(lambda: 9.0)
+    assert not node.exited_unasked(lambda: 10.0)  # recorded once
+    (crash,) = node.crashes
+    assert crash["returncode"] == 3 and crash["error"] == "google.protobuf.message.DecodeError: Error parsing message"
+    assert 7.0 <= crash["t_s"] <= 9.0 and node.down_since == pytest.approx(crash["t_s"], abs=0.01)
+    assert node.pid is None
+    assert node.was_down(9.5) and not node.was_down(6.0)
