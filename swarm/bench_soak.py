@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,9 +62,9 @@ class SoakSettings:
 
     @classmethod
     def preset(cls, quick: bool, minutes: float | None, seed: int = 0) -> SoakSettings:
-        """--quick: 2.5 minutes of load with a kill every ~25 s; otherwise `minutes` (10 by default)."""
+        """--quick: 2.5 minutes of load with a kill every ~20 s; otherwise `minutes` (10 by default)."""
         if quick:
-            return cls(load_s=60 * (minutes or 2.5), kill_interval_s=25.0, seed=seed)
+            return cls(load_s=60 * (minutes or 2.5), kill_interval_s=20.0, seed=seed)
         return cls(load_s=60 * (minutes or 10.0), seed=seed)
 
 
@@ -151,8 +152,9 @@ class Soak:
         log.nobody_serving = log.outcome != "ok" and all_down_during(self.serve, log.start_s, log.end_s)
 
     # ----- kills, crashes, samples -----
-    async def chaos(self) -> None:
-        """Kill one node at a time at random moments; restart it after a random downtime."""
+    async def chaos(self, nursery: trio.Nursery) -> None:
+        """Kill a node at random moments (exponential gaps); each comes back after a random downtime, while
+        the next kill may already strike another. The spared nodes keep one server and one trainer up."""
         while True:
             await trio.sleep(self.rng.expovariate(1.0 / self.s.kill_interval_s))
             if self.clock() >= self.load_end - self.s.downtime_s[1]:
@@ -164,8 +166,11 @@ class Soak:
             downtime = self.rng.uniform(*self.s.downtime_s)
             self.kills.append({"t_s": round(self.clock(), 2), "node": victim.name, "downtime_s": round(downtime, 2)})
             await trio.to_thread.run_sync(victim.kill, self.clock)
-            await trio.sleep(downtime)
-            await self.restart(victim)
+            nursery.start_soon(self._restart_after, victim, downtime)
+
+    async def _restart_after(self, node: SoakNode, downtime_s: float) -> None:
+        await trio.sleep(downtime_s)
+        await self.restart(node)
 
     async def restart(self, node: SoakNode, attempts: int = 3) -> None:
         for _ in range(attempts):
@@ -200,10 +205,15 @@ class Soak:
     async def main(self) -> None:
         network = {"heartbeat_s": 0.5, "peer_timeout_s": 3.0}
         addrs = [n.addr for n in self.serve]
-        async with AsyncClient(addrs, timeout_s=self.s.request_timeout_s, stall_timeout_s=5.0, network=network) as c:
+        # Random routing spreads the streams over every server, so that killing any of them cuts streams short.
+        client = AsyncClient(
+            addrs, timeout_s=self.s.request_timeout_s, stall_timeout_s=5.0, routing="random", network=network
+        )
+        async with client as c:
             await c.wait_for_servers(len(self.serve), timeout_s=self.s.start_timeout_s)
             self.load_start = self.clock()
             self.load_end = self.load_start + self.s.load_s
+            self.progress(0.0, f"load from t={self.load_start:.0f} s")
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.sample, nursery)
                 if self.s.garbage_protocols:
@@ -213,10 +223,18 @@ class Soak:
                     )  # fmt: skip
                     await nursery.start(self.garbage.run)
                 if self.s.kills and self.killable:
-                    nursery.start_soon(self.chaos)
+                    nursery.start_soon(self.chaos, nursery)
                 await self.load(c)
                 self.load_end = self.clock()
                 nursery.cancel_scope.cancel()
+
+    def _name(self, peer_id: str) -> str:
+        return next((n.name for n in self.nodes if n.peer_id == peer_id), peer_id[-8:])
+
+    def _failure(self, log: RequestLog) -> dict[str, Any]:
+        peers = [self._name(p) for p in dict.fromkeys(log.peers)]
+        return {"start_s": round(log.start_s, 2), "end_s": round(log.end_s, 2), "outcome": log.outcome,
+                "tokens": len(log.token_ids), "peers": peers, "nobody_serving": log.nobody_serving}  # fmt: skip
 
     def result(self, references: list[list[int]]) -> dict[str, Any]:
         scores = score_requests(self.logs, references)
@@ -230,6 +248,8 @@ class Soak:
         results = {
             "load_s": round(self.load_end - self.load_start, 1),
             "requests": {k: v for k, v in scores.items() if k not in ("lost_tokens", "duplicated_tokens")},
+            "started_on": dict(Counter(self._name(log.peers[0]) for log in self.logs if log.peers)),
+            "failed_requests": [self._failure(log) for log in self.logs if log.outcome != "ok"],
             "kills": self.kills,
             "crashes": {n.name: n.crashes for n in self.nodes if n.crashes},
             "restart_failures": self.restart_failures,
