@@ -24,10 +24,12 @@ def test_a_no_kill_soak_loses_no_token_and_reports_every_ratio() -> None:
     assert set(result["ratios"]) == {"lost_tokens", "duplicated_tokens", "failed_request_fraction", "memory_growth"}
     requests = result["results"]["requests"]
     assert requests["completed"] >= 2 and requests["completed"] == requests["requests"]
-    assert requests["streamed_tokens"] >= 2 * 1
+    assert requests["streamed_tokens"] >= requests["completed"] and requests["failed_by_code"] == {}
+    assert sum(result["results"]["started_on"].values()) == requests["requests"]
     assert result["ratios"]["lost_tokens"] == 0 and result["ratios"]["duplicated_tokens"] == 0
     assert result["ratios"]["failed_request_fraction"] == 0.0
     assert result["results"]["kills"] == [] and result["results"]["crashes"] == {}
+    assert result["results"]["failed_requests"] == []
     assert result["results"]["garbage"]["streams"].get("written", 0) >= 2
     assert set(result["results"]["memory"]) == {"s0"}
     assert isinstance(result["ratios"]["memory_growth"], float)
