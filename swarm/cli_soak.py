@@ -56,7 +56,8 @@ def bench_soak(
         task = bar.add_task("starting", total=1.0)
         result = run_soak(settings, lambda done, line: bar.update(task, completed=done, description=line))
     result["machine"] = machine_info()
-    table = copy.deepcopy(result)
+    table = copy.deepcopy(result)  # the table shows counts and ends; the JSON keeps every failure and sample
+    table["results"]["failed_requests"] = len(table["results"]["failed_requests"])
     for series in table["results"]["memory"].values():
         mib = series.pop("rss_mib")
         series["rss_mib_first_last"] = [mib[0][1], mib[-1][1]] if mib else []
