@@ -59,6 +59,7 @@ class SoakSettings:
     start_timeout_s: float = 180.0
     model: str = "tiny"
     seed: int = 0
+    logs_dir: Path | None = None  # keep every node's logs here (default: a temporary directory, removed)
 
     @classmethod
     def preset(cls, quick: bool, minutes: float | None, seed: int = 0) -> SoakSettings:
@@ -151,6 +152,27 @@ class Soak:
         log.end_s = self.clock()
         log.nobody_serving = log.outcome != "ok" and all_down_during(self.serve, log.start_s, log.end_s)
 
+    async def warm_up(self, client: AsyncClient) -> None:
+        """Untimed and uncounted: wait until every trainer trains (a starting trainer takes the CPU from everyone
+        else on a small machine) and a few requests in a row are answered."""
+        self.progress(0.0, "warming up: trainers starting")
+        with trio.fail_after(self.s.start_timeout_s):
+            for node in self.nodes:
+                while node.role == "train" and await trio.to_thread.run_sync(_step, node) < 1:
+                    await trio.sleep(1.0)
+            self.progress(0.0, "warming up: first answers")
+            answered = 0
+            while answered < self.s.concurrency:
+                with trio.move_on_after(self.s.request_timeout_s):
+                    try:
+                        await client.generate(PROMPTS[0], max_new_tokens=2, temperature=0.0)
+                        answered += 1
+                        continue
+                    except Exception:  # a cold swarm may refuse or time out: that is what the warm-up waits out
+                        pass
+                answered = 0
+                await trio.sleep(1.0)
+
     # ----- kills, crashes, samples -----
     async def chaos(self, nursery: trio.Nursery) -> None:
         """Kill a node at random moments (exponential gaps); each comes back after a random downtime, while
@@ -211,6 +233,7 @@ class Soak:
         )
         async with client as c:
             await c.wait_for_servers(len(self.serve), timeout_s=self.s.start_timeout_s)
+            await self.warm_up(c)
             self.load_start = self.clock()
             self.load_end = self.load_start + self.s.load_s
             self.progress(0.0, f"load from t={self.load_start:.0f} s")
@@ -266,13 +289,21 @@ class Soak:
         return {"results": results, "ratios": ratios}
 
 
-def _round(node: SoakNode) -> int:
-    """The training round a node reports for itself (0 when it does not answer)."""
+def _training(node: SoakNode, field: str) -> int:
+    """A training figure ("round", "step") a node reports for itself (0 when it does not answer)."""
     try:
         rows = httpx.get(f"{node.http}/v1/swarm/peers", timeout=5.0).json()
     except (httpx.HTTPError, ValueError):
         return 0
-    return max((int(r["training"].get("round", 0)) for r in rows if r.get("self") and r.get("training")), default=0)
+    return max((int(r["training"].get(field, 0)) for r in rows if r.get("self") and r.get("training")), default=0)
+
+
+def _round(node: SoakNode) -> int:
+    return _training(node, "round")
+
+
+def _step(node: SoakNode) -> int:
+    return _training(node, "step")
 
 
 def run_soak(settings: SoakSettings, progress: Progress | None = None) -> dict[str, Any]:
@@ -283,7 +314,9 @@ def run_soak(settings: SoakSettings, progress: Progress | None = None) -> dict[s
     progress(0.0, "greedy references")
     references = greedy_references(settings.model, settings.max_new_tokens)
     with tempfile.TemporaryDirectory(prefix="swarm-soak-") as tmp:
-        soak = Soak(settings, Path(tmp), progress)
+        workdir = Path(settings.logs_dir or tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        soak = Soak(settings, workdir, progress)
         try:
             soak.start_nodes()
             trio.run(soak.main)
@@ -291,5 +324,6 @@ def run_soak(settings: SoakSettings, progress: Progress | None = None) -> dict[s
             for node in soak.nodes:
                 node.stop()
         out = soak.result(references)
-    config = asdict(settings) | {"garbage_protocols": list(settings.garbage_protocols)}
+    logs = str(settings.logs_dir) if settings.logs_dir else None
+    config = asdict(settings) | {"garbage_protocols": list(settings.garbage_protocols), "logs_dir": logs}
     return {"bench": "soak", "config": config, **out}

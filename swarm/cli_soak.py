@@ -28,6 +28,7 @@ def bench_soak(
     ] = None,
     no_garbage: Annotated[bool, typer.Option("--no-garbage", help="Run without the garbage-writing peer.")] = False,
     no_kills: Annotated[bool, typer.Option("--no-kills", help="Never kill a node.")] = False,
+    logs: Annotated[Path | None, typer.Option(help="Keep every node's log in this directory.")] = None,
 ) -> None:
     """Serve and train nodes under steady client load, with kill -9 and restart of random nodes and a peer that
     writes garbage: lost and duplicated tokens, failed requests by code, training rounds, survivors' memory."""
@@ -44,6 +45,7 @@ def bench_soak(
     elif garbage_protocol:
         settings.garbage_protocols = tuple(garbage_protocol)
     settings.kills = not no_kills
+    settings.logs_dir = logs
     console = Console()
     columns = (
         TextColumn("soak"),
