@@ -68,7 +68,7 @@ class Peers:
         proc = self.procs[name]
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+        proc.wait(timeout=60)
 
     def close(self) -> None:
         for name in list(self.procs):
