@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -89,19 +90,26 @@ def averaging_host_maddrs(listen: list[str] | tuple[str, ...]) -> tuple[str, ...
 class UplinkShaper:
     """Paces sends to `mbps` megabits per second (a token bucket with no burst), shared by threads."""
 
-    def __init__(self, mbps: float) -> None:
+    def __init__(
+        self,
+        mbps: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        """`clock` and `sleep` are injectable so tests check the pacing as arithmetic, not as wall time."""
         if mbps <= 0:
             raise ValueError(f"bandwidth_mbps={mbps} must be > 0")
         self.bytes_per_s = mbps * 1e6 / 8
         self._free_at = 0.0
         self._lock = threading.Lock()
+        self._clock, self._sleep = clock, sleep
 
     def wait(self, nbytes: int) -> None:
         with self._lock:
-            start = max(time.monotonic(), self._free_at)
+            start = max(self._clock(), self._free_at)
             self._free_at = start + nbytes / self.bytes_per_s
             until = self._free_at
-        time.sleep(max(0.0, until - time.monotonic()))
+        self._sleep(max(0.0, until - self._clock()))
 
 
 @dataclass

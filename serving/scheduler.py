@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from serving.config import ServingConfig
@@ -45,9 +46,18 @@ class Scheduler:
     """Token-budget scheduler with priorities, chunked prefill, SLO admission and preemption by recompute."""
 
     def __init__(
-        self, config: ServingConfig, allocator: BlockAllocator, block_size: int, latency: LatencyModel, max_context: int
+        self,
+        config: ServingConfig,
+        allocator: BlockAllocator,
+        block_size: int,
+        latency: LatencyModel,
+        max_context: int,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
+        """`clock` gives the seconds that token times and the step in flight are measured in (tests pass a fake
+        one to check admission against SLOs as logic, whatever the machine's speed)."""
         self.config = config
+        self.clock = clock
         self.allocator = allocator
         self.block_size = block_size
         self.latency = latency
@@ -99,7 +109,7 @@ class Scheduler:
         """Predicted time left of the step planned last and not yet updated (0 when none runs)."""
         if self._inflight_end_s is None:
             return 0.0
-        return max(0.0, self._inflight_end_s - time.perf_counter())
+        return max(0.0, self._inflight_end_s - self.clock())
 
     # ----- the step -----
     def schedule(self) -> SchedulerOutput:
@@ -125,7 +135,7 @@ class Scheduler:
         copies, self._copies = self._copies, []
         shape = [(len(c.token_ids), c.start_pos + len(c.token_ids)) for c in chunks]
         predicted = self.latency.step_s(shape) if chunks else 0.0
-        self._inflight_end_s = time.perf_counter() + predicted if chunks else None
+        self._inflight_end_s = self.clock() + predicted if chunks else None
         for c in chunks:
             self.requests[c.request_id].num_inflight_tokens = len(c.token_ids)
         return SchedulerOutput(chunks, released, predicted, copies)
@@ -143,7 +153,7 @@ class Scheduler:
             self.waiting.pop(0)
             req.status = RequestStatus.RUNNING
             if req.first_scheduled_s is None:
-                req.first_scheduled_s = time.perf_counter()
+                req.first_scheduled_s = self.clock()
             self.running.append(req)
             chunks.append(self._chunk(req, n))
             budget -= n
@@ -264,7 +274,7 @@ class Scheduler:
     # ----- results -----
     def update(self, output: SchedulerOutput, sampled: dict[str, int]) -> list[StepUpdate]:
         """Advance every request of `output` by what ran; finished ones leave and free their blocks."""
-        now = time.perf_counter()
+        now = self.clock()
         self._inflight_end_s = None
         updates = []
         for chunk in output.chunks:

@@ -23,12 +23,20 @@ LOCAL_ARGS = ("--listen", "/ip4/127.0.0.1/tcp/0", "--http", "127.0.0.1:0")
 class LocalPeer:
     """One `swarm join` child process listening on 127.0.0.1 (libp2p and HTTP on free ports)."""
 
-    def __init__(self, workdir: Path, name: str, args: list[str], log_level: str = "INFO") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        name: str,
+        args: list[str],
+        log_level: str = "INFO",
+        local_args: tuple[str, ...] = LOCAL_ARGS,
+    ) -> None:
+        """`local_args`: where it listens (free ports by default; fixed ones let a restarted peer keep its address)."""
         self.name = name
         self.info_file = Path(workdir) / f"{name}.json"
         self.log_path = Path(workdir) / f"{name}.log"
         self.info_file.unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", "swarm", "join", *LOCAL_ARGS, "--info-file", str(self.info_file),
+        cmd = [sys.executable, "-m", "swarm", "join", *local_args, "--info-file", str(self.info_file),
                "--log-level", log_level, *args]  # fmt: skip
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)

