@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 
@@ -14,6 +13,7 @@ import torch
 
 from comms.averaging import AveragingError, AveragingResult, AveragingSettings, HivemindAverager
 from swarm.train_role import AveragerRestarts
+from tests.integration.averager_pair import started_pair, step_both
 
 pytestmark = [pytest.mark.multipeer, pytest.mark.slow, pytest.mark.timeout(180)]
 SHAPES = [(32,)]
@@ -29,33 +29,8 @@ def settings(initial: tuple[str, ...] = ()) -> AveragingSettings:
 
 @pytest.fixture
 def pair() -> Iterator[list[HivemindAverager]]:
-    made: list[HivemindAverager] = []
-    try:
-        made.append(HivemindAverager(settings(), SHAPES, "h"))
-        made[0].start()
-        made.append(HivemindAverager(settings(tuple(made[0].visible_maddrs)), SHAPES, "h"))
-        made[1].start()
+    with started_pair(settings, SHAPES) as made:
         yield made
-    finally:
-        for av in made:
-            av.close()
-
-
-def step_both(pair: list[HivemindAverager], data: list[torch.Tensor]) -> list[AveragingResult | Exception]:
-    out: list[AveragingResult | Exception] = [RuntimeError("not run")] * 2
-
-    def run(i: int) -> None:
-        try:
-            out[i] = pair[i].step([data[i]], round_index=0, timeout_s=20.0)
-        except AveragingError as err:
-            out[i] = err
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    return out
 
 
 def test_killed_averager_restarts_and_averages_again(pair: list[HivemindAverager]) -> None:

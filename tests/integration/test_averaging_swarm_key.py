@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 import torch
 
 from comms.averaging import AveragingError, AveragingResult, AveragingSettings, HivemindAverager
+from tests.integration.averager_pair import started_pair, step_both
 
 pytestmark = [pytest.mark.multipeer, pytest.mark.slow, pytest.mark.timeout(180)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,33 +33,8 @@ def settings(key: str | None, initial: tuple[str, ...] = ()) -> AveragingSetting
 
 @pytest.fixture
 def keyed_pair() -> Iterator[list[HivemindAverager]]:
-    made: list[HivemindAverager] = []
-    try:
-        made.append(HivemindAverager(settings(KEY), SHAPES, "h"))
-        made[0].start()
-        made.append(HivemindAverager(settings(KEY, tuple(made[0].visible_maddrs)), SHAPES, "h"))
-        made[1].start()
+    with started_pair(lambda initial: settings(KEY, initial), SHAPES) as made:
         yield made
-    finally:
-        for av in made:
-            av.close()
-
-
-def step_both(pair: list[HivemindAverager], data: list[torch.Tensor]) -> list[AveragingResult | Exception]:
-    out: list[AveragingResult | Exception] = [RuntimeError("not run")] * 2
-
-    def run(i: int) -> None:
-        try:
-            out[i] = pair[i].step([data[i]], round_index=0, timeout_s=20.0)
-        except AveragingError as err:
-            out[i] = err
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    return out
 
 
 def test_outsiders_without_the_key_are_refused(keyed_pair: list[HivemindAverager]) -> None:
