@@ -27,10 +27,17 @@ from protocols.messages import (
     PeerRecord,
     PeersReply,
     PeersRequest,
+    RLState,
     TrainingState,
 )
+from protocols.rollouts import ROLLOUT_LIMITS, RolloutBatch, RolloutGroup, TaskRefRecord
 
 __all__ = [
+    "ROLLOUT_LIMITS",
+    "RLState",
+    "RolloutBatch",
+    "RolloutGroup",
+    "TaskRefRecord",
     "GOSSIP_LIMITS",
     "STREAM_LIMITS",
     "TENSOR_LIMITS",

@@ -58,6 +58,8 @@ class _NodeCollector:
             for value_label, value in sorted(snap[key].items()):
                 family.add_metric([value_label], value)
             yield family
+        for role in node.roles:
+            yield from getattr(role, "metric_families", list)()
         refused = CounterMetricFamily("swarm_http_refused", "HTTP requests answered 4xx, by status.", labels=["code"])
         for status, count in sorted(self.http_refused.items()):
             refused.add_metric([status], count)

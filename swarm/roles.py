@@ -77,4 +77,8 @@ def build_roles(config: Any, node: Any) -> list[Role]:
         from swarm.train_role import TrainRole
 
         roles.append(TrainRole(config.training, node))
+    if "rl" in config.node.roles:
+        from swarm.rl_role import RLRole
+
+        roles.append(RLRole(config, node))  # after serve: it samples through the serve role's engine
     return roles
