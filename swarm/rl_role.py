@@ -132,6 +132,12 @@ class RLRole(Role):
         await trio.to_thread.run_sync(engine.start)
         self.engine, self.own_engine = engine, True
 
+    async def _await_peers(self) -> None:
+        """Round 0 waits (bounded) for `start_peers` other rl peers, so a bench's first rounds already share."""
+        with trio.move_on_after(self.cfg.start_wait_s):
+            while len(self._rl_peers() - {self.node.peer_id}) < self.cfg.start_peers:
+                await trio.sleep(0.2)
+
     async def _drain(self, channel: trio.MemoryReceiveChannel) -> None:
         async for _ in channel:  # the gate kept what it accepted; the channel only has to be emptied
             pass
@@ -146,6 +152,7 @@ class RLRole(Role):
                 log.info("rl: %d task(s), I=%d J=%d G=%d, from round %d", len(self.cfg.tasks), self.cfg.local_groups,
                          self.cfg.external_groups, self.cfg.num_generations, self.worker.round)  # fmt: skip
                 task_status.started()
+                await self._await_peers()
                 await trio.to_thread.run_sync(self.worker.run, self._stop.is_set, abandon_on_cancel=True)
                 log.info("rl: reached max_rounds=%s", self.cfg.max_rounds)
                 await trio.sleep_forever()

@@ -17,7 +17,7 @@ DEFAULT_TASKS: list[dict[str, Any]] = [
                                             "operators": ["+", "-"]}},
     {"name": "chain_sum", "config": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}},
     {"name": "spell_backward", "config": {"min_word_len": 3, "max_word_len": 4}},
-    {"name": "letter_counting", "config": {"min_words": 1, "max_words": 2}},
+    {"name": "letter_counting", "config": {"min_words": 3, "max_words": 5}},
 ]  # fmt: skip
 
 
@@ -51,6 +51,8 @@ class RLConfig(BaseModel):
     eps_high: float = Field(0.28, ge=0, le=10, description="PPO clip above 1 (DAPO clip-higher)")
     staleness_rounds: int = Field(2, ge=0, le=100, description="accept peers' rounds in [r - this, r + 1]")
     round_wait_s: float = Field(10.0, ge=0, le=600, description="soft barrier: wait this long for peers' batches")
+    start_peers: int = Field(0, ge=0, le=1024, description="before round 0, wait for this many other rl peers")
+    start_wait_s: float = Field(60.0, ge=0, le=3600, description="... for at most this long")
     max_rounds: int | None = Field(None, ge=1, description="stop after this many rounds (None: run on)")
     ban_reject_fraction: float = Field(0.25, gt=0, le=1, description="ban a peer whose rejected share exceeds this")
     ban_min_groups: int = Field(8, ge=1, le=10_000, description="... once it sent at least this many groups")

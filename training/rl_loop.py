@@ -127,8 +127,8 @@ class RLWorker:
                          advisory_rewards=rewards, seed=_seed(self.cfg.seed, self.peer_id, r, slot),
                          sampler_logprobs=[c.logprob for c in comps])
             for slot, (ref, comps, rewards) in enumerate(groups)
-            if max(rewards) > min(rewards)
-        ]  # fmt: skip
+            if max(rewards) > min(rewards) and all(self.encode(c.text) == c.token_ids for c in comps)
+        ]  # fmt: skip (a completion whose text does not re-encode to its tokens would not be the same on the wire)
         data = encode(RolloutBatch(peer_id=self.peer_id, round=r, policy_version=self.policy.version,
                                    model_hash=self.model_hash, task_set_digest=self.tasks.digest, groups=shared))  # fmt: skip
         with self.counters.lock:

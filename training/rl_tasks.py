@@ -96,7 +96,10 @@ class TaskSet:
         return str(self.entry(ref)["answer"])
 
     def score(self, ref: TaskRef, completion: str, prompt_format: str = COMPACT_FORMAT) -> float:
-        """The dataset's own verifier on the answer extracted from `completion`, in [0, 1]."""
+        """1.0 when the dataset's own verifier gives the answer extracted from `completion` full marks, else 0.0.
+
+        Strict on purpose: some verifiers give partial credit to an answer that merely contains the right one,
+        which invites padding."""
         entry = self.entry(ref)
         answer = completion.strip()
         if prompt_format == QUESTION_FORMAT:
@@ -108,7 +111,7 @@ class TaskSet:
             reward = float(dataset.score_answer(answer, entry))
         except Exception:  # a verifier must not fail a round on odd text; unscorable is wrong
             return 0.0
-        return min(max(reward, 0.0), 1.0)
+        return 1.0 if reward >= 1.0 else 0.0
 
 
 def compact_prompt(dataset: str, entry: dict[str, Any]) -> str:
