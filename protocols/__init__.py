@@ -33,12 +33,8 @@ from protocols.messages import (
 from protocols.rollouts import ROLLOUT_LIMITS, RolloutBatch, RolloutGroup, TaskRefRecord
 
 __all__ = [
-    "ROLLOUT_LIMITS",
-    "RLState",
-    "RolloutBatch",
-    "RolloutGroup",
-    "TaskRefRecord",
     "GOSSIP_LIMITS",
+    "ROLLOUT_LIMITS",
     "STREAM_LIMITS",
     "TENSOR_LIMITS",
     "Cancel",
@@ -59,8 +55,12 @@ __all__ = [
     "PeersReply",
     "PeersRequest",
     "ProtocolError",
+    "RLState",
     "Record",
+    "RolloutBatch",
+    "RolloutGroup",
     "SwarmError",
+    "TaskRefRecord",
     "Timings",
     "TokenChunk",
     "TokenLogprobs",

@@ -20,7 +20,7 @@ _NAME = re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)\.(q|k|v|o|gate|up|do
 class WeightSwap:
     """Holds the base copy of the runner's four per-layer matrices and rewrites them on `apply`."""
 
-    def __init__(self, runner) -> None:  # noqa: ANN001 - serving.runner.ModelRunner
+    def __init__(self, runner) -> None:
         self.runner = runner
         self.base = [
             {"qkv": w.qkv.detach().clone(), "o": w.o.detach().clone(), "gate_up": w.gate_up.detach().clone(),

@@ -48,9 +48,12 @@ def cached_warm_start(model: str, model_seed: int, rl_cfg: Any, settings: Any, p
 
 
 def warm_start_cmd(
-    model: Annotated[str, typer.Option(help="'default' or a checkpoint dir to start from.")] = "default",
+    model: Annotated[str, typer.Option(help="'default', 'tiny' or a checkpoint dir to start from.")] = "default",
+    lr: Annotated[float, typer.Option(min=0, help="AdamW learning rate.")] = 2e-3,
     max_steps: Annotated[int, typer.Option(min=1, help="Most supervised steps.")] = 300,
-    reward_floor: Annotated[float, typer.Option(min=0, max=1, help="Stop once the probe's mean reward reaches this.")] = 0.15,
+    reward_floor: Annotated[
+        float, typer.Option(min=0, max=1, help="Stop once the probe's mean reward reaches this.")
+    ] = 0.15,
     config: Annotated[Path | None, typer.Option("--config", help="Node config whose rl.tasks to use.")] = None,
 ) -> None:
     """Train the model supervised on task items (a range RL never uses) until it earns some reward; print its dir."""
@@ -58,7 +61,9 @@ def warm_start_cmd(
     from training.rl_warmstart import WarmStartSettings
 
     cfg = load_config(config)
-    settings = WarmStartSettings(max_steps=max_steps, reward_floor=reward_floor, max_new_tokens=cfg.rl.max_new_tokens)
+    settings = WarmStartSettings(
+        max_steps=max_steps, reward_floor=reward_floor, max_new_tokens=cfg.rl.max_new_tokens, lr=lr
+    )
     console = Console(stderr=True)
     out, stats = cached_warm_start(model, cfg.serving.model_seed, cfg.rl, settings, console.print)
     console.print(f"warm start: {stats['steps']} steps, probe reward {stats['probe']['mean']:.3f}")
@@ -66,12 +71,18 @@ def warm_start_cmd(
 
 
 def bench_rl(
-    quick: Annotated[bool, typer.Option("--quick", help="Arms 8/0 and 4/4 + a lying peer (minutes on 2 cores).")] = False,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Arms 8/0 and 4/4 + a lying peer (minutes on 2 cores).")
+    ] = False,
     full: Annotated[bool, typer.Option("--full", help="Also 6/2, 2/6 and 4/4 trusting advisory rewards.")] = False,
     rounds: Annotated[int | None, typer.Option(min=2, help="Rounds per arm (default: 30 quick, 60 full).")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results JSON here.")] = None,
     plot_path: Annotated[Path | None, typer.Option("--plot", help="Write the reward curves (PNG) here.")] = None,
     eval_items: Annotated[int, typer.Option(min=0, help="Fixed greedy eval set size.")] = 64,
+    model: Annotated[
+        str, typer.Option(help="Embedded model every arm starts from ('tiny' fits 2 busy cores).")
+    ] = "tiny",
+    warm_lr: Annotated[float, typer.Option(min=0, help="Learning rate of the supervised warm start.")] = 1e-2,
     workdir: Annotated[Path | None, typer.Option(help="Keep logs here (default: a temp dir).")] = None,
 ) -> None:
     """N=4 `swarm join --roles rl` peers per arm, one shared cached warm start, paired identities and seeds."""
@@ -83,9 +94,9 @@ def bench_rl(
     console = Console()
     cfg = load_config(None)
     rounds = rounds or (60 if full else 30)
-    settings = WarmStartSettings(max_new_tokens=cfg.rl.max_new_tokens)
+    settings = WarmStartSettings(max_new_tokens=cfg.rl.max_new_tokens, lr=warm_lr)
     start = time.monotonic()
-    warm_dir, warm = cached_warm_start("default", 0, cfg.rl, settings, console.print)
+    warm_dir, warm = cached_warm_start(model, 0, cfg.rl, settings, console.print)
     from serving.model import load_checkpoint
 
     model_hash = load_checkpoint(str(warm_dir)).model_hash
@@ -99,7 +110,7 @@ def bench_rl(
             results[arm.name] = run.run(base / "keys", spinner.update)
             console.print(f"arm {arm.name}: cumulative reward {results[arm.name]['cumulative_reward']:.3f} "
                           f"in {results[arm.name]['seconds']:.0f} s")  # fmt: skip
-    result = {"bench": "rl", "quick": quick, "full": full, "rounds": rounds, "peers": 4,
+    result = {"bench": "rl", "quick": quick, "full": full, "rounds": rounds, "peers": 4, "model": model,
               "warm_start": {"dir": str(warm_dir), **warm}, "results": results, "ratios": ratios(results),
               "config": cfg.rl.model_dump(mode="json", exclude={"checkpoint_dir", "log_file"}),
               "seconds": round(time.monotonic() - start, 1), "machine": machine_info()}  # fmt: skip

@@ -113,7 +113,9 @@ class ArmRun:
         honest = self.procs[:PEERS]
         deadline = time.monotonic() + START_TIMEOUT_S + 60.0 * self.rounds
         while time.monotonic() < deadline:
-            done = [len(_lines(self.dir / f"peer{k}.jsonl")) for k in range(PEERS)]
+            done = [
+                1 + max((x["round"] for x in _lines(self.dir / f"peer{k}.jsonl")), default=-1) for k in range(PEERS)
+            ]
             progress(f"arm {self.arm.name}: rounds {done} of {self.rounds} ({time.monotonic() - start:.0f} s)")
             if min(done) >= self.rounds:
                 return
@@ -135,16 +137,22 @@ class ArmRun:
                 proc.wait()
 
     def summary(self, seconds: float) -> dict[str, Any]:
-        logs = [_lines(self.dir / f"peer{k}.jsonl")[: self.rounds] for k in range(PEERS)]
+        logs = [[x for x in _lines(self.dir / f"peer{k}.jsonl") if x["round"] < self.rounds] for k in range(PEERS)]
         honest_ids = {lines[-1]["peer_id"] for lines in logs}
+        by_round = [{x["round"]: x["mean_reward"] for x in lines} for lines in logs]
         liar = json.loads((self.dir / "liar.json").read_text()) if (self.dir / "liar.json").exists() else None
         liar_id = liar["peer_id"] if liar else None
-        curve = [sum(lines[r]["mean_reward"] for lines in logs) / PEERS for r in range(self.rounds)]
+        curve = []  # per round, the mean over the peers that ran it (one that caught up skipped a few)
+        for r in range(self.rounds):
+            values = [m[r] for m in by_round if r in m]
+            curve.append(sum(values) / len(values) if values else curve[-1] if curve else 0.0)
         last = [lines[-1] for lines in logs]
         evals = [x["eval_accuracy"] for x in last if "eval_accuracy" in x]
         rejected: Counter[str] = Counter()
+        late: Counter[str] = Counter()
         for x in last:
             rejected.update(x["rejected"])
+            late.update(x["late"])
         false_rejects = sum(n for x in last for p, n in x["rejected_from"].items() if p in honest_ids)
         forged_received = sum(x["received_from"].get(liar_id, 0) for x in last) if liar_id else 0
         forged_used = sum(x["used_from"].get(liar_id, 0) for x in last) if liar_id else 0
@@ -159,10 +167,12 @@ class ArmRun:
             "external_groups_used": sum(x["groups_used"] for x in last),
             "external_groups_filtered": sum(x["groups_filtered"] for x in last),
             "rejected_groups_by_reason": dict(sorted(rejected.items())),
+            "late_groups_by_reason": dict(sorted(late.items())),
             "honest_false_rejects": false_rejects,
             "forged_groups_received": forged_received, "forged_groups_used": forged_used,
             "liar_batches_published": liar["published"] if liar else 0,
-            "mean_round_s": sum(y["round_s"] for lines in logs for y in lines) / (PEERS * self.rounds),
+            "mean_round_s": sum(y["round_s"] for lines in logs for y in lines) / sum(len(lines) for lines in logs),
+            "rounds_skipped": PEERS * self.rounds - sum(len(lines) for lines in logs),
         }  # fmt: skip
 
 
@@ -203,7 +213,9 @@ def plot_curves(results: dict[str, dict[str, Any]], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for name, res in results.items():
-        ax.plot(range(len(res["reward_curve"])), res["reward_curve"], label=f"{name} (cum. {res['cumulative_reward']:.2f})")
+        ax.plot(
+            range(len(res["reward_curve"])), res["reward_curve"], label=f"{name} (cum. {res['cumulative_reward']:.2f})"
+        )
     ax.set_xlabel("round")
     ax.set_ylabel(f"mean reward of own rollouts ({PEERS} peers)")
     ax.set_title("swarm bench rl: rollout sharing vs training alone")

@@ -73,21 +73,20 @@ class Liar:
     async def run(self, rounds: int) -> None:
         rl_topic = topic(self.swarm_id, ROLLOUTS_TOPIC)
         last = -1
-        async with self.node.host.subscribe(rl_topic) as channel:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_drain, channel)
-                while last < rounds - 1:
-                    states = [e.announce for e in self.node.membership.entries() if e.announce.rl is not None]
-                    current = max((a.rl.round for a in states), default=-1)
-                    if current > last:
-                        last = current
-                        victim = states[0].peer_id if states else None
-                        kind = KINDS[current % len(KINDS)]
-                        await self.node.host.publish(rl_topic, self.forged(kind, current, victim))
-                        self.published += 1
-                        log.info("liar: round %d: published a %s batch", current, kind)
-                    await trio.sleep(POLL_S)
-                nursery.cancel_scope.cancel()
+        async with self.node.host.subscribe(rl_topic) as channel, trio.open_nursery() as nursery:
+            nursery.start_soon(_drain, channel)
+            while last < rounds - 1:
+                states = [e.announce for e in self.node.membership.entries() if e.announce.rl is not None]
+                current = max((a.rl.round for a in states), default=-1)
+                if current > last:
+                    last = current
+                    victim = states[0].peer_id if states else None
+                    kind = KINDS[current % len(KINDS)]
+                    await self.node.host.publish(rl_topic, self.forged(kind, current, victim))
+                    self.published += 1
+                    log.info("liar: round %d: published a %s batch", current, kind)
+                await trio.sleep(POLL_S)
+            nursery.cancel_scope.cancel()
 
 
 async def _drain(channel: trio.MemoryReceiveChannel) -> None:

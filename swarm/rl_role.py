@@ -48,7 +48,8 @@ class EngineSampler:
         for prompt, seed in zip(prompts, seeds, strict=True):
             params = GenerateParams(prompt_token_ids=prompt, max_new_tokens=self.max_new_tokens, n=n,
                                     temperature=temperature, seed=seed if temperature > 0 else None,
-                                    priority=self.priority, logprobs=0, request_id=f"rl-{uuid.uuid4().hex}")  # fmt: skip
+                                    priority=self.priority, logprobs=0,
+                                    request_id=f"rl-{uuid.uuid4().hex}")  # fmt: skip
             while True:
                 try:
                     self.engine.submit(params, events.put)
@@ -98,6 +99,10 @@ class RLRole(Role):
     def _rl_peers(self) -> set[str]:
         return {e.announce.peer_id for e in self.node.membership.entries() if "rl" in e.announce.roles}
 
+    def _peer_rounds(self) -> list[int]:
+        return [e.announce.rl.round for e in self.node.membership.entries()
+                if "rl" in e.announce.roles and e.announce.rl is not None]  # fmt: skip
+
     def _setup(self) -> Any:
         from serving.model import load_model
         from training.grpo import LoraPolicy
@@ -116,7 +121,7 @@ class RLRole(Role):
         swarm_id = self.config.network.swarm_id
         return RLWorker(cfg, tasks, policy, sampler, loaded.tokenizer, swarm_id=swarm_id, peer_id=self.node.peer_id,
                         model_hash=engine.model_hash, gate=gate, counters=self.counters, publish=self._publish,
-                        rl_peers=self._rl_peers, checkpoint_dir=Path(ckpt))  # fmt: skip
+                        rl_peers=self._rl_peers, checkpoint_dir=Path(ckpt), peer_rounds=self._peer_rounds)  # fmt: skip
 
     def _publish(self, data: bytes) -> None:
         trio.from_thread.run(self.node.host.publish, self.topic, data)
@@ -179,12 +184,15 @@ class RLRole(Role):
             return []
         with c.lock:
             out = []
-            for name, value, doc in (("swarm_rl_rounds", c.rounds, "RL rounds completed."),
-                                     ("swarm_rl_groups_received", c.groups_received, "Peers' groups received."),
-                                     ("swarm_rl_groups_filtered", c.groups_filtered, "Peers' groups without reward variance."),
-                                     ("swarm_rl_groups_used", c.groups_used, "Peers' groups trained on."),
-                                     ("swarm_rl_bytes_in", c.bytes_in, "Rollout batch bytes received."),
-                                     ("swarm_rl_bytes_out", c.bytes_out, "Rollout batch bytes published.")):  # fmt: skip
+            counts = (
+                ("swarm_rl_rounds", c.rounds, "RL rounds completed."),
+                ("swarm_rl_groups_received", c.groups_received, "Peers' groups received."),
+                ("swarm_rl_groups_filtered", c.groups_filtered, "Peers' groups without reward variance."),
+                ("swarm_rl_groups_used", c.groups_used, "Peers' groups trained on."),
+                ("swarm_rl_bytes_in", c.bytes_in, "Rollout batch bytes received."),
+                ("swarm_rl_bytes_out", c.bytes_out, "Rollout batch bytes published."),
+            )
+            for name, value, doc in counts:
                 family = CounterMetricFamily(name, doc)
                 family.add_metric([], value)
                 out.append(family)
@@ -194,4 +202,8 @@ class RLRole(Role):
                                            labels=["reason"])  # fmt: skip
             for reason, count in sorted(c.rejected.items()):
                 rejected.add_metric([reason], count)
-            return [*out, reward, rejected]
+            late = CounterMetricFamily("swarm_rl_groups_late", "Peers' groups outside the round window, by reason.",
+                                       labels=["reason"])  # fmt: skip
+            for reason, count in sorted(c.late.items()):
+                late.add_metric([reason], count)
+            return [*out, reward, rejected, late]

@@ -10,7 +10,6 @@ Knows torch and peft; the model and tokenizer are handed in; nothing about engin
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,8 +140,10 @@ class LoraPolicy:
         return int(state["round"]) + 1
 
 
-def greedy_complete(model: Any, prompts: list[list[int]], max_new_tokens: int, eos_id: int, pad_id: int) -> list[list[int]]:
-    """Greedy completions of a batch (left-padded, no KV cache: prompts and completions here are a few dozen tokens)."""
+def complete(model: Any, prompts: list[list[int]], max_new_tokens: int, eos_id: int, pad_id: int,
+             temperature: float = 0.0, generator: torch.Generator | None = None) -> list[list[int]]:  # fmt: skip
+    """Completions of a batch, greedy (temperature 0) or sampled; left-padded, no KV cache: prompts and
+    completions here are a few dozen tokens."""
     outs: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)
     with torch.no_grad():
@@ -152,7 +153,12 @@ def greedy_complete(model: Any, prompts: list[list[int]], max_new_tokens: int, e
             ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in seqs])
             attn = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs])
             pos = (attn.cumsum(1) - 1).clamp(min=0)
-            nxt = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, -1].argmax(-1).tolist()
+            logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, -1].float()
+            if temperature > 0:
+                probs = torch.softmax(logits / temperature, dim=-1)
+                nxt = torch.multinomial(probs, 1, generator=generator)[:, 0].tolist()
+            else:
+                nxt = logits.argmax(-1).tolist()
             for i, tok in enumerate(nxt):
                 if not done[i]:
                     outs[i].append(tok)
@@ -160,11 +166,3 @@ def greedy_complete(model: Any, prompts: list[list[int]], max_new_tokens: int, e
             if all(done):
                 break
     return [[t for t in o if t != eos_id] for o in outs]
-
-
-def mean_or_zero(values: list[float]) -> float:
-    return sum(values) / len(values) if values else 0.0
-
-
-def is_finite(x: float) -> bool:
-    return math.isfinite(x)

@@ -36,8 +36,12 @@ class RLConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tasks: list[TaskSpec] = Field(default_factory=lambda: [TaskSpec(**t) for t in DEFAULT_TASKS], min_length=1,
-                                  max_length=64, description="task set; peers must agree (its digest travels)")  # fmt: skip
+    tasks: list[TaskSpec] = Field(
+        default_factory=lambda: [TaskSpec(**t) for t in DEFAULT_TASKS],
+        min_length=1,
+        max_length=64,
+        description="task set; peers must agree (its digest travels)",
+    )
     local_groups: int = Field(4, ge=1, le=64, description="I: groups of own completions per round")
     external_groups: int = Field(4, ge=0, le=64, description="J: peers' groups drawn per round")
     num_generations: int = Field(4, ge=2, le=16, description="G: completions per group")

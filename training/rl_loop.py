@@ -60,10 +60,12 @@ class RLWorker:
 
     def __init__(self, cfg: Any, tasks: TaskSet, policy: LoraPolicy, sampler: Sampler, tokenizer: Any, *,
                  swarm_id: str, peer_id: str, model_hash: str, gate: RolloutGate, counters: RLCounters,
-                 publish: Callable[[bytes], None], rl_peers: Callable[[], set[str]], checkpoint_dir: Path) -> None:  # fmt: skip
+                 publish: Callable[[bytes], None], rl_peers: Callable[[], set[str]], checkpoint_dir: Path,
+                 peer_rounds: Callable[[], list[int]] = list) -> None:  # fmt: skip
         self.cfg, self.tasks, self.policy, self.sampler, self.tok = cfg, tasks, policy, sampler, tokenizer
         self.swarm_id, self.peer_id, self.model_hash = swarm_id, peer_id, model_hash
         self.gate, self.counters, self.publish, self.rl_peers = gate, counters, publish, rl_peers
+        self.peer_rounds = peer_rounds
         self.checkpoint_dir = checkpoint_dir
         self.eos_id = int(tokenizer.eos_token_id)
         self.round = policy.load(checkpoint_dir) or 0
@@ -105,8 +107,20 @@ class RLWorker:
         if cfg.eval_items and (r + 1) % cfg.eval_every == 0:
             report["eval_accuracy"] = self.evaluate(cfg.eval_items)
         self._log(report)
-        self.round = r + 1
+        self.round = self._next_round(r)
         return report
+
+    def _next_round(self, r: int) -> int:
+        """r + 1, or the median of the rl peers' announced rounds when that is ahead: a node that joined late or
+        ran slow catches up, so its batches fall in the others' window. The median, so a minority of peers
+        claiming absurd rounds moves nobody."""
+        if self.cfg.external_groups == 0:  # nothing to share: no reason to skip rounds
+            return r + 1
+        rounds = sorted([r + 1, *self.peer_rounds()])
+        ahead = max(r + 1, rounds[(len(rounds) - 1) // 2])
+        if self.cfg.max_rounds is not None:  # a run of fixed length still runs its last round
+            ahead = max(r + 1, min(ahead, self.cfg.max_rounds - 1))
+        return ahead
 
     def _sample_groups(self, refs: list[TaskRef], r: int) -> list[tuple[TaskRef, list[Completion], list[float]]]:
         prompts = [self.encode(self.tasks.prompt(ref, COMPACT_FORMAT)) for ref in refs]
@@ -120,17 +134,25 @@ class RLWorker:
         return [(ref, comps, [self.tasks.score(ref, c.text) for c in comps])
                 for ref, comps in zip(refs, outs, strict=True)]  # fmt: skip
 
-    def _publish(self, r: int, refs: list[TaskRef], groups: list[tuple[TaskRef, list[Completion], list[float]]]) -> None:
+    def _publish(
+        self, r: int, refs: list[TaskRef], groups: list[tuple[TaskRef, list[Completion], list[float]]]
+    ) -> None:
         shared = [
-            RolloutGroup(task=TaskRefRecord(ref.dataset, ref.config_digest, ref.index), slot=slot,
-                         prompt_format=COMPACT_FORMAT, completions=[c.text.encode() for c in comps],
-                         advisory_rewards=rewards, seed=_seed(self.cfg.seed, self.peer_id, r, slot),
-                         sampler_logprobs=[c.logprob for c in comps])
+            RolloutGroup(
+                task=TaskRefRecord(ref.dataset, ref.config_digest, ref.index),
+                slot=slot,
+                prompt_format=COMPACT_FORMAT,
+                completions=[c.text.encode() for c in comps],
+                advisory_rewards=rewards,
+                seed=_seed(self.cfg.seed, self.peer_id, r, slot),
+                sampler_logprobs=[c.logprob for c in comps],
+            )
             for slot, (ref, comps, rewards) in enumerate(groups)
             if max(rewards) > min(rewards) and all(self.encode(c.text) == c.token_ids for c in comps)
         ]  # fmt: skip (a completion whose text does not re-encode to its tokens would not be the same on the wire)
-        data = encode(RolloutBatch(peer_id=self.peer_id, round=r, policy_version=self.policy.version,
-                                   model_hash=self.model_hash, task_set_digest=self.tasks.digest, groups=shared))  # fmt: skip
+        batch = RolloutBatch(peer_id=self.peer_id, round=r, policy_version=self.policy.version,
+                             model_hash=self.model_hash, task_set_digest=self.tasks.digest, groups=shared)  # fmt: skip
+        data = encode(batch)
         with self.counters.lock:
             self.counters.bytes_out += len(data)
         try:
@@ -146,7 +168,7 @@ class RLWorker:
                                                           self.counters, self.gate.reputation)]  # fmt: skip
         return select_external(cands, cfg.external_groups, cfg.per_peer_cap, _seed(cfg.seed, self.peer_id, r))
 
-    def _samples(self, refs, groups, external: list[Candidate]) -> list[Sample]:  # noqa: ANN001
+    def _samples(self, refs, groups, external: list[Candidate]) -> list[Sample]:
         rows: list[tuple[list[int], list[tuple[list[int], bool]], list[float]]] = []
         for ref, comps, rewards in groups:
             rows.append((self.encode(self.tasks.prompt(ref)), [(c.token_ids, c.finished) for c in comps], rewards))
@@ -154,7 +176,7 @@ class RLWorker:
             comps = [(ids, len(ids) < self.cfg.max_new_tokens) for ids in map(self.encode, cand.completions)]
             rows.append((self.encode(self.tasks.prompt(cand.ref, cand.prompt_format)), comps, cand.rewards))
         adv = group_advantages(torch.tensor([rw for _, _, rw in rows], dtype=torch.float32))
-        return [Sample(prompt, ids + [self.eos_id] if finished else list(ids), float(a))
+        return [Sample(prompt, [*ids, self.eos_id] if finished else list(ids), float(a))
                 for (prompt, comps, _), adv_row in zip(rows, adv, strict=True)
                 for (ids, finished), a in zip(comps, adv_row.tolist(), strict=True)]  # fmt: skip
 
@@ -173,7 +195,7 @@ class RLWorker:
         c = self.counters
         with c.lock:
             report |= {"groups_received": c.groups_received, "groups_filtered": c.groups_filtered,
-                       "groups_used": c.groups_used, "rejected": dict(c.rejected),
+                       "groups_used": c.groups_used, "rejected": dict(c.rejected), "late": dict(c.late),
                        "received_from": dict(c.received_from), "rejected_from": dict(c.rejected_from),
                        "used_from": dict(c.used_from), "bytes_out": c.bytes_out, "bytes_in": c.bytes_in,
                        "peer_id": self.peer_id}  # fmt: skip

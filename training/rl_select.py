@@ -9,6 +9,7 @@ the message; nothing about models, engines or sockets.
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 from collections import Counter, defaultdict
@@ -20,7 +21,9 @@ from protocols.errors import ErrorCode
 from protocols.rollouts import RolloutBatch, RolloutGroup
 from training.rl_tasks import PROMPT_FORMATS, TaskRef, TaskSet
 
+log = logging.getLogger(__name__)
 REWARD_TOLERANCE = 1e-6
+LATE_REASONS = ("stale", "future")  # a slow or restarted honest peer sends these too
 
 
 @dataclass
@@ -46,6 +49,7 @@ class RLCounters:
     groups_filtered: int = 0
     groups_used: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
+    late: Counter[str] = field(default_factory=Counter)  # batches outside the round window: timing, not lies
     received_from: Counter[str] = field(default_factory=Counter)
     rejected_from: Counter[str] = field(default_factory=Counter)
     used_from: Counter[str] = field(default_factory=Counter)
@@ -54,7 +58,11 @@ class RLCounters:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def reject(self, origin: str, reason: str, groups: int) -> None:
+        log.info("rl: refused %d group(s) from %s: %s", groups, origin[-8:], reason)
         with self.lock:
+            if reason in LATE_REASONS:
+                self.late[reason] += groups
+                return
             self.rejected[reason] += groups
             self.rejected_from[origin] += groups
 
@@ -87,7 +95,7 @@ class Reputation:
 class RolloutGate:
     """Cheap checks of gossiped batches, and the inbox of those that passed, by round."""
 
-    def __init__(self, cfg, tasks: TaskSet, own_peer_id: str, model_hash: str, counters: RLCounters) -> None:  # noqa: ANN001
+    def __init__(self, cfg, tasks: TaskSet, own_peer_id: str, model_hash: str, counters: RLCounters) -> None:
         self.cfg, self.tasks, self.own_peer_id, self.model_hash = cfg, tasks, own_peer_id, model_hash
         self.counters = counters
         self.reputation = Reputation(cfg.ban_reject_fraction, cfg.ban_min_groups, cfg.ban_rounds)
@@ -153,7 +161,9 @@ class RolloutGate:
             return "group_size"
         return None
 
-    def take(self, round_index: int, expected: set[str], timeout_s: float, should_stop: Callable[[], bool]) -> list[RolloutBatch]:
+    def take(
+        self, round_index: int, expected: set[str], timeout_s: float, should_stop: Callable[[], bool]
+    ) -> list[RolloutBatch]:
         """Batches for rounds in the staleness window not taken yet; waits up to `timeout_s` for `expected` peers'
         batches of `round_index` (a soft barrier: a silent or dead peer only costs the wait)."""
         import time
@@ -175,7 +185,7 @@ class RolloutGate:
             self.round = round_index
 
 
-def verify_batch(batch: RolloutBatch, tasks: TaskSet, swarm_id: str, cfg, encode: Callable[[str], list[int]],  # noqa: ANN001
+def verify_batch(batch: RolloutBatch, tasks: TaskSet, swarm_id: str, cfg, encode: Callable[[str], list[int]],
                  counters: RLCounters, reputation: Reputation) -> list[Candidate]:  # fmt: skip
     """Regenerate and re-score every group; returns the groups with reward variance. Rejections strike the peer."""
     out: list[Candidate] = []
@@ -198,7 +208,7 @@ def verify_batch(batch: RolloutBatch, tasks: TaskSet, swarm_id: str, cfg, encode
     return out
 
 
-def _verify_group(batch, group: RolloutGroup, tasks: TaskSet, swarm_id, cfg, encode, slots: set[int]):  # noqa: ANN001
+def _verify_group(batch, group: RolloutGroup, tasks: TaskSet, swarm_id, cfg, encode, slots: set[int]):
     ref = TaskRef(group.task.dataset, group.task.config_digest, group.task.index)
     if not tasks.knows(ref) or group.prompt_format not in PROMPT_FORMATS:
         return "unknown_task", None

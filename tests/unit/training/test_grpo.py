@@ -32,7 +32,9 @@ def test_clipped_token_loss_matches_hand_computation() -> None:
     # -> +0.8; the masked token does not count. row 2: A=0 -> 0. Sum -1.58 over 5 tokens.
     loss = grpo_token_loss(logps, old, adv, mask, eps_low=0.2, eps_high=0.28)
     assert loss.item() == pytest.approx((-1.28 - 1.1 + 0.8) / 5, rel=1e-6)
-    assert grpo_token_loss(logps, old, adv, mask, 0.2, 0.28, num_tokens=10).item() == pytest.approx(-1.58 / 10, rel=1e-6)
+    assert grpo_token_loss(logps, old, adv, mask, 0.2, 0.28, num_tokens=10).item() == pytest.approx(
+        -1.58 / 10, rel=1e-6
+    )
 
 
 def test_on_policy_gradient_is_the_policy_gradient() -> None:
