@@ -84,6 +84,9 @@ def bench_rl(
     ] = "tiny",
     warm_lr: Annotated[float, typer.Option(min=0, help="Learning rate of the supervised warm start.")] = 1e-2,
     workdir: Annotated[Path | None, typer.Option(help="Keep logs here (default: a temp dir).")] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override an rl field on every peer: rl.lr=0.01.")
+    ] = None,
 ) -> None:
     """N=4 `swarm join --roles rl` peers per arm, one shared cached warm start, paired identities and seeds."""
     from swarm.benchio import finish_bench, machine_info
@@ -92,7 +95,7 @@ def bench_rl(
     from training.rl_warmstart import WarmStartSettings
 
     console = Console()
-    cfg = load_config(None)
+    cfg = load_config(None, overrides=overrides or [])
     rounds = rounds or (60 if full else 30)
     settings = WarmStartSettings(max_new_tokens=cfg.rl.max_new_tokens, lr=warm_lr)
     start = time.monotonic()
@@ -106,7 +109,7 @@ def bench_rl(
     with console.status("bench rl") as spinner:
         for arm in FULL_ARMS if full else QUICK_ARMS:
             run = ArmRun(arm, base / arm.name.replace("/", "_").replace(" ", "_"), warm_dir, model_hash, rounds,
-                         eval_items)  # fmt: skip
+                         eval_items, overrides or [])  # fmt: skip
             results[arm.name] = run.run(base / "keys", spinner.update)
             console.print(f"arm {arm.name}: cumulative reward {results[arm.name]['cumulative_reward']:.3f} "
                           f"in {results[arm.name]['seconds']:.0f} s")  # fmt: skip

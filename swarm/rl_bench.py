@@ -61,9 +61,10 @@ def _lines(path: Path) -> list[dict[str, Any]]:
 class ArmRun:
     """Starts an arm's processes, waits for its rounds, stops them."""
 
-    def __init__(self, arm: Arm, workdir: Path, warm_dir: Path, model_hash: str, rounds: int, eval_items: int) -> None:
+    def __init__(self, arm: Arm, workdir: Path, warm_dir: Path, model_hash: str, rounds: int, eval_items: int,
+                 overrides: list[str]) -> None:  # fmt: skip
         self.arm, self.dir, self.warm_dir, self.model_hash = arm, workdir, warm_dir, model_hash
-        self.rounds, self.eval_items = rounds, eval_items
+        self.rounds, self.eval_items, self.overrides = rounds, eval_items, overrides
         self.procs: list[subprocess.Popen] = []
         self.swarm_id = "rlbench-" + "".join(ch if ch.isalnum() else "-" for ch in arm.name)
 
@@ -89,6 +90,8 @@ class ArmRun:
             args += ["--peer", peer]
         for key, value in sets.items():
             args += ["--set", f"{key}={value}"]
+        for text in self.overrides:  # the bench's own --set, the same on every peer of every arm
+            args += ["--set", text]
         return args
 
     def run(self, keys: Path, progress: Callable[[str], None]) -> dict[str, Any]:
