@@ -75,7 +75,7 @@ def bench_rl(
         bool, typer.Option("--quick", help="Arms 8/0 and 4/4 + a lying peer (minutes on 2 cores).")
     ] = False,
     full: Annotated[bool, typer.Option("--full", help="Also 6/2, 2/6 and 4/4 trusting advisory rewards.")] = False,
-    rounds: Annotated[int | None, typer.Option(min=2, help="Rounds per arm (default: 30 quick, 60 full).")] = None,
+    rounds: Annotated[int | None, typer.Option(min=2, help="Rounds per arm (default: 60 quick, 120 full).")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results JSON here.")] = None,
     plot_path: Annotated[Path | None, typer.Option("--plot", help="Write the reward curves (PNG) here.")] = None,
     eval_items: Annotated[int, typer.Option(min=0, help="Fixed greedy eval set size.")] = 64,
@@ -83,6 +83,7 @@ def bench_rl(
         str, typer.Option(help="Embedded model every arm starts from ('tiny' fits 2 busy cores).")
     ] = "tiny",
     warm_lr: Annotated[float, typer.Option(min=0, help="Learning rate of the supervised warm start.")] = 1e-2,
+    lr: Annotated[float, typer.Option(min=0, help="Every peer's rl.lr (the LoRA adapter's learning rate).")] = 5e-3,
     workdir: Annotated[Path | None, typer.Option(help="Keep logs here (default: a temp dir).")] = None,
     overrides: Annotated[
         list[str] | None, typer.Option("--set", help="Override an rl field on every peer: rl.lr=0.01.")
@@ -95,8 +96,9 @@ def bench_rl(
     from training.rl_warmstart import WarmStartSettings
 
     console = Console()
-    cfg = load_config(None, overrides=overrides or [])
-    rounds = rounds or (60 if full else 30)
+    overrides = [f"rl.lr={lr}", *(overrides or [])]
+    cfg = load_config(None, overrides=overrides)
+    rounds = rounds or (120 if full else 60)
     settings = WarmStartSettings(max_new_tokens=cfg.rl.max_new_tokens, lr=warm_lr)
     start = time.monotonic()
     warm_dir, warm = cached_warm_start(model, 0, cfg.rl, settings, console.print)
@@ -109,7 +111,7 @@ def bench_rl(
     with console.status("bench rl") as spinner:
         for arm in FULL_ARMS if full else QUICK_ARMS:
             run = ArmRun(arm, base / arm.name.replace("/", "_").replace(" ", "_"), warm_dir, model_hash, rounds,
-                         eval_items, overrides or [])  # fmt: skip
+                         eval_items, overrides)  # fmt: skip
             results[arm.name] = run.run(base / "keys", spinner.update)
             console.print(f"arm {arm.name}: cumulative reward {results[arm.name]['cumulative_reward']:.3f} "
                           f"in {results[arm.name]['seconds']:.0f} s")  # fmt: skip
