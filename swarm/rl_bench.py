@@ -95,6 +95,7 @@ class ArmRun:
         return args
 
     def run(self, keys: Path, progress: Callable[[str], None]) -> dict[str, Any]:
+        self.keys = keys
         self.dir.mkdir(parents=True, exist_ok=True)
         start = time.monotonic()
         try:
@@ -143,8 +144,10 @@ class ArmRun:
         logs = [[x for x in _lines(self.dir / f"peer{k}.jsonl") if x["round"] < self.rounds] for k in range(PEERS)]
         honest_ids = {lines[-1]["peer_id"] for lines in logs}
         by_round = [{x["round"]: x["mean_reward"] for x in lines} for lines in logs]
+        from comms.identity import peer_id_of, read_identity
+
         liar = json.loads((self.dir / "liar.json").read_text()) if (self.dir / "liar.json").exists() else None
-        liar_id = liar["peer_id"] if liar else None
+        liar_id = peer_id_of(read_identity(self.keys / "liar.key")) if self.arm.liar else None
         curve = []  # per round, the mean over the peers that ran it (one that caught up skipped a few)
         for r in range(self.rounds):
             values = [m[r] for m in by_round if r in m]

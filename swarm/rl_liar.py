@@ -70,7 +70,7 @@ class Liar:
             self.sent[r] = data
         return data
 
-    async def run(self, rounds: int) -> None:
+    async def run(self, rounds: int, report: Path | None = None) -> None:
         rl_topic = topic(self.swarm_id, ROLLOUTS_TOPIC)
         last = -1
         async with self.node.host.subscribe(rl_topic) as channel, trio.open_nursery() as nursery:
@@ -85,6 +85,8 @@ class Liar:
                     await self.node.host.publish(rl_topic, self.forged(kind, current, victim))
                     self.published += 1
                     log.info("liar: round %d: published a %s batch", current, kind)
+                    if report is not None:  # after every batch: the bench may stop this process at any time
+                        report.write_text(json.dumps({"peer_id": self.node.peer_id, "published": self.published}))
                 await trio.sleep(POLL_S)
             nursery.cancel_scope.cancel()
 
@@ -105,9 +107,7 @@ async def _main(args: argparse.Namespace) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(node.run)
         liar = Liar(config, node, args.model_hash)
-        await liar.run(args.rounds)
-        if args.report:
-            Path(args.report).write_text(json.dumps({"peer_id": node.peer_id, "published": liar.published}))
+        await liar.run(args.rounds, args.report)
         nursery.cancel_scope.cancel()
 
 
