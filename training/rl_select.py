@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from training.rl_tasks import PROMPT_FORMATS, TaskRef, TaskSet
 log = logging.getLogger(__name__)
 REWARD_TOLERANCE = 1e-6
 LATE_REASONS = ("stale", "future")  # a slow or restarted honest peer sends these too
+MAX_SLOT = 64  # slots are below the sender's rl.local_groups, itself at most 64
 
 
 @dataclass
@@ -166,8 +168,6 @@ class RolloutGate:
     ) -> list[RolloutBatch]:
         """Batches for rounds in the staleness window not taken yet; waits up to `timeout_s` for `expected` peers'
         batches of `round_index` (a soft barrier: a silent or dead peer only costs the wait)."""
-        import time
-
         deadline = time.monotonic() + timeout_s
         with self._cond:
             while not should_stop():
@@ -212,7 +212,7 @@ def _verify_group(batch, group: RolloutGroup, tasks: TaskSet, swarm_id, cfg, enc
     ref = TaskRef(group.task.dataset, group.task.config_digest, group.task.index)
     if not tasks.knows(ref) or group.prompt_format not in PROMPT_FORMATS:
         return "unknown_task", None
-    if group.slot in slots or group.slot >= 64:
+    if group.slot in slots or group.slot >= MAX_SLOT:
         return "duplicate_task", None
     slots.add(group.slot)
     if tasks.derive(swarm_id, batch.peer_id, batch.round, group.slot) != ref:
