@@ -27,11 +27,14 @@ from protocols.messages import (
     PeerRecord,
     PeersReply,
     PeersRequest,
+    RLState,
     TrainingState,
 )
+from protocols.rollouts import ROLLOUT_LIMITS, RolloutBatch, RolloutGroup, TaskRefRecord
 
 __all__ = [
     "GOSSIP_LIMITS",
+    "ROLLOUT_LIMITS",
     "STREAM_LIMITS",
     "TENSOR_LIMITS",
     "Cancel",
@@ -52,8 +55,12 @@ __all__ = [
     "PeersReply",
     "PeersRequest",
     "ProtocolError",
+    "RLState",
     "Record",
+    "RolloutBatch",
+    "RolloutGroup",
     "SwarmError",
+    "TaskRefRecord",
     "Timings",
     "TokenChunk",
     "TokenLogprobs",

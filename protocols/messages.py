@@ -63,11 +63,25 @@ class TrainingState(Record):
 
 
 @dataclass
+class RLState(Record):
+    """Rollout-sharing progress, filled by peers with the `rl` role."""
+
+    round: int = 0
+    mean_reward: float = 0.0
+    groups_received: int = 0
+    groups_rejected: int = 0
+    groups_used: int = 0
+
+    def validate(self) -> None:
+        _non_negative(self, "round", "groups_received", "groups_rejected", "groups_used")
+
+
+@dataclass
 class PeerAnnounce(Message):
     """A peer's state, published on `swarm/<swarm_id>/announce` every `heartbeat_s`."""
 
     TYPE = "peer_announce"
-    VERSION = (1, 0)
+    VERSION = (1, 1)
 
     peer_id: str
     addrs: list[str]
@@ -81,6 +95,7 @@ class PeerAnnounce(Message):
     training: TrainingState = field(default_factory=TrainingState)
     hivemind_addrs: list[str] = field(default_factory=list)
     seq: int = 0
+    rl: RLState | None = None
 
     def validate(self) -> None:
         if not self.peer_id:

@@ -114,6 +114,10 @@ class Engine:
         # owner before ``start``) is then called with it from that thread and must not block.
         self.failure: str | None = None
         self.on_failure: Callable[[str], None] | None = None
+        self.weights_version = 0  # bumped by each swap_weights, applied between two steps
+        self._pending_weights: tuple[int, dict[str, torch.Tensor]] | None = None
+        self._weight_swap: Any = None
+        self._swap_error: EngineError | None = None
 
     # ----- lifecycle -----
     def start(self) -> None:
@@ -286,6 +290,38 @@ class Engine:
         with self._lock:
             self.scheduler.allocator.forget_hashes()
 
+    def swap_weights(self, version: int, deltas: dict[str, torch.Tensor], timeout_s: float = 30.0) -> None:
+        """Serve base + `deltas` (keyed by HF linear weight names) from the next step boundary on, and wait for it.
+
+        A request's tokens before and after the swap come from different weights: callers that learn from their
+        requests compare `weights_version` before and after."""
+        if self.scheduler is None:
+            raise EngineError("engine is not running")
+        with self._lock:
+            self._pending_weights = (version, deltas)
+            self._lock.notify_all()
+            if not self._lock.wait_for(lambda: self._pending_weights is None or self._stopping, timeout_s):
+                raise EngineError(f"weights not swapped within {timeout_s} s")
+            error, self._swap_error = self._swap_error, None
+        if error is not None:
+            raise error
+
+    def _apply_pending_weights(self) -> None:
+        """Called by the step loop with the lock held, between two steps."""
+        from serving.weight_swap import WeightSwap
+
+        version, deltas = self._pending_weights
+        if self._weight_swap is None:
+            self._weight_swap = WeightSwap(self.runner)  # the base copy, taken before the first swap
+        try:
+            self._weight_swap.apply(deltas)
+            self.weights_version = version
+        except EngineError as err:  # a bad delta fails the caller's swap, not the engine
+            self._swap_error = err
+        finally:
+            self._pending_weights = None
+            self._lock.notify_all()
+
     # ----- the step loop -----
     def _loop(self) -> None:
         try:
@@ -321,6 +357,8 @@ class Engine:
             with self._lock:
                 if self._stopping:
                     return
+                if self._pending_weights is not None:
+                    self._apply_pending_weights()
                 output = self.scheduler.schedule()
                 if output.is_empty:
                     self.runner.execute(output)  # drops released requests' sampler state

@@ -22,10 +22,11 @@ app.add_typer(model_app, name="model")
 
 
 def _register_all() -> None:
-    from swarm import cli_doctor, cli_node, cli_serving, cli_soak, cli_training
+    from swarm import cli_doctor, cli_node, cli_rl, cli_serving, cli_soak, cli_training
 
     cli_node.register(app, bench_app)
     cli_doctor.register(app)
+    cli_rl.register(app, bench_app)
     cli_serving.register(app, bench_app, model_app)
     cli_training.register(app, bench_app)
     cli_soak.register(bench_app)

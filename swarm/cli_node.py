@@ -84,7 +84,7 @@ def join(
     heartbeat_s: Annotated[float | None, typer.Option(help="Announce period in seconds.")] = None,
     peer_timeout_s: Annotated[float | None, typer.Option(help="Drop silent peers after this many seconds.")] = None,
     http: Annotated[str | None, typer.Option(help="Serve the HTTP API on HOST:PORT.")] = None,
-    roles: Annotated[str | None, typer.Option(help="Comma-separated roles: serve, train.")] = None,
+    roles: Annotated[str | None, typer.Option(help="Comma-separated roles: serve, train, rl.")] = None,
     info_file: Annotated[Path | None, typer.Option(help="Write peer id, addrs and HTTP URL here as JSON.")] = None,
     api_key_file: Annotated[
         Path | None, typer.Option(help="HTTP API keys, one a line: callers send Authorization: Bearer <key>.")

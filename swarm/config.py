@@ -17,9 +17,10 @@ from comms.config import NetworkConfig
 from protocols.errors import SwarmError
 from serving.config import ServingConfig
 from training.config import TrainingConfig
+from training.rl_config import RLConfig
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
-ROLES = ("serve", "train")
+ROLES = ("serve", "train", "rl")
 _HOST_PORT = re.compile(r"^(?P<host>[A-Za-z0-9.\-:\[\]]+):(?P<port>\d{1,5})$")
 
 
@@ -32,7 +33,7 @@ class NodeSection(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    roles: list[str] = Field(default_factory=list, description="Roles: serve, train (none: a plain peer).")
+    roles: list[str] = Field(default_factory=list, description="Roles: serve, train, rl (none: a plain peer).")
     http: str | None = Field(None, description="HOST:PORT of the HTTP API (port 0 picks a free one).")
     info_file: Path | None = Field(None, description="Write {peer_id, addrs, http} as JSON here once listening.")
     shutdown_grace_s: float = Field(3.0, gt=0, le=60, description="Time given to in-flight work on shutdown.")
@@ -110,6 +111,7 @@ class NodeConfig(BaseModel):
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    rl: RLConfig = Field(default_factory=RLConfig)
 
 
 def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

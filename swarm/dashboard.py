@@ -101,11 +101,14 @@ class DashboardState:
             training = row.get("training") or {}
             self.loss.record(_text(row["peer_id"]), _number(training.get("step")), _number(training.get("loss")))
             rl = row.get("rl") or {}
-            self.reward.record(_text(row["peer_id"]), _number(rl.get("round")), _number(rl.get("reward")))
+            self.reward.record(_text(row["peer_id"]), _number(rl.get("round")), _number(rl.get("mean_reward")))
         for role in self.node.roles:
             counters = getattr(role, "rl_counters", None)
             if callable(counters) and not role.failure:
-                rl = counters()
+                try:
+                    rl = counters()
+                except SwarmError:  # no round yet
+                    continue
                 self.reward.record(self.node.peer_id, _number(rl.round), _number(rl.reward))
         engine = self._engine()
         if engine is not None:

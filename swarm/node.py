@@ -260,6 +260,7 @@ def _peer_row(announce: PeerAnnounce, *, age_s: float, is_self: bool) -> dict[st
         },
         "load": vars(announce.load).copy(),
         "training": vars(announce.training).copy(),
+        "rl": vars(announce.rl).copy() if announce.rl is not None else None,
     }
 
 

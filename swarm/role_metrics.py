@@ -34,6 +34,10 @@ class RlCounters:
     groups_received: int = 0
     groups_used: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
+    groups_filtered: int = 0  # peers' groups without reward variance: dropped, no strike
+    late: dict[str, int] = field(default_factory=dict)  # peers' groups outside the round window, by reason
+    bytes_in: int = 0  # rollout batch bytes received
+    bytes_out: int = 0  # rollout batch bytes published
 
 
 def _histogram(name: str, doc: str, hist: Histogram, model: str) -> HistogramMetricFamily:
@@ -109,23 +113,31 @@ def training_families(role: Any) -> Iterator[Metric]:
 def rl_families(rl: RlCounters) -> Iterator[Metric]:
     """`swarm_rl_*` figures from an RL role's counters."""
     yield _gauge("swarm_rl_round", "RL rounds this peer has completed.", rl.round)
+    yield _single_counter("swarm_rl_rounds", "RL rounds completed.", rl.round, {})
     if rl.reward is not None and math.isfinite(rl.reward):
         yield _gauge("swarm_rl_reward", "Mean reward of the latest RL round.", rl.reward)
     yield _single_counter("swarm_rl_groups_received", "Rollout groups received from peers.", rl.groups_received, {})
+    yield _single_counter("swarm_rl_groups_filtered", "Peers' groups without reward variance.", rl.groups_filtered,
+                          {})  # fmt: skip
     yield _single_counter("swarm_rl_groups_used", "Rollout groups that passed the checks and were used.",
                           rl.groups_used, {})  # fmt: skip
     yield _counter("swarm_rl_groups_rejected", "Rollout groups rejected, by reason.", rl.rejected, "reason", {})
+    yield _counter("swarm_rl_groups_late", "Peers' groups outside the round window, by reason.", rl.late, "reason",
+                   {})  # fmt: skip
+    yield _single_counter("swarm_rl_bytes_in", "Rollout batch bytes received.", rl.bytes_in, {})
+    yield _single_counter("swarm_rl_bytes_out", "Rollout batch bytes published.", rl.bytes_out, {})
 
 
 def _active(role: Any) -> str | None:
-    """Which figures a live role has now: "serve", "train", "rl", or None (not ready, failed, or none)."""
+    """Which figures a live role has now: "serve", "train", "rl", or None (not ready, failed, or none). By the
+    role's name: an RL role may hold an engine of its own, whose figures are its rollouts', not serving's."""
     if role.failure:
         return None
-    if getattr(role, "engine", None) is not None:
+    if role.name == "serve" and getattr(role, "engine", None) is not None:
         return "serve"
-    if getattr(role, "averager", None) is not None and getattr(role, "peer", None) is not None:
+    if role.name == "train" and getattr(role, "averager", None) is not None and getattr(role, "peer", None) is not None:
         return "train"
-    if callable(getattr(role, "rl_counters", None)):
+    if role.name == "rl" and callable(getattr(role, "rl_counters", None)):
         return "rl"
     return None
 

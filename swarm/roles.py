@@ -23,6 +23,10 @@ class RoleFailed(SwarmError):
     """A role stopped working after it had started; the message says why, in one line."""
 
 
+class RoleNotReady(SwarmError):
+    """A role asked for figures it does not have yet (it is still starting)."""
+
+
 class Role:
     """A capability of a node. ``run`` starts it, reports readiness, and stops it when cancelled.
 
@@ -97,4 +101,8 @@ def build_roles(config: Any, node: Any) -> list[Role]:
         from swarm.train_role import TrainRole
 
         roles.append(TrainRole(config.training, node))
+    if "rl" in config.node.roles:
+        from swarm.rl_role import RLRole
+
+        roles.append(RLRole(config, node))  # after serve: it samples through the serve role's engine
     return roles
