@@ -64,7 +64,7 @@ class TrainingConfig(BaseModel):
     # exchange
     codec: CodecName = "fp16"
     codec_block_size: int = Field(64, ge=8, le=1 << 20, description="values per absmax block (int8/int4)")
-    error_feedback: bool = False
+    error_feedback: bool = Field(False, description="add what the codec lost from a fragment last exchange to the next")
     target_group_size: int = Field(64, ge=2, le=4096)
     min_group_size: int = Field(2, ge=2, le=4096)
     matchmaking_time_s: float = Field(2.0, gt=0.0, le=600.0)
