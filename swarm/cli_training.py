@@ -17,16 +17,19 @@ def _table(report: dict[str, Any]) -> Any:
     from rich.table import Table
 
     table = Table(title="swarm bench train (ratios vs the data-parallel baseline, same run)")
-    for col in ("system", "final eval loss", "loss vs ddp", "MB sent/peer", "bytes reduction", "wall s"):
+    cols = ("system", "final eval loss", "loss vs ddp", "progress vs ddp", "MB sent/peer", "bytes reduction", "wall s")
+    for col in cols:
         table.add_column(col, justify="right")
     ratios = report["ratios"]
     for name, res in report["results"].items():
+        reduction = ratios.get(f"{name}_bytes_reduction")
         table.add_row(
             name,
             f"{res['final_eval_loss']:.4f}",
             "1.000" if name == "ddp" else f"{ratios.get(f'{name}_loss_vs_ddp', float('nan')):.3f}",
+            "1.000" if name == "ddp" else f"{ratios.get(f'{name}_progress_vs_ddp', float('nan')):.3f}",
             f"{res['bytes_sent_per_peer'] / 1e6:.2f}",
-            "1" if name == "ddp" else f"{ratios.get(f'{name}_bytes_reduction', float('nan')):.0f}x",
+            "1" if name == "ddp" else ("-" if reduction is None else f"{reduction:.0f}x"),
             f"{res['wall_s']:.1f}",
         )
     return table
@@ -41,7 +44,7 @@ def bench_train(
     ),
     peers: int = typer.Option(4, "--peers", min=2, max=16, help="Peers (processes) per system."),
 ) -> None:
-    """Data-parallel baseline vs DiLoCo, NoLoCo and streaming DiLoCo (int4), each as N processes."""
+    """Data-parallel and no-communication baselines vs DiLoCo, NoLoCo and streaming DiLoCo (int4), N processes each."""
     from rich.console import Console
 
     from swarm.benchio import BenchProgress

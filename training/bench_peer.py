@@ -1,6 +1,7 @@
 """One peer of `swarm bench train`, run as `python -m training.bench_peer WORKDIR RANK` (its own process).
 
-`WORKDIR/spec.json` (written by `training.bench`) lists the systems (ddp, diloco, noloco, streaming_int4),
+`WORKDIR/spec.json` (written by `training.bench`) lists the systems (ddp, local_only, diloco, noloco,
+streaming_int4),
 their training configs and step count; the peer runs them in turn from a fresh model each, using
 `WORKDIR/<system>/` as the rendezvous (rank 0's hivemind multiaddrs, or every rank's ring port) and writing
 its losses, bytes and wall time to `WORKDIR/<system>/result-RANK.json`: `bytes_*`, the kernel's counts for the
@@ -28,6 +29,8 @@ from training.config import TrainingConfig
 from training.data import TokenData
 from training.ring_allreduce import RingAllReduce
 from training.trainer import TrainingPeer, averaging_settings, flatten, unflatten
+
+_BYTE_FIELDS = ("bytes_sent", "bytes_received", "payload_bytes_sent", "payload_bytes_received")
 
 
 def _wait_for(path: Path, timeout_s: float) -> Path:
@@ -88,6 +91,17 @@ def run_ddp(peer: TrainingPeer, spec: dict[str, Any], rank: int) -> dict[str, An
     }
 
 
+def run_local_only(peer: TrainingPeer, spec: dict[str, Any]) -> None:
+    """No-communication baseline: the same inner steps on this peer's shard alone, no outer step at all."""
+    st = peer.status
+    for _ in range(spec["steps"]):
+        st.loss = peer.inner.step(peer.next_batch())
+        st.step += 1
+        st.history.append((st.step, st.loss))
+        if st.step % spec["eval_every"] == 0:
+            peer.evaluate()
+
+
 def run_hivemind(peer: TrainingPeer, spec: dict[str, Any], rank: int, settings: AveragingSettings) -> dict[str, Any]:
     workdir = Path(spec["workdir"])
     if rank > 0:
@@ -131,11 +145,15 @@ def run_one(system: str, spec: dict[str, Any], tokens: torch.Tensor, rank: int) 
     started = time.monotonic()
     if system == "ddp":
         wire = run_ddp(peer, sys_spec, rank)
+    elif system == "local_only":
+        run_local_only(peer, sys_spec)
+        wire = {**dict.fromkeys(_BYTE_FIELDS, 0), "bytes_counted": "nothing sent"}
     else:
         settings = averaging_settings(cfg, prefix=f"bench{system}", bandwidth_mbps=spec.get("bandwidth_mbps"))
         wire = run_hivemind(peer, sys_spec, rank, settings)
     local = peer.evaluate()
-    final = local if system == "ddp" else peer.evaluate_global()
+    # local_only: each peer's own weights (no outer state is ever agreed on); the report averages the peers
+    final = local if system in ("ddp", "local_only") else peer.evaluate_global()
     peer.close()
     return {
         "rank": rank,

@@ -64,7 +64,7 @@ class TrainingConfig(BaseModel):
     # exchange
     codec: CodecName = "fp16"
     codec_block_size: int = Field(64, ge=8, le=1 << 20, description="values per absmax block (int8/int4)")
-    error_feedback: bool = False
+    error_feedback: bool = Field(False, description="add what the codec lost from a fragment last exchange to the next")
     target_group_size: int = Field(64, ge=2, le=4096)
     min_group_size: int = Field(2, ge=2, le=4096)
     matchmaking_time_s: float = Field(2.0, gt=0.0, le=600.0)
@@ -94,6 +94,16 @@ class TrainingConfig(BaseModel):
             raise ValueError(
                 f"seq_len={self.seq_len} exceeds model.max_position_embeddings={self.model.max_position_embeddings}"
             )
-        if self.outer_optimizer == "streaming" and self.overlap_steps >= self.inner_steps:
-            raise ValueError(f"overlap_steps={self.overlap_steps} must be < inner_steps={self.inner_steps}")
+        if self.inner_steps > self.total_steps:
+            raise ValueError(
+                f"inner_steps={self.inner_steps} exceeds total_steps={self.total_steps}: no outer round would complete"
+            )
+        if self.outer_optimizer == "streaming":
+            if self.overlap_steps >= self.inner_steps:
+                raise ValueError(f"overlap_steps={self.overlap_steps} must be < inner_steps={self.inner_steps}")
+            if self.num_fragments > self.inner_steps:  # fragments would share a sync step, or never get one
+                raise ValueError(
+                    f"num_fragments={self.num_fragments} exceeds inner_steps={self.inner_steps}: each fragment needs "
+                    "its own sync step within H"
+                )
         return self

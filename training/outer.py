@@ -8,6 +8,7 @@ when no group formed) to `incoming(f, avg)`. This module knows nothing about net
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 
 import torch
@@ -102,8 +103,9 @@ class DilocoOuter(OuterOptimizer):
 
 
 class NolocoOuter(OuterOptimizer):
-    """NoLoCo: no all-reduce. Each round peers pair up by a permutation seeded with the round number; a pair
-    averages pseudo-gradients and slow weights; then, with a the pair's mean pseudo-gradient and phi_bar the
+    """NoLoCo: no all-reduce. Each round a peer hashes itself into a bucket (`noloco_group_bits`) where it
+    averages pseudo-gradients and slow weights with a group of `target_group_size` (hivemind forms the groups
+    among whoever is in the bucket); then, with a the pair's mean pseudo-gradient and phi_bar the
     pair's mean slow weights: m <- beta*m + a; phi <- phi - alpha*(a + beta*m) - gamma*(phi - phi_bar)."""
 
     name = "noloco"
@@ -115,7 +117,7 @@ class NolocoOuter(OuterOptimizer):
         return super().outgoing_shapes(f) * 2
 
     def group_bits(self, round_index: int, peers: list[str], me: str) -> str | None:
-        return noloco_group_bits(round_index, peers, me, self.cfg.seed)
+        return noloco_group_bits(round_index, peers, me, self.cfg.seed, self.cfg.target_group_size)
 
     def incoming(self, f: int, averaged: list[torch.Tensor] | None) -> None:
         idx = self.fragment(f)
@@ -132,28 +134,27 @@ class NolocoOuter(OuterOptimizer):
                 self.params[i].copy_(self.slow[i])
 
 
-def noloco_pairs(round_index: int, num_peers: int, seed: int = 0) -> list[list[int]]:
-    """Positions (into the sorted peer list) grouped in pairs by a permutation seeded with the round; an odd
-    peer out joins the last pair."""
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + round_index)
-    perm = torch.randperm(num_peers, generator=gen).tolist()
-    groups = [perm[i : i + 2] for i in range(0, num_peers - num_peers % 2, 2)]
-    if num_peers % 2:
-        if groups:
-            groups[-1].append(perm[-1])
-        else:
-            groups.append([perm[-1]])
-    return groups
+def noloco_num_groups(num_peers: int, group_size: int) -> int:
+    """Hash buckets for `num_peers` peers in groups of `group_size`: the largest power of two that leaves at least
+    two groups' worth of peers in each bucket on average (hivemind then pairs up whoever is in a bucket). A power of
+    two, so that membership views of slightly different sizes almost always agree on it."""
+    buckets = max(1, num_peers // (2 * group_size))
+    return 1 << (buckets.bit_length() - 1)
 
 
-def noloco_group_bits(round_index: int, peers: list[str], me: str, seed: int = 0) -> str:
-    """Group key bits of `me` this round: 2 bits of round parity (keeps rounds apart) + the pair index."""
-    ordered = sorted(set(peers) | {me})
-    pos = ordered.index(me)
-    groups = noloco_pairs(round_index, len(ordered), seed)
-    pair = next(k for k, g in enumerate(groups) if pos in g)
-    width = max(1, (len(groups) - 1).bit_length())
-    return f"{round_index % 4:02b}{pair:0{width}b}"
+def noloco_bucket(round_index: int, me: str, seed: int, num_groups: int) -> int:
+    """This peer's bucket this round: a hash of (seed, round, peer id) alone, so no other peer's presence or
+    absence (a peer that left, one that just joined, a view that lags) moves it."""
+    digest = hashlib.sha256(f"noloco:{seed}:{round_index}:{me}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % num_groups
+
+
+def noloco_group_bits(round_index: int, peers: list[str], me: str, seed: int = 0, group_size: int = 2) -> str:
+    """Group key bits of `me` this round: 2 bits of round parity (keeps rounds apart) + the hashed bucket. The
+    peer list only sizes the buckets (coarsely, see `noloco_num_groups`); it never decides who is with whom."""
+    num_groups = noloco_num_groups(len(set(peers) | {me}), group_size)
+    width = max(1, (num_groups - 1).bit_length())
+    return f"{round_index % 4:02b}{noloco_bucket(round_index, me, seed, num_groups):0{width}b}"
 
 
 def balanced_fragments(sizes: list[int], num: int) -> list[list[int]]:

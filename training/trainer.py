@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import torch
 
 from comms.averaging import AveragingError, AveragingResult, AveragingSettings
+from comms.codecs import TensorCodec, make_codec
 from training.checkpoint import load_latest, save_checkpoint
 from training.config import TrainingConfig
 from training.consensus import (
@@ -108,6 +109,25 @@ def averaging_settings(
     )
 
 
+class CodecFeedback:
+    """Error feedback on what a peer sends (`training.error_feedback`): the part of a fragment's vector that the
+    codec lost last time is added to the next one, so quantisation error is delayed rather than dropped. The
+    averager encodes the same flat vector with the same blocks, so the local round trip is the loss it sees."""
+
+    def __init__(self, codec: TensorCodec) -> None:
+        self.codec = codec
+        self._residual: dict[int, torch.Tensor] = {}
+
+    def add(self, fragment: int, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The vector to send and the residual it would leave, kept by `keep` once the group took it."""
+        prev = self._residual.get(fragment)
+        target = flat if prev is None else flat + prev
+        return target, target - self.codec.decode(self.codec.encode(target))
+
+    def keep(self, fragment: int, residual: torch.Tensor) -> None:
+        self._residual[fragment] = residual
+
+
 def exchange_length(outer: OuterOptimizer) -> int:
     """Length of the flat vector every exchange of this outer optimizer uses."""
     return max(sum(math.prod(s) for s in outer.outgoing_shapes(f)) for f in range(outer.num_fragments))
@@ -155,6 +175,7 @@ class TrainingPeer:
         self.eval_set = data.eval_batches(cfg.batch_size, cfg.eval_batches)
         self.status = PeerStatus()
         self.exchange_len = exchange_length(self.outer)
+        self._feedback = CodecFeedback(make_codec(cfg.codec, cfg.codec_block_size)) if cfg.error_feedback else None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exchange")
         # Extra files for every checkpoint (the node adds its tokenizer so the serving engine loads the directory).
         self.checkpoint_files: dict[str, bytes] = {}
@@ -320,9 +341,12 @@ class TrainingPeer:
         bits = self.outer.group_bits(round_index, self.peers(), self.peer_id)
         if bits is None and self.outer.num_fragments > 1:
             bits = f"{f:0{max(1, (self.outer.num_fragments - 1).bit_length())}b}"
+        sent = flatten(outgoing, self.exchange_len)
+        if self._feedback is not None:
+            sent, residual = self._feedback.add(f, sent)
         try:
             result = self.averager.step(
-                [flatten(outgoing, self.exchange_len)],
+                [sent],
                 round_index=round_index,
                 timeout_s=self.cfg.round_timeout_s,
                 group_bits=bits,
@@ -333,6 +357,8 @@ class TrainingPeer:
             self.status.exchanges_failed += 1
             return None
         self.status.exchanges_ok += 1
+        if self._feedback is not None:  # only what the group took in leaves a residual
+            self._feedback.keep(f, residual)
         self.status.last_group = list(result.peers)
         self._members = dict(result.members)
         agreed = group_round(self.averager.peer_id, round_index, result.members)

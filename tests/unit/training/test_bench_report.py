@@ -35,10 +35,28 @@ def test_summary_averages_peers_and_ratios_divide_by_the_baseline() -> None:
     }
 
 
+def test_progress_is_the_share_of_ddp_s_loss_drop_for_every_system() -> None:
+    ddp = summarize([peer(1.5, 1000, [1.6, 1.5])])
+    local = summarize([{**peer(1.6, 0, [1.7, 1.6]), "bytes_counted": "nothing sent"}, peer(1.7, 0, [1.7, 1.7])])
+    diloco = summarize([peer(1.45, 10, [1.6, 1.45])])
+    r = ratios({"ddp": ddp, "local_only": local, "diloco": diloco}, start_loss=1.75)
+    # from 1.75: ddp took off 0.25; local_only (mean of its peers, 1.65) 0.10; diloco 0.30
+    assert r["local_only_progress_vs_ddp"] == pytest.approx(0.4)
+    assert r["diloco_progress_vs_ddp"] == pytest.approx(1.2)
+    assert r["local_only_loss_vs_ddp"] == pytest.approx(1.1)
+    assert "local_only_bytes_reduction" not in r  # it sends nothing: no ratio to speak of
+    # a loss that rose from the start is negative progress, not hidden
+    worse = ratios({"ddp": ddp, "local_only": summarize([peer(1.8, 0, [1.8])])}, start_loss=1.75)
+    assert worse["local_only_progress_vs_ddp"] == pytest.approx(-0.2)
+    # without a start loss, or with a baseline that learned nothing, there is no progress to divide by
+    assert not any(k.endswith("_progress_vs_ddp") for k in ratios({"ddp": ddp, "diloco": diloco}))
+    assert not any(k.endswith("_progress_vs_ddp") for k in ratios({"ddp": ddp, "diloco": diloco}, start_loss=1.5))
+
+
 @pytest.mark.parametrize("quick", [True, False])
 def test_systems_share_everything_but_the_exchange(quick: bool) -> None:
     configs, steps = bench_configs(quick)
-    assert set(configs) == {"ddp", "diloco", "noloco", "streaming_int4"}
+    assert set(configs) == {"ddp", "local_only", "diloco", "noloco", "streaming_int4"}
     for name, cfg in configs.items():
         assert (cfg.batch_size, cfg.seq_len, cfg.inner_lr, cfg.model) == (
             configs["ddp"].batch_size, configs["ddp"].seq_len, configs["ddp"].inner_lr, configs["ddp"].model,

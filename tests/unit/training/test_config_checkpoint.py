@@ -26,6 +26,21 @@ def test_defaults_are_valid_and_bad_values_name_the_field() -> None:
         TrainingConfig(min_group_size=8, target_group_size=4)
 
 
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"inner_steps": 64, "total_steps": 32}, "inner_steps=64 exceeds total_steps=32"),
+        ({"outer_optimizer": "streaming", "inner_steps": 8, "num_fragments": 16}, "num_fragments=16 exceeds"),
+        ({"outer_optimizer": "streaming", "inner_steps": 8, "overlap_steps": 8}, "overlap_steps=8 must be <"),
+    ],
+)
+def test_h_and_fragments_that_do_not_fit_the_run_name_the_field(values: dict, named: str) -> None:
+    with pytest.raises(pydantic.ValidationError, match=named):
+        TrainingConfig.model_validate(values)
+    # the same counts fit a run of the right length
+    TrainingConfig.model_validate({**values, "total_steps": 1024, "inner_steps": 32, "overlap_steps": 1})
+
+
 def test_lr_schedule_warms_up_then_decays() -> None:
     cfg = TrainingConfig(warmup_steps=10, total_steps=110, min_lr_ratio=0.1)
     assert lr_factor(0, cfg) == pytest.approx(0.1)

@@ -22,7 +22,7 @@ def tiny() -> TrainingConfig:
     return TrainingConfig.model_validate(
         {
             "model": {"hidden_size": 16, "intermediate_size": 32, "num_layers": 1, "num_heads": 2},
-            "inner_steps": 100, "batch_size": 2, "seq_len": 16, "warmup_steps": 4, "total_steps": 40,
+            "inner_steps": 40, "batch_size": 2, "seq_len": 16, "warmup_steps": 4, "total_steps": 40,
             "inner_lr": 1e-2, "min_lr_ratio": 0.1,
         }
     )  # fmt: skip

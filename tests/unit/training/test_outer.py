@@ -12,7 +12,7 @@ from training.outer import (
     balanced_fragments,
     make_outer,
     noloco_group_bits,
-    noloco_pairs,
+    noloco_num_groups,
 )
 
 
@@ -80,20 +80,27 @@ def test_noloco_update_matches_hand_computed() -> None:
     assert torch.allclose(outer.slow[0], want) and torch.allclose(ps[0].detach(), want)
 
 
-def test_noloco_pairs_are_a_seeded_partition() -> None:
-    for n in (2, 3, 4, 7):
-        for r in range(5):
-            groups = noloco_pairs(r, n, seed=1)
-            assert sorted(i for g in groups for i in g) == list(range(n))
-            assert all(len(g) in (2, 3) for g in groups)
-            assert groups == noloco_pairs(r, n, seed=1)
-    assert any(noloco_pairs(r, 8) != noloco_pairs(0, 8) for r in range(1, 6))
-    peers = [f"p{i}" for i in range(4)]
-    bits = {p: noloco_group_bits(3, peers, p) for p in peers}
-    pairs = noloco_pairs(3, 4)
-    for g in pairs:
-        assert len({bits[f"p{i}"] for i in g}) == 1
-    assert len(set(bits.values())) == len(pairs)
+def test_noloco_buckets_depend_only_on_the_peer_the_round_and_the_seed() -> None:
+    peers = [f"peer-{i}" for i in range(12)]
+    bits = {p: noloco_group_bits(5, peers, p, seed=3) for p in peers}
+    # a view that lacks one peer, or holds a newcomer, leaves every other peer's group as it was
+    for left in peers:
+        view = [p for p in peers if p != left]
+        assert all(noloco_group_bits(5, view, p, seed=3) == bits[p] for p in view)
+    assert all(noloco_group_bits(5, [*peers, "newcomer"], p, seed=3) == bits[p] for p in peers)
+    # 12 peers in groups of 2: 2 buckets (at least two groups' worth each on average), 2 round bits + 1 bucket bit
+    assert {len(b) for b in bits.values()} == {3} and len({b[2:] for b in bits.values()}) == 2
+    assert {b[:2] for b in bits.values()} == {"01"}  # round 5 % 4
+    # a new round or another seed reshuffles the buckets
+    assert any(noloco_group_bits(6, peers, p, seed=3)[2:] != bits[p][2:] for p in peers)
+    assert any(noloco_group_bits(5, peers, p, seed=4) != bits[p] for p in peers)
+
+
+def test_noloco_bucket_count_is_a_coarse_power_of_two() -> None:
+    assert [noloco_num_groups(n, 2) for n in (1, 2, 4, 6, 7, 8, 15, 16, 31, 32)] == [1, 1, 1, 1, 1, 2, 2, 4, 4, 8]
+    assert noloco_num_groups(6, 3) == 1 and noloco_num_groups(12, 3) == 2
+    # six peers (the churn case): one bucket whatever the view, so hivemind pairs whoever is there
+    assert {noloco_num_groups(n, 2) for n in (5, 6, 7)} == {1}
 
 
 def test_streaming_fragments_schedule_and_merge() -> None:
