@@ -30,24 +30,47 @@ VOCAB = 256  # the workload's token ids: bytes, which every byte-level or larger
 
 
 class HttpServer:
-    """One OpenAI-compatible endpoint: base URL (ending in /v1 or not), model name, optional API key."""
+    """One OpenAI-compatible endpoint: base URL (ending in /v1 or not), model name, optional API key.
 
-    def __init__(self, base_url: str, model: str, api_key: str | None = None) -> None:
+    `text_prompts`: for servers that take only text (llama-cpp-python's): each token id is sent as one printable
+    ASCII character, which a byte-level vocabulary without merges tokenizes back to one token, so the prompt keeps
+    its length (its ids differ, which costs a dense model nothing). `avoid_token_ids`: for servers without
+    `ignore_eos`, a logit bias of -100 on those ids (the EOS tokens) does the same.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        text_prompts: bool = False,
+        avoid_token_ids: list[int] | None = None,
+    ) -> None:
         base = base_url.rstrip("/")
         self.url = base + "/completions" if base.endswith("/v1") else base + "/v1/completions"
         self.model = model
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.text_prompts = text_prompts
+        self.avoid_token_ids = avoid_token_ids or []
 
     def body(self, req: BenchRequest) -> dict:
-        return {
+        body = {
             "model": self.model,
-            "prompt": req.prompt_ids,
+            "prompt": _ascii(req.prompt_ids) if self.text_prompts else req.prompt_ids,
             "max_tokens": req.max_new_tokens,
             "temperature": 0.0,
             "stream": True,
             "stream_options": {"include_usage": True},
             "ignore_eos": True,
         }
+        if self.avoid_token_ids:
+            body["logit_bias"] = {str(t): -100 for t in self.avoid_token_ids}
+        return body
+
+
+def _ascii(token_ids: list[int]) -> str:
+    """One printable ASCII character per token id (95 of them: space to tilde)."""
+    return "".join(chr(32 + t % 95) for t in token_ids)
 
     def stream_one(self, client: httpx.Client, req: BenchRequest, record: RequestRecord, deadline: float) -> None:
         """Send `req`, timestamp every token chunk into `record`; an HTTP error or a dead stream is a refusal

@@ -187,8 +187,15 @@ def _bench_one_node(settings, json_path: Path | None, plot: Path | None, llama_c
 
     result = run_serving_bench(settings, plot_path=plot)
     if llama_cpp_server:
+        from serving.model import load_model
+
+        # llama-cpp-python's server takes text prompts only and has no ignore_eos: ASCII prompts of the same
+        # lengths, and a logit bias against the model's EOS tokens.
+        eos = load_model(settings.model).tokenizer.eos_token_id
+        avoid = [] if eos is None else [eos]
+        server = HttpServer(llama_cpp_server, "default", text_prompts=True, avoid_token_ids=avoid)
         slo = Slo(**result["results"]["goodput"]["slo"])
-        other = run_http_bench(HttpServer(llama_cpp_server, "default"), settings, "llama_cpp", slo)
+        other = run_http_bench(server, settings, "llama_cpp", slo)
         add_comparison(result, other, "llama_cpp")
     else:
         result["ratios"].update(throughput_vs_llama_cpp=None, goodput_vs_llama_cpp=None)

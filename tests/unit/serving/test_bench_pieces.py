@@ -99,7 +99,7 @@ def test_system_search_finds_both_definitions_and_shares_probes(stalls: float, m
     caps = search.capacities()
     assert stalls / 1.1 <= caps["with_stalls"] <= stalls
     assert mean / 1.1 <= caps["mean_tpot"] <= mean
-    assert len(probed) == len(set(probed))  # no rate probed twice
+    assert len(probed) - len(set(probed)) <= 2  # only the failures closing the brackets were probed twice
     if stalls == mean:  # the same verdicts: the second search runs on the first one's probes alone
         alone = capacity_search(lambda r: _definitions(stalls, mean)(r)["slo_attainment_with_stalls"], 1.0, 30)
         assert len(probed) == len(alone[1])
@@ -127,3 +127,16 @@ def test_ttft_prediction_reports_signed_and_relative_error() -> None:
     assert report["mean_abs_relative_error"] == pytest.approx((1.0 + 0.5) / 2)
     assert report["median_predicted_over_achieved"] == pytest.approx((2.0 + 0.5) / 2)
     assert ttft_prediction(records[2:]) == {"requests": 0}
+
+
+def test_a_failure_that_a_higher_pass_contradicts_is_noise() -> None:
+    search = SystemSearch(start_rate=1.0, max_probes=30)
+    # a burst of other work on the machine fails the first probe; the system really passes up to 3 req/s
+    first = search.next_rate()
+    search.record(first, _definitions(0.0, 0.0)(first))
+    probed = [first]
+    while (rate := search.next_rate()) is not None:
+        probed.append(rate)
+        search.record(rate, _definitions(3.0, 3.0)(rate))
+    assert 3.0 / 1.1 <= search.capacities()["with_stalls"] <= 3.0
+    assert max(probed) > 3.0  # the search went back above the rate that failed by accident
