@@ -59,7 +59,7 @@ class BenchSettings:
     goodput_requests: int = 40  # fewest requests per capacity probe
     probe_arrival_s: float = 20.0  # and at least this long a stretch of arrivals: a short burst never queues up
     count_stalls: bool = True  # TPOT check: mean and stalls (True) or the mean alone (see RequestRecord.meets)
-    probes_per_system: int = 10  # most probes per system; a search ends once its bracket is within 10%
+    probes_per_system: int = 14  # most probes per system; a search ends once its bracket is within 10%
     prefix_requests: int = 12  # shared-prefix requests, each served with the prefix cache on and off
     hf_curve: bool = True  # HF generate attainment curve on the long-prompt mix (replayed service times)
     hf_batch_rates: int = 2  # live HF continuous-batching runs on the long-prompt mix, for the plot
@@ -77,7 +77,7 @@ class BenchSettings:
                 hf_generate_requests=8,
                 goodput_requests=24,
                 probe_arrival_s=8.0,
-                probes_per_system=8,
+                probes_per_system=10,
                 prefix_requests=6,
                 hf_batch_rates=1,
                 hf_curve=False,
