@@ -109,7 +109,7 @@ def model_save(
 
 
 def bench_serve(
-    quick: Annotated[bool, typer.Option("--quick", help="Small sizes: under 3 minutes on 2 CPU cores.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Small sizes: about 5 minutes on 2 quiet CPU cores.")] = False,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the result JSON here.")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write SLO attainment vs rate (PNG) here.")] = None,
     model: Annotated[str, typer.Option(help='"default" (embedded) or a local HF checkpoint directory.')] = "default",
@@ -147,7 +147,8 @@ def bench_serve(
     ] = False,
 ) -> None:
     """Serving benchmark: the engine against transformers generate(), generate_batch() and FCFS batching; with
-    --swarm N, predicted-TTFT routing against random routing across N serving peers."""
+    --swarm N, predicted-TTFT routing against random routing and least outstanding requests across N serving peers;
+    with --base-url, any OpenAI-compatible endpoint."""
     from serving.bench import BenchSettings
     from swarm.benchio import finish_bench, machine_info
 
