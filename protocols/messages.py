@@ -39,6 +39,9 @@ class Hardware(Record):
     cpu_cores: int = 0
 
 
+LOAD_PROBE_PROMPT_TOKENS = 128  # the prompt length a Load's predicted_ttft_ms is predicted for
+
+
 @dataclass
 class Load(Record):
     """Serving load, filled by peers with the `serve` role (zeros otherwise)."""
@@ -48,9 +51,12 @@ class Load(Record):
     predicted_ttft_ms: float = 0.0
     decode_tok_s: float = 0.0
     free_kv_tokens: int = 0
+    prefill_tok_s: float = 0.0  # prompt tokens/s at the current load (0: unknown, e.g. a 1.0 announce)
 
     def validate(self) -> None:
-        _non_negative(self, "running", "waiting", "predicted_ttft_ms", "decode_tok_s", "free_kv_tokens")
+        _non_negative(
+            self, "running", "waiting", "predicted_ttft_ms", "decode_tok_s", "free_kv_tokens", "prefill_tok_s"
+        )
 
 
 @dataclass

@@ -19,19 +19,28 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from serving.bench_capacity import SystemSearch
 from serving.bench_drivers import (
     measure_hf_generate,
     replay_sequential,
     run_engine_trace,
     run_hf_continuous_batching,
 )
-from serving.bench_workload import DECODE_HEAVY, LONG_PROMPT, BenchRequest, Mix, make_requests, summarize
+from serving.bench_prefix import prefix_cache_gain
+from serving.bench_workload import (
+    DECODE_HEAVY,
+    LONG_PROMPT,
+    BenchRequest,
+    Mix,
+    RequestRecord,
+    make_requests,
+    summarize,
+    ttft_prediction,
+)
+from serving.compute_limit import compute_limit
 from serving.config import ServingConfig
 from serving.engine import Engine
 from serving.request import GenerateParams
-
-TARGET_ATTAINMENT = 0.9
-BRACKET_STEP = 2.0  # per probe while bracketing; then geometric bisection
 
 
 @dataclass
@@ -50,7 +59,8 @@ class BenchSettings:
     goodput_requests: int = 40  # fewest requests per capacity probe
     probe_arrival_s: float = 20.0  # and at least this long a stretch of arrivals: a short burst never queues up
     count_stalls: bool = True  # TPOT check: mean and stalls (True) or the mean alone (see RequestRecord.meets)
-    probes_per_system: int = 6
+    probes_per_system: int = 14  # most probes per system; a search ends once its bracket is within 10%
+    prefix_requests: int = 12  # shared-prefix requests, each served with the prefix cache on and off
     hf_curve: bool = True  # HF generate attainment curve on the long-prompt mix (replayed service times)
     hf_batch_rates: int = 2  # live HF continuous-batching runs on the long-prompt mix, for the plot
     ttft_slo_factor: float = field(default_factory=lambda: ServingConfig().ttft_slo_factor)
@@ -65,9 +75,10 @@ class BenchSettings:
             size = dict(
                 saturation_requests=64,
                 hf_generate_requests=8,
-                goodput_requests=16,
+                goodput_requests=24,
                 probe_arrival_s=8.0,
-                probes_per_system=5,
+                probes_per_system=10,
+                prefix_requests=6,
                 hf_batch_rates=1,
                 hf_curve=False,
             )
@@ -102,46 +113,13 @@ def calibrate_slo(engine: Engine, requests: list[BenchRequest], settings: BenchS
     prompt = sorted(requests, key=lambda r: len(r.prompt_ids))[len(requests) // 2].prompt_ids
     prefill, decode = [], []
     for _ in range(3):
+        engine.reset_prefix_cache()  # each run prefills the whole prompt, as a new prompt would
         prefill.append(engine.generate(GenerateParams(prompt_token_ids=prompt, max_new_tokens=1)).timings["ttft_ms"])
         short = GenerateParams(prompt_token_ids=prompt[:32], max_new_tokens=32)
+        engine.reset_prefix_cache()
         decode.append(engine.generate(short).timings["tpot_ms"])
     p_s, d_s = statistics.median(prefill) / 1000, statistics.median(decode) / 1000
     return Slo(settings.ttft_slo_factor * p_s, settings.tpot_slo_factor * d_s, p_s, d_s)
-
-
-class CapacitySearch:
-    """Highest rate with attainment >= 90%: step up or down from a start rate to bracket, then bisect
-    (geometric midpoint). Driven one probe at a time, so the searches of several systems can interleave."""
-
-    def __init__(self, start_rate: float) -> None:
-        self.lo, self.hi, self.rate = 0.0, math.inf, start_rate
-        self.points: list[tuple[float, float]] = []
-
-    def record(self, attained: float) -> None:
-        self.points.append((self.rate, attained))
-        if attained >= TARGET_ATTAINMENT:
-            self.lo = max(self.lo, self.rate)
-        else:
-            self.hi = min(self.hi, self.rate)
-        if self.hi == math.inf:
-            self.rate = self.lo * BRACKET_STEP
-        elif self.lo == 0.0:
-            self.rate = self.hi / BRACKET_STEP
-        else:
-            self.rate = math.sqrt(self.lo * self.hi)
-
-    @property
-    def capacity(self) -> float:
-        """Highest passing rate so far (0 if none passed)."""
-        return self.lo
-
-
-def capacity_search(probe, start_rate: float, probes: int) -> tuple[float, list[tuple[float, float]]]:
-    """Run one `CapacitySearch` to the end. `probe(rate) -> attainment`; returns capacity and the probes."""
-    search = CapacitySearch(start_rate)
-    for _ in range(probes):
-        search.record(probe(search.rate))
-    return search.capacity, search.points
 
 
 def probe_requests(settings: BenchSettings, rate: float) -> list[BenchRequest]:
@@ -155,21 +133,27 @@ def _engine_probe(engine: Engine, settings: BenchSettings, slo: Slo, log: list[d
     def probe(rate: float) -> float:
         reqs = probe_requests(settings, rate)
         timeout = reqs[-1].arrival_s + 60
+        engine.reset_prefix_cache()  # probes reuse prompts: no probe may find an earlier one's in the cache
         records, wall = run_engine_trace(engine, reqs, slo.ttft_s, slo.tpot_s, timeout)
         summary = summarize(records, wall, slo.ttft_s, slo.tpot_s, settings.count_stalls)
         log.append({"system": name, "rate_req_s": rate, **summary})
-        return summary["slo_attainment"]
+        return summary
 
     return probe
 
 
+def _saturation_requests(settings: BenchSettings) -> list[BenchRequest]:
+    return make_requests(settings.saturation_mix, settings.saturation_requests, math.inf, settings.seed, 256)
+
+
 def saturation(settings: BenchSettings, slo_engine: Engine, fcfs_engine: Engine, hf_model, eos: list[int]) -> dict:
     """Output tok/s with every request queued at t=0, systems interleaved on the same requests."""
-    reqs = make_requests(settings.saturation_mix, settings.saturation_requests, math.inf, settings.seed, 256)
+    reqs = _saturation_requests(settings)
     no_slo = math.inf
     results: dict[str, dict] = {}
 
     def engine_run(engine: Engine) -> dict:
+        engine.reset_prefix_cache()  # every pass serves the same prompts: none may find the last pass's
         records, wall = run_engine_trace(engine, reqs, None, None, 600)
         return summarize(records, wall, no_slo, no_slo)
 
@@ -209,12 +193,17 @@ def goodput(settings: BenchSettings, slo_engine: Engine, fcfs_engine: Engine, hf
     start_rate = 0.8 / demand_s
     probes: list[dict] = []
     systems = {"engine": slo_engine, "engine_fcfs": fcfs_engine}
-    searches = {name: CapacitySearch(start_rate) for name in systems}
-    for _ in range(settings.probes_per_system):  # A B A B: both systems see the machine in the same state
-        for name, engine in systems.items():
-            probe = _engine_probe(engine, settings, slo, probes, name)
-            searches[name].record(probe(searches[name].rate))
-    capacities = {name: search.capacity for name, search in searches.items()}
+    searches = {name: SystemSearch(start_rate, settings.probes_per_system) for name in systems}
+    while True:  # A B A B: both systems see the machine in the same state
+        pending = {name: search.next_rate() for name, search in searches.items()}
+        if all(rate is None for rate in pending.values()):
+            break
+        for name, rate in pending.items():
+            if rate is not None:
+                searches[name].record(rate, _engine_probe(systems[name], settings, slo, probes, name)(rate))
+    by_definition = {name: search.capacities() for name, search in searches.items()}
+    main = "with_stalls" if settings.count_stalls else "mean_tpot"
+    capacities = {name: caps[main] for name, caps in by_definition.items()}
     rates = sorted({p["rate_req_s"] for p in probes})
     if settings.hf_curve:
         traces = {rate: probe_requests(settings, rate) for rate in rates}
@@ -240,7 +229,21 @@ def goodput(settings: BenchSettings, slo_engine: Engine, fcfs_engine: Engine, hf
         )
         summary = summarize(records, wall, slo.ttft_s, slo.tpot_s, settings.count_stalls)
         probes.append({"system": "hf_generate_batch", "rate_req_s": rate, **summary})
-    return {"slo": asdict(slo), "capacity_req_s": capacities, "probes": probes}
+    return {
+        "slo": asdict(slo),
+        "capacity_req_s": capacities,
+        "capacity_req_s_by_definition": by_definition,
+        "capacity_brackets": {name: search.brackets() for name, search in searches.items()},
+        "ttft_prediction": ttft_prediction_of(probes, "engine"),
+        "probes": probes,
+    }
+
+
+def ttft_prediction_of(probes: list[dict], system: str) -> dict:
+    """The engine's predicted vs achieved TTFT over every admitted request of `system`'s probes."""
+    pairs = [pair for p in probes if p["system"] == system for pair in p["ttft_prediction"].get("pairs_ms", [])]
+    records = [RequestRecord(ttft_s=a / 1000, predicted_ttft_s=p / 1000) for p, a in pairs]
+    return {k: v for k, v in ttft_prediction(records).items() if k != "pairs_ms"}
 
 
 def run_serving_bench(settings: BenchSettings, plot_path=None) -> dict:
@@ -259,15 +262,23 @@ def run_serving_bench(settings: BenchSettings, plot_path=None) -> dict:
         eos = sorted(slo_engine.eos_token_ids) or [-1]
         sat = saturation(settings, slo_engine, fcfs, hf_model, eos)
         good = goodput(settings, slo_engine, fcfs, hf_model, eos)
+        prefix = prefix_cache_gain(slo_engine, settings.prefix_requests, settings.seed + 3)
+        mean_context = statistics.mean(len(r.prompt_ids) + r.max_new_tokens / 2 for r in _saturation_requests(settings))
+        limit = compute_limit(hf_model, slo_engine.dtype, slo_engine.device, int(mean_context))
+        dtype_choice = asdict(slo_engine.dtype_choice) if slo_engine.dtype_choice else None
         model_id, model_hash, device = slo_engine.model_id, slo_engine.model_hash, str(slo_engine.device)
         dtype = str(slo_engine.dtype).removeprefix("torch.")
     ratios = _ratios(sat, good)
+    ratios["prefix_cache_ttft_gain"] = prefix["prefix_cache_ttft_gain"]
+    ratios["fraction_of_compute_limit"] = sat["engine"]["output_tok_s"] / limit["tokens_per_s"]
     config = asdict(settings)
     config.update(model_id=model_id, model_hash=model_hash, device=device, dtype=dtype, slo_targets=good["slo"])
+    config["dtype_choice"] = dtype_choice
+    results = {"saturation": sat, "goodput": good, "prefix_cache": prefix, "compute_limit": limit}
     result = {
         "bench": "serve",
         "config": config,
-        "results": {"saturation": sat, "goodput": good, "bench_wall_s": time.perf_counter() - started},
+        "results": {**results, "bench_wall_s": time.perf_counter() - started},
         "ratios": ratios,
     }
     if plot_path is not None:
@@ -279,10 +290,16 @@ def run_serving_bench(settings: BenchSettings, plot_path=None) -> dict:
 
 def _ratios(sat: dict, good: dict) -> dict:
     engine = sat["engine"]["output_tok_s"]
-    cap = good["capacity_req_s"]
+    by_def = good["capacity_req_s_by_definition"]
     return {
         "throughput_vs_hf_generate": engine / sat["hf_generate"]["output_tok_s"],
         "throughput_vs_hf_generate_batch": engine / sat["hf_generate_batch"]["output_tok_s"],
         "throughput_vs_fcfs": engine / sat["engine_fcfs"]["output_tok_s"],
-        "goodput_vs_fcfs": cap["engine"] / cap["engine_fcfs"] if cap["engine_fcfs"] > 0 else None,
+        "goodput_vs_fcfs": _over(by_def["engine"]["with_stalls"], by_def["engine_fcfs"]["with_stalls"]),
+        "goodput_vs_fcfs_mean_tpot": _over(by_def["engine"]["mean_tpot"], by_def["engine_fcfs"]["mean_tpot"]),
+        "ttft_prediction_error": good["ttft_prediction"].get("mean_abs_relative_error"),
     }
+
+
+def _over(a: float, b: float) -> float | None:
+    return a / b if b > 0 else None

@@ -42,6 +42,8 @@ class _TraceSink:
                 record.token_times_s.extend([now] * len(event.token_ids))
                 record.num_tokens += len(event.token_ids)
             elif isinstance(event, DoneEvent):
+                predicted_ms = event.timings.get("predicted_ttft_ms")
+                record.predicted_ttft_s = None if predicted_ms is None else predicted_ms / 1000
                 with self.lock:
                     self.done += 1
 

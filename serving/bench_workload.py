@@ -52,6 +52,7 @@ class RequestRecord:
     token_times_s: list[float] = field(default_factory=list)  # absolute times of each generated token
     start_s: float = 0.0  # when the request was sent
     num_tokens: int = 0
+    predicted_ttft_s: float | None = None  # what the server predicted at admission, where it says
 
     @property
     def tpot_s(self) -> float | None:
@@ -142,6 +143,22 @@ def summarize(
         "tpot_ms": percentiles([r.tpot_s for r in whole if r.tpot_s is not None]),
         "itl_ms": percentiles([x for r in whole for x in r.itls_s()]),
         "e2e_ms": percentiles([r.token_times_s[-1] - r.start_s for r in whole if r.token_times_s]),
+        "ttft_prediction": ttft_prediction(served),
+    }
+
+
+def ttft_prediction(records: list[RequestRecord]) -> dict:
+    """How the server's TTFT predictions compare with the TTFTs achieved, over the requests it predicted for:
+    signed error (predicted - achieved: positive is pessimistic) and absolute error relative to the achieved."""
+    pairs = [(r.predicted_ttft_s, r.ttft_s) for r in records if r.predicted_ttft_s is not None and r.ttft_s]
+    if not pairs:
+        return {"requests": 0}
+    return {
+        "requests": len(pairs),
+        "mean_error_ms": 1000 * statistics.mean(p - a for p, a in pairs),
+        "mean_abs_relative_error": statistics.mean(abs(p - a) / a for p, a in pairs),
+        "median_predicted_over_achieved": statistics.median(p / a for p, a in pairs),
+        "pairs_ms": [[round(1000 * p, 2), round(1000 * a, 2)] for p, a in pairs],
     }
 
 

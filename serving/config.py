@@ -20,7 +20,9 @@ class ServingConfig(BaseModel):
     model_seed: int = Field(0, ge=0, description="seed of the embedded model's weights (every node must agree)")
     device: str = Field("auto", min_length=1, description='"auto" (accelerate picks), "cpu", "cuda", "cuda:1"...')
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description='"auto": bfloat16 on GPU and on CPUs with native bf16 (AVX512-BF16/AMX), else float32'
+        "auto",
+        description='"auto": the fastest dtype on this device whose greedy output equals float32\'s on a probe'
+        " (measured at start, cached with the latency profile)",
     )
     kv_cache_bytes: int = Field(256 * 2**20, gt=0, le=2**40, description="memory for the paged KV cache")
     block_size_tokens: int = Field(16, gt=0, le=1024, description="tokens per KV cache block")

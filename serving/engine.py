@@ -18,13 +18,14 @@ from typing import Any
 import torch
 
 from protocols.errors import ErrorCode, ProtocolError
+from protocols.messages import LOAD_PROBE_PROMPT_TOKENS
 from serving.config import ServingConfig
 from serving.detokenizer import IncrementalDetokenizer
 from serving.errors import EngineError
 from serving.kv_cache import BlockAllocator, num_blocks_for_budget
 from serving.latency import LatencyModel
 from serving.plan import SchedulerOutput
-from serving.profiling import load_or_profile
+from serving.profiling import load_or_choose_dtype, load_or_profile
 from serving.request import (
     CHOICE_SEPARATOR,
     Choice,
@@ -43,7 +44,6 @@ from serving.stats import ServingStats
 
 log = logging.getLogger(__name__)
 Sink = Callable[[EngineEvent], None]
-MEDIAN_PROMPT_TOKENS = 128
 IDLE_WAIT_S = 0.05
 
 
@@ -56,6 +56,7 @@ class LoadStats:
     predicted_ttft_ms: float
     decode_tok_s: float
     free_kv_tokens: int
+    prefill_tok_s: float
 
 
 @dataclass
@@ -79,22 +80,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(PartialState().device)
 
 
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), where bf16 beats float32."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """`auto`: bfloat16 on GPUs and on CPUs with native bf16 arithmetic, float32 elsewhere."""
-    if name == "auto":
-        native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
-        return torch.bfloat16 if native else torch.float32
-    return getattr(torch, name)
+def resolve_dtype(name: str) -> torch.dtype | None:
+    """The named dtype; None for `auto`, which is measured on the device at start (see dtype_choice)."""
+    return None if name == "auto" else getattr(torch, name)
 
 
 class Engine:
@@ -128,8 +116,12 @@ class Engine:
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         self.device = resolve_device(cfg.device)
-        self.dtype = resolve_dtype(cfg.dtype, self.device)
         loaded = load_model(cfg.model, cfg.model_seed)
+        self.dtype_choice = None
+        self.dtype = resolve_dtype(cfg.dtype)
+        if self.dtype is None:
+            self.dtype_choice = load_or_choose_dtype(loaded.hf_model, cfg, loaded.model_hash, self.device)
+            self.dtype = getattr(torch, self.dtype_choice.dtype)
         self.model_id, self.model_hash, self.tokenizer = loaded.model_id, loaded.model_hash, loaded.tokenizer
         hf_config = loaded.hf_model.config
         layout = kv_layout_of(hf_config, self.dtype)
@@ -252,18 +244,30 @@ class Engine:
                                   event.usage, event.timings, event.error, choices)  # fmt: skip
 
     def load(self) -> LoadStats:
-        """Current load, the TTFT a median prompt would see, and the decode rate of the current batch."""
+        """Current load, the TTFT a probe-length prompt would see, the decode rate of the current batch and the
+        rate at which prompt tokens would be prefilled beside it."""
         if self.scheduler is None:
             raise EngineError("engine is not running")
         with self._lock:
             sched = self.scheduler
-            probe = Request("load-probe", [0] * MEDIAN_PROMPT_TOKENS, 1, GenerateParams(prompt="x"), 0.0)
+            probe_ids = [0] * LOAD_PROBE_PROMPT_TOKENS
+            probe = Request("load-probe", probe_ids, 1, GenerateParams(prompt="x"), 0.0)
             ttft_s = sched.predicted_ttft_s(probe)
             decoders = max(1, len(sched.running))
-            ctx = sum(r.num_tokens for r in sched.running) // decoders if sched.running else MEDIAN_PROMPT_TOKENS
+            ctx = sum(r.num_tokens for r in sched.running) // decoders if sched.running else LOAD_PROBE_PROMPT_TOKENS
             step_s = self.latency.decode_step_s(decoders, ctx)
+            decodes = [(1, r.num_tokens) for r in sched.running]
+            # The probe-length chunk: the rate a router scales by a request's prompt length to the probe's TTFT.
+            room = max(sched.budget_policy.budget(sched.running) - len(decodes), self.config.min_chunk_tokens)
+            chunk = min(room, LOAD_PROBE_PROMPT_TOKENS)
+            prefill_step_s = self.latency.step_s([*decodes, (chunk, chunk)])
             return LoadStats(
-                len(sched.running), len(sched.waiting), 1000 * ttft_s, decoders / step_s, sched.free_kv_tokens()
+                len(sched.running),
+                len(sched.waiting),
+                1000 * ttft_s,
+                decoders / step_s,
+                sched.free_kv_tokens(),
+                chunk / prefill_step_s,
             )
 
     def counters(self) -> dict[str, int]:
@@ -453,6 +457,8 @@ class Engine:
             "e2e_ms": 1000 * (now - req.arrival_s),
             "queue_ms": 1000 * ((req.first_scheduled_s or now) - req.arrival_s),
         }
+        if req.expected_ttft_s is not None:  # what SLO admission predicted (benches compare it to ttft_ms)
+            timings["predicted_ttft_ms"] = 1000 * req.expected_ttft_s
         completion = sum(len(r.output_ids) for r in stream.samples.values())
         usage = {"prompt_tokens": len(req.prompt_ids), "completion_tokens": completion}
         reasons = [stream.reasons[i] for i in range(req.params.n)]

@@ -3,6 +3,9 @@
 step_s = c0 + c1 * tokens + c2 * requests + c3 * attention_work, where attention_work sums, over the step's
 chunks, chunk tokens x context length. The coefficients come from timing real runner steps on synthetic plans;
 an online correction factor (observed / predicted, smoothed) follows a machine that gets busier or quieter.
+TTFT predictions are calibrated against the TTFTs achieved: the ratios achieved / predicted of recent admitted
+requests give the expected TTFT (their median) and a low quantile, the most favourable error seen often enough
+that a prediction still over target after it is a miss with confidence (`ttft_refusal_factor`).
 This module knows nothing about SLOs or requests: it turns step shapes into seconds.
 """
 
@@ -12,6 +15,7 @@ import json
 import math
 import statistics
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +24,10 @@ import torch
 
 StepShape = Sequence[tuple[int, int]]  # (chunk tokens, context length after the chunk) per request
 FEATURE_SCALE = (1.0, 1e-3, 1e-2, 1e-6)  # keeps the least-squares columns comparable
+TTFT_WINDOW = 64  # recent admitted requests whose achieved / predicted TTFT calibrates the predictions
+TTFT_MIN_SAMPLES = 8  # fewer ratios than this: no quantile yet, refuse only what the best ratio seen makes late
+MISS_CONFIDENCE = 0.9  # refuse a request only when at least this share of recent ratios would make it late
+RATIO_BOUNDS = (0.05, 20.0)  # one absurd sample (a stalled machine) must not decide the quantiles alone
 
 
 def features(shape: StepShape) -> list[float]:
@@ -37,8 +45,8 @@ class LatencyModel:
     key: str = ""
     correction: float = 1.0
     slowdown: float = 1.0  # the engine's artificial slowdown factor, applied to predictions
-    ttft_correction: float = 1.0  # actual / predicted TTFT of admitted requests, smoothed
     samples: list[list[float]] = field(default_factory=list)
+    ttft_ratios: deque[float] = field(default_factory=lambda: deque(maxlen=TTFT_WINDOW))  # achieved / predicted
 
     def step_s(self, shape: StepShape) -> float:
         """Predicted seconds of one step computing `shape`."""
@@ -90,13 +98,27 @@ class LatencyModel:
         ratio = min(max(measured_s / self.profiled_step_s(shape), 0.25), 8.0)
         self.correction = min(max((1 - weight) * self.correction + weight * ratio, 0.25), 8.0)
 
-    def observe_ttft(self, predicted_s: float, actual_s: float, weight: float = 0.1) -> None:
-        """Fold one admitted request's raw predicted TTFT and its actual TTFT into `ttft_correction`: the
-        queue model ignores scheduling overheads and interleaving, so it learns how far off it runs here."""
+    def observe_ttft(self, predicted_s: float, actual_s: float) -> None:
+        """Record one admitted request's raw predicted TTFT against its achieved TTFT: the queue model ignores
+        scheduling overheads, decodes that finish while the queue waits and machine noise, so it learns here
+        how far off it runs (either way)."""
         if predicted_s < 1e-3:
             return
-        ratio = min(max(actual_s / predicted_s, 0.5), 2.0)
-        self.ttft_correction = min(max((1 - weight) * self.ttft_correction + weight * ratio, 0.5), 2.0)
+        self.ttft_ratios.append(min(max(actual_s / predicted_s, RATIO_BOUNDS[0]), RATIO_BOUNDS[1]))
+
+    @property
+    def ttft_correction(self) -> float:
+        """Expected achieved / predicted TTFT: the median recent ratio (1 before any)."""
+        return statistics.median(self.ttft_ratios) if self.ttft_ratios else 1.0
+
+    def ttft_refusal_factor(self) -> float:
+        """The ratio a refusal is judged by: the (1 - MISS_CONFIDENCE) quantile of recent ratios, so a request
+        whose prediction times it still misses its target would have missed under 90% of the errors seen. With
+        few samples, the smallest ratio seen (at most 1): refusing what could be served is a sure miss."""
+        ratios = sorted(self.ttft_ratios)
+        if len(ratios) < TTFT_MIN_SAMPLES:
+            return min([1.0, *ratios])
+        return ratios[int((1 - MISS_CONFIDENCE) * len(ratios))]
 
     def to_json(self) -> dict:
         return {"coefficients": self.coefficients, "key": self.key, "samples": self.samples}

@@ -230,6 +230,7 @@ class Request:
     finish_reason: FinishReason | None = None
     num_preemptions: int = 0
     predicted_ttft_s: float | None = None  # raw queue-model prediction at admission (SLO admission only)
+    expected_ttft_s: float | None = None  # the prediction admission judged it by (raw x learnt correction)
     index: int = 0  # which of the request's n samples this is; samples > 0 are forked from sample 0
     parent_id: str = ""  # the caller's request id ("" for sample 0: its own)
     block_hashes: list[bytes] = field(default_factory=list)  # chained content hashes of its full blocks so far

@@ -84,6 +84,8 @@ class Scheduler:
     def add(self, req: Request) -> None:
         """Admit `req` or raise `OverloadedError` (admission policy)."""
         req.predicted_ttft_s = self.admission.check(req, self.running, self.waiting, self.inflight_left_s())
+        if req.predicted_ttft_s is not None:
+            req.expected_ttft_s = req.predicted_ttft_s * self.latency.ttft_correction
         self.requests[req.request_id] = req
         self.waiting.append(req)
         self.waiting.sort(key=queue_key)

@@ -1,8 +1,8 @@
 """`swarm bench serve --swarm N`: routing across serving peers. N `swarm join --roles serve` processes on
 127.0.0.1, one of them throttled (its engine made `throttle`x slower with `serving.slowdown_factor`), Poisson load
 through the Python client at a rate of `load_fraction` of the peers' combined capacity, where one peer's capacity
-is measured first, in this run, by the single-node bench's capacity search. Routing by predicted TTFT and random
-routing run on the same requests, interleaved.
+is measured first, in this run, by the single-node bench's capacity search. Routing by predicted TTFT, random
+routing and least outstanding requests (the standard load balancer's policy) run on the same requests, interleaved.
 
 By default peers run with `serving.slo_refuse` off: they queue every request, so where a request runs is the
 routing decision alone, as behind any load balancer. With `refusing_peers` they refuse what they predict they
@@ -25,14 +25,15 @@ from typing import Any
 
 import trio
 
-from serving.bench import BenchSettings, calibrate_slo, capacity_search
+from serving.bench import BenchSettings, calibrate_slo
 from serving.bench import _engine_probe as engine_probe
+from serving.bench_capacity import capacity_search
 from serving.bench_workload import BenchRequest, Mix, RequestRecord, make_requests, summarize
 from serving.engine import Engine
 from swarm.client import AsyncClient, GenerationRefused, NoPeerAvailable
 from swarm.local_swarm import LocalPeer, stop_all
 
-POLICIES = ("ttft", "random")
+POLICIES = ("ttft", "random", "least_loaded")
 # Interactive-length requests: the routing decision, not one long prefill, should dominate each request's fate.
 ROUTING_MIX = Mix("interactive", 128, 0.5, (32, 512), 32, 0.3, (16, 64))
 
@@ -47,7 +48,8 @@ def _single_node(settings: BenchSettings, base_slowdown: float, progress) -> tup
         mean_out = statistics.mean(r.max_new_tokens for r in reqs)
         start_rate = 1.0 / (slo.isolated_prefill_s + mean_out * slo.isolated_decode_s)  # one at a time
         progress("measuring one peer's capacity at SLO")
-        capacity, _ = capacity_search(engine_probe(engine, settings, slo, probes, "single_node"), start_rate,
+        probe = engine_probe(engine, settings, slo, probes, "single_node")
+        capacity, _ = capacity_search(lambda rate: probe(rate)["slo_attainment"], start_rate,
                                       settings.probes_per_system)  # fmt: skip
     return slo, capacity, probes
 
@@ -141,7 +143,7 @@ async def _compare(peers: list[LocalPeer], reqs: list[BenchRequest], slo: Any, r
         progress("warm-up pass")
         await _run_trace(client, "random", reqs[: max(len(reqs) // 4, 1)], slo, names)
         await trio.sleep(1.0)
-        for rep in range(repeats):  # A B, then B A, ...: each policy runs as often first as second
+        for rep in range(repeats):  # A B C, then C B A, ...: no policy always runs first
             for policy in POLICIES if rep % 2 == 0 else POLICIES[::-1]:
                 progress(f"routing={policy}, pass {rep + 1}/{repeats}")
                 results[policy].append(await _run_trace(client, policy, reqs, slo, names))
@@ -153,8 +155,8 @@ def _mean(runs: list[dict], key: str) -> float:
     return statistics.mean(r[key] for r in runs)
 
 
-def _ratio(summary: dict, key: str) -> float | None:
-    base = summary["random"][key]
+def _ratio(summary: dict, key: str, baseline: str = "random") -> float | None:
+    base = summary[baseline][key]
     return summary["ttft"][key] / base if base else None
 
 
@@ -238,5 +240,7 @@ def run_swarm_bench(
         "ratios": {
             "goodput_routing_vs_random": _ratio(summary, "goodput_req_s"),
             "attainment_routing_vs_random": _ratio(summary, "slo_attainment"),
+            "goodput_routing_vs_least_loaded": _ratio(summary, "goodput_req_s", "least_loaded"),
+            "attainment_routing_vs_least_loaded": _ratio(summary, "slo_attainment", "least_loaded"),
         },
     }

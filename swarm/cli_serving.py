@@ -109,7 +109,7 @@ def model_save(
 
 
 def bench_serve(
-    quick: Annotated[bool, typer.Option("--quick", help="Small sizes: under 3 minutes on 2 CPU cores.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Small sizes: about 5 minutes on 2 quiet CPU cores.")] = False,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the result JSON here.")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write SLO attainment vs rate (PNG) here.")] = None,
     model: Annotated[str, typer.Option(help='"default" (embedded) or a local HF checkpoint directory.')] = "default",
@@ -122,6 +122,21 @@ def bench_serve(
     swarm: Annotated[
         int, typer.Option(help="Routing bench over this many serving processes (one throttled 3x); 0: one node.")
     ] = 0,
+    base_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Bench this OpenAI-compatible endpoint (e.g. http://127.0.0.1:8000/v1) instead of an engine"
+            " here; --model names the model it serves."
+        ),
+    ] = None,
+    api_key: Annotated[str | None, typer.Option(help="With --base-url: bearer token of the endpoint.")] = None,
+    llama_cpp_server: Annotated[
+        str | None,
+        typer.Option(
+            help="Also bench this llama.cpp server (its /v1 URL, serving the same model as GGUF) held to"
+            " the engine's SLOs: throughput_vs_llama_cpp, goodput_vs_llama_cpp."
+        ),
+    ] = None,
     refusing_peers: Annotated[
         bool,
         typer.Option(
@@ -132,7 +147,8 @@ def bench_serve(
     ] = False,
 ) -> None:
     """Serving benchmark: the engine against transformers generate(), generate_batch() and FCFS batching; with
-    --swarm N, predicted-TTFT routing against random routing across N serving peers."""
+    --swarm N, predicted-TTFT routing against random routing and least outstanding requests across N serving peers;
+    with --base-url, any OpenAI-compatible endpoint."""
     from serving.bench import BenchSettings
     from swarm.benchio import BenchProgress, finish_bench, machine_info
 
@@ -156,22 +172,46 @@ def bench_serve(
         finish_bench(result, json_path, console)
         return
 
-    _bench_one_node(
-        BenchSettings.for_size(quick=quick, model=model, device=device, dtype=dtype, threads=threads, seed=seed),
-        json_path,
-        plot,
-    )
+    if base_url:
+        from swarm.bench_http import HttpServer, run_http_bench
+
+        settings = BenchSettings.for_size(quick=quick, seed=seed)
+        result = run_http_bench(HttpServer(base_url, model, api_key), settings)
+        _print_and_write(result, json_path, None)
+        return
+    settings = BenchSettings.for_size(quick=quick, model=model, device=device, dtype=dtype, threads=threads, seed=seed)
+    _bench_one_node(settings, json_path, plot, llama_cpp_server)
 
 
-def _bench_one_node(settings, json_path: Path | None, plot: Path | None) -> None:
-    """The single-node serving bench: run, print the summary table, write JSON and plot."""
+def _bench_one_node(settings, json_path: Path | None, plot: Path | None, llama_cpp_server: str | None) -> None:
+    """The single-node serving bench (and llama.cpp's server beside it, when given): run, print, write."""
+    from serving.bench import Slo, run_serving_bench
+    from swarm.bench_http import HttpServer, add_comparison, run_http_bench
+
+    result = run_serving_bench(settings, plot_path=plot)
+    if llama_cpp_server:
+        from serving.model import load_model
+
+        # llama-cpp-python's server takes text prompts only and has no ignore_eos: ASCII prompts of the same
+        # lengths, and a logit bias against the model's EOS tokens.
+        eos = load_model(settings.model).tokenizer.eos_token_id
+        avoid = [] if eos is None else [eos]
+        server = HttpServer(llama_cpp_server, "default", text_prompts=True, avoid_token_ids=avoid)
+        slo = Slo(**result["results"]["goodput"]["slo"])
+        other = run_http_bench(server, settings, "llama_cpp", slo)
+        add_comparison(result, other, "llama_cpp")
+    else:
+        result["ratios"].update(throughput_vs_llama_cpp=None, goodput_vs_llama_cpp=None)
+        result["config"]["llama_cpp_server"] = "not measured: no --llama-cpp-server given"
+    _print_and_write(result, json_path, plot)
+
+
+def _print_and_write(result: dict, json_path: Path | None, plot: Path | None) -> None:
     from rich.console import Console
 
-    from serving.bench import run_serving_bench
     from serving.bench_report import summary_table
     from swarm.benchio import machine_info
 
-    result = run_serving_bench(settings, plot_path=plot)
     machine = machine_info()
     machine.setdefault("memory", f"{machine.get('memory_bytes', 0) / 2**30:.1f} GiB")
     result["machine"] = machine

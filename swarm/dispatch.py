@@ -41,7 +41,7 @@ from protocols import (
 from protocols.ids import GENERATE_PROTOCOL
 from swarm.answer_text import AnswerText, answer_text, tokenizer_for
 from swarm.generation import Rejected, run_local
-from swarm.routing import DEAD_PEER_BACKOFF_S, RouteState, rank_peers
+from swarm.routing import DEAD_PEER_BACKOFF_S, RouteState, prompt_tokens_of, rank_peers
 
 log = logging.getLogger(__name__)
 
@@ -221,8 +221,9 @@ class SwarmGenerator:
                 break
             peer = await self._pick_peer(request, progress, deadline)
             attempt = GenerateRequest(**{**vars(request), "continuation_token_ids": list(progress.token_ids)})
-            queued = self.state.awaiting_first_token
+            queued, outstanding = self.state.awaiting_first_token, self.state.outstanding
             queued[peer] = queued.get(peer, 0) + 1
+            outstanding[peer] = outstanding.get(peer, 0) + 1
             waiting = True
             try:
                 async for delta in self._attempt(peer, attempt, progress):
@@ -239,6 +240,7 @@ class SwarmGenerator:
                     ) from err
                 log.info("peer %s failed mid-request (%s); resuming elsewhere", peer[-8:], err)
             finally:
+                outstanding[peer] -= 1
                 if waiting:
                     queued[peer] -= 1
 
@@ -256,6 +258,7 @@ class SwarmGenerator:
             ranked = rank_peers(
                 self._candidates(progress), model, self.state, policy=self.routing, ttft_ms=request.ttft_ms,
                 tpot_ms=request.tpot_ms,
+                prompt_tokens=prompt_tokens_of(request.prompt_token_ids, request.prompt, request.messages),
             )  # fmt: skip
             reachable = self.node.host.connected_peers() | {self.node.peer_id}
             ranked.sort(key=lambda a: a.peer_id not in reachable)  # stable: prefer peers we already reach

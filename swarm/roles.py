@@ -90,6 +90,7 @@ class ServeRole(Role):
             predicted_ttft_ms=float(stats.predicted_ttft_ms),
             decode_tok_s=float(stats.decode_tok_s),
             free_kv_tokens=stats.free_kv_tokens,
+            prefill_tok_s=float(stats.prefill_tok_s),
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import msgpack
@@ -28,7 +29,8 @@ ADDR = "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWexample"
 ANNOUNCE = PeerAnnounce(
     peer_id="12D3KooWexample", addrs=[ADDR], version="0.1.0", timestamp_ms=1700000000000, roles=["serve"],
     model_id="default", model_hash="ab12", hardware=Hardware(device="cpu", device_name="x", memory_bytes=1024,
-    cpu_cores=2), load=Load(running=1, waiting=2, predicted_ttft_ms=12.5, decode_tok_s=100.0, free_kv_tokens=4096),
+    cpu_cores=2), load=Load(running=1, waiting=2, predicted_ttft_ms=12.5, decode_tok_s=100.0, free_kv_tokens=4096,
+    prefill_tok_s=2000.0),
     training=TrainingState(round=3, step=30, loss=2.5), hivemind_addrs=[], seq=7,
 )  # fmt: skip
 
@@ -38,10 +40,10 @@ GOLDEN = {
         "91d92b2f6970342f3132372e302e302e312f7463702f343030312f7032702f313244334b6f6f576578616d706c65a776657273696f6ea5"
         "302e312e30ac74696d657374616d705f6d73cf0000018bcfe56800a5726f6c657391a57365727665a86d6f64656c5f6964a76465666175"
         "6c74aa6d6f64656c5f68617368a461623132a8686172647761726584a6646576696365a3637075ab6465766963655f6e616d65a178ac6d"
-        "656d6f72795f6279746573cd0400a96370755f636f72657302a46c6f616485a772756e6e696e6701a777616974696e6702b17072656469"
+        "656d6f72795f6279746573cd0400a96370755f636f72657302a46c6f616486a772756e6e696e6701a777616974696e6702b17072656469"
         "637465645f747466745f6d73cb4029000000000000ac6465636f64655f746f6b5f73cb4059000000000000ae667265655f6b765f746f6b"
-        "656e73cd1000a8747261696e696e6783a5726f756e6403a4737465701ea46c6f7373cb4004000000000000ae686976656d696e645f6164"
-        "64727390a373657107a2726cc0"
+        "656e73cd1000ad70726566696c6c5f746f6b5f73cb409f400000000000a8747261696e696e6783a5726f756e6403a4737465701ea46c6f"
+        "7373cb4004000000000000ae686976656d696e645f616464727390a373657107a2726cc0"
     )),
     "peers_request": (PeersRequest(limit=16), "83a474797065ad70656572735f72657175657374a176920100a56c696d697410"),
     "peers_reply": (PeersReply(peers=[PeerRecord(peer_id="12D3KooWexample", addrs=[ADDR])]), (
@@ -53,6 +55,32 @@ GOLDEN = {
         "5f6d73ccfa"
     )),
 }  # fmt: skip
+
+
+# Bytes a 1.0 peer announces (no prefill_tok_s): they still decode, the rate taking its default, 0 (unknown).
+ANNOUNCE_1_0_HEX = (
+        "8ea474797065ad706565725f616e6e6f756e6365a176920100a7706565725f6964af313244334b6f6f576578616d706c65a561646472"
+        "7391d92b2f6970342f3132372e302e302e312f7463702f343030312f7032702f313244334b6f6f576578616d706c65a776657273696f"
+        "6ea5302e312e30ac74696d657374616d705f6d73cf0000018bcfe56800a5726f6c657391a57365727665a86d6f64656c5f6964a76465"
+        "6661756c74aa6d6f64656c5f68617368a461623132a8686172647761726584a6646576696365a3637075ab6465766963655f6e616d65"
+        "a178ac6d656d6f72795f6279746573cd0400a96370755f636f72657302a46c6f616485a772756e6e696e6701a777616974696e6702b1"
+        "7072656469637465645f747466745f6d73cb4029000000000000ac6465636f64655f746f6b5f73cb4059000000000000ae667265655f"
+        "6b765f746f6b656e73cd1000a8747261696e696e6783a5726f756e6403a4737465701ea46c6f7373cb4004000000000000ae68697665"
+        "6d696e645f616464727390a373657107"
+)  # fmt: skip
+
+
+def test_a_1_0_announce_still_decodes_without_a_prefill_rate() -> None:
+    old = decode(bytes.fromhex(ANNOUNCE_1_0_HEX))
+    assert old == dataclasses.replace(ANNOUNCE, load=dataclasses.replace(ANNOUNCE.load, prefill_tok_s=0.0))
+
+
+def test_a_negative_prefill_rate_is_refused_naming_the_field() -> None:
+    body = msgpack.unpackb(encode(ANNOUNCE))
+    body["load"]["prefill_tok_s"] = -1.0
+    with pytest.raises(ProtocolError) as err:
+        decode(msgpack.packb(body))
+    assert err.value.field.endswith("prefill_tok_s")
 
 
 @pytest.mark.parametrize("name", sorted(GOLDEN))

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from serving.bench import TARGET_ATTAINMENT, capacity_search
+from serving.bench_capacity import MAX_HALVINGS, TARGET_ATTAINMENT, SystemSearch, capacity_search
 from serving.bench_drivers import ServiceTime, replay_sequential
-from serving.bench_workload import LONG_PROMPT, RequestRecord, make_requests, percentiles, summarize
+from serving.bench_workload import LONG_PROMPT, RequestRecord, make_requests, percentiles, summarize, ttft_prediction
 
 
 def test_requests_are_seeded_and_rate_only_scales_arrivals() -> None:
@@ -61,16 +61,82 @@ def test_tpot_slo_counts_stalls_not_only_the_mean() -> None:
 
 
 @pytest.mark.parametrize("true_capacity", [0.3, 1.7, 9.0])
-def test_capacity_search_brackets_then_bisects(true_capacity: float) -> None:
+def test_capacity_search_brackets_then_bisects_to_within_ten_percent(true_capacity: float) -> None:
     def probe(rate: float) -> float:
         return 1.0 if rate <= true_capacity else TARGET_ATTAINMENT / 2
 
-    found, points = capacity_search(probe, start_rate=1.0, probes=10)
-    assert len(points) == 10
+    found, points = capacity_search(probe, start_rate=1.0, probes=20)
     assert found <= true_capacity
-    assert found >= true_capacity / 1.1  # within 10% after 10 probes
+    higher_failing = min(rate for rate, attained in points if attained < TARGET_ATTAINMENT)
+    assert higher_failing <= found * 1.1  # the bracket [found, first failing rate above it] is within 10%
+    assert found >= true_capacity / 1.1
+    assert len(points) < 20  # it stopped once the bracket was tight, not at the probe bound
 
 
-def test_capacity_is_zero_when_nothing_passes() -> None:
-    found, _ = capacity_search(lambda rate: 0.0, start_rate=1.0, probes=3)
+def test_capacity_is_zero_when_nothing_passes_and_the_search_gives_up() -> None:
+    found, points = capacity_search(lambda rate: 0.0, start_rate=1.0, probes=30)
     assert found == 0.0
+    assert len(points) == MAX_HALVINGS + 1 and points[-1][0] == pytest.approx(1.0 / 2**MAX_HALVINGS)
+
+
+def _definitions(stall_capacity: float, mean_capacity: float):
+    def summary(rate: float) -> dict:
+        return {
+            "slo_attainment_with_stalls": 1.0 if rate <= stall_capacity else 0.5,
+            "slo_attainment_mean_tpot": 1.0 if rate <= mean_capacity else 0.5,
+        }
+
+    return summary
+
+
+@pytest.mark.parametrize(("stalls", "mean"), [(2.0, 2.0), (0.6, 3.0)])
+def test_system_search_finds_both_definitions_and_shares_probes(stalls: float, mean: float) -> None:
+    search = SystemSearch(start_rate=1.0, max_probes=30)
+    probed = []
+    while (rate := search.next_rate()) is not None:
+        probed.append(rate)
+        search.record(rate, _definitions(stalls, mean)(rate))
+    caps = search.capacities()
+    assert stalls / 1.1 <= caps["with_stalls"] <= stalls
+    assert mean / 1.1 <= caps["mean_tpot"] <= mean
+    assert len(probed) - len(set(probed)) <= 2  # only the failures closing the brackets were probed twice
+    if stalls == mean:  # the same verdicts: the second search runs on the first one's probes alone
+        alone = capacity_search(lambda r: _definitions(stalls, mean)(r)["slo_attainment_with_stalls"], 1.0, 30)
+        assert len(probed) == len(alone[1])
+
+
+def test_system_search_stops_at_its_probe_bound() -> None:
+    search = SystemSearch(start_rate=1.0, max_probes=3)
+    count = 0
+    while (rate := search.next_rate()) is not None:
+        count += 1
+        search.record(rate, _definitions(0.77, 5.0)(rate))
+    assert count == 3
+    assert search.capacities()["with_stalls"] == pytest.approx(2**-0.5)  # 1.0 failed, 0.5 and 0.71 passed
+
+
+def test_ttft_prediction_reports_signed_and_relative_error() -> None:
+    records = [
+        RequestRecord(ttft_s=0.1, predicted_ttft_s=0.2),  # pessimistic by 100 ms
+        RequestRecord(ttft_s=0.2, predicted_ttft_s=0.1),  # optimistic by 100 ms
+        RequestRecord(ttft_s=0.1, predicted_ttft_s=None),  # no prediction (FCFS): not counted
+    ]
+    report = ttft_prediction(records)
+    assert report["requests"] == 2
+    assert report["mean_error_ms"] == pytest.approx(0.0)
+    assert report["mean_abs_relative_error"] == pytest.approx((1.0 + 0.5) / 2)
+    assert report["median_predicted_over_achieved"] == pytest.approx((2.0 + 0.5) / 2)
+    assert ttft_prediction(records[2:]) == {"requests": 0}
+
+
+def test_a_failure_that_a_higher_pass_contradicts_is_noise() -> None:
+    search = SystemSearch(start_rate=1.0, max_probes=30)
+    # a burst of other work on the machine fails the first probe; the system really passes up to 3 req/s
+    first = search.next_rate()
+    search.record(first, _definitions(0.0, 0.0)(first))
+    probed = [first]
+    while (rate := search.next_rate()) is not None:
+        probed.append(rate)
+        search.record(rate, _definitions(3.0, 3.0)(rate))
+    assert 3.0 / 1.1 <= search.capacities()["with_stalls"] <= 3.0
+    assert max(probed) > 3.0  # the search went back above the rate that failed by accident

@@ -28,6 +28,7 @@ def test_bench_runs_every_system_and_reports_ratios(tmp_path: Path) -> None:
         probes_per_system=2,
         hf_curve=True,
         hf_batch_rates=1,
+        prefix_requests=2,
     )
     result = run_serving_bench(settings, plot_path=tmp_path / "serve.png")
     json.dumps(result)  # serialisable as is
@@ -37,7 +38,14 @@ def test_bench_runs_every_system_and_reports_ratios(tmp_path: Path) -> None:
         assert system["output_tokens"] > 0 and system["output_tok_s"] > 0
     ratios = result["ratios"]
     assert ratios["throughput_vs_hf_generate"] > 0 and ratios["throughput_vs_hf_generate_batch"] > 0
-    assert "goodput_vs_fcfs" in ratios
+    assert {"goodput_vs_fcfs", "goodput_vs_fcfs_mean_tpot", "ttft_prediction_error"} <= set(ratios)
+    assert ratios["prefix_cache_ttft_gain"] > 0 and ratios["fraction_of_compute_limit"] > 0
+    good = result["results"]["goodput"]
+    for system in ("engine", "engine_fcfs"):
+        assert set(good["capacity_req_s_by_definition"][system]) == {"with_stalls", "mean_tpot"}
+        assert sum(p["system"] == system for p in good["probes"]) <= 2  # the probe bound holds
+    assert good["ttft_prediction"]["requests"] > 0  # the engine predicted TTFTs and they were compared
+    assert result["results"]["prefix_cache"]["prompt_tokens_cached"]["off"] == 0
     systems = {p["system"] for p in result["results"]["goodput"]["probes"]}
     assert systems == {"engine", "engine_fcfs", "hf_generate", "hf_generate_batch"}
     assert (tmp_path / "serve.png").stat().st_size > 1000

@@ -20,7 +20,9 @@ class FakeEngine:
         self.stats = ServingStats()
 
     def load(self) -> LoadStats:
-        return LoadStats(running=2, waiting=3, predicted_ttft_ms=10.0, decode_tok_s=5.0, free_kv_tokens=64)
+        return LoadStats(
+            running=2, waiting=3, predicted_ttft_ms=10.0, decode_tok_s=5.0, free_kv_tokens=64, prefill_tok_s=50.0
+        )
 
     def counters(self) -> dict[str, int]:
         return {"preemptions": 4, "kv_blocks": 10, "kv_blocks_free": 6}

@@ -1,0 +1,115 @@
+"""Capacity at SLO: the highest Poisson rate at which >= 90% of the requests sent meet their targets.
+
+A search brackets the capacity (doubling or halving from a start rate) and then bisects geometrically until the
+bracket is within a tolerance (10% by default), within a bound on probes. The machine is shared, so one failing
+probe may be a burst of other work: the failure that closes the bracket is probed again, and a pass above a
+failure reopens the bracket upwards. One system's capacity is searched under
+two definitions of meeting the TPOT target at once (stalls counted, Sarathi-Serve's TBT; the mean alone, vLLM's
+goodput): every probe reports attainment under both, so the two searches share each probe at a rate both ask for.
+This module knows rates and attainments; how a probe is run is the caller's business.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+TARGET_ATTAINMENT = 0.9
+BRACKET_STEP = 2.0  # per probe while bracketing; then geometric bisection
+TOLERANCE = 0.1  # the search ends once the bracket's top is within this share above its bottom
+MAX_HALVINGS = 5  # below start / 2**5 nothing passing means the system cannot serve this mix at SLO
+DEFINITIONS = {"with_stalls": "slo_attainment_with_stalls", "mean_tpot": "slo_attainment_mean_tpot"}
+
+
+class CapacitySearch:
+    """Bracket, then bisect (geometric midpoint) until `hi / lo <= 1 + tolerance` and `hi` failed twice. Driven
+    one probe at a time, so the searches of several systems can interleave."""
+
+    def __init__(self, start_rate: float, tolerance: float = TOLERANCE) -> None:
+        self.start_rate = start_rate
+        self.tolerance = tolerance
+        self.lo, self.hi, self.rate = 0.0, math.inf, start_rate
+        self.points: list[tuple[float, float]] = []
+        self.failures: dict[float, int] = {}
+
+    def record(self, attained: float, rate: float | None = None) -> None:
+        """Fold in a probe at `rate` (default: the rate this search asked for). A pass at or above the lowest
+        failure shows that failure was noise: the bracket reopens upwards. A failure below the highest pass is
+        kept as a point but moves nothing, for the same reason."""
+        rate = self.rate if rate is None else rate
+        self.points.append((rate, attained))
+        if attained >= TARGET_ATTAINMENT:
+            self.lo = max(self.lo, rate)
+            if self.hi <= self.lo:
+                self.hi = math.inf
+        elif rate > self.lo:
+            self.hi = min(self.hi, rate)
+            self.failures[rate] = self.failures.get(rate, 0) + 1
+        if self.hi == math.inf:
+            self.rate = self.lo * BRACKET_STEP
+        elif self.lo == 0.0:
+            self.rate = self.hi / BRACKET_STEP
+        elif self._tight:
+            self.rate = self.hi  # confirm the failure that closes the bracket
+        else:
+            self.rate = math.sqrt(self.lo * self.hi)
+
+    @property
+    def _tight(self) -> bool:
+        return self.hi <= self.lo * (1 + self.tolerance)
+
+    @property
+    def done(self) -> bool:
+        """The bracket is tight and its top failed twice, or nothing passed even far below the start rate."""
+        if self.lo == 0.0:
+            return self.hi <= self.start_rate / BRACKET_STEP**MAX_HALVINGS
+        return self._tight and self.failures.get(self.hi, 0) >= 2
+
+    @property
+    def capacity(self) -> float:
+        """Highest passing rate so far (0 if none passed)."""
+        return self.lo
+
+    @property
+    def bracket(self) -> tuple[float, float | None]:
+        return self.lo, (None if math.isinf(self.hi) else self.hi)
+
+
+def capacity_search(
+    probe: Callable[[float], float], start_rate: float, probes: int, tolerance: float = TOLERANCE
+) -> tuple[float, list[tuple[float, float]]]:
+    """Run one `CapacitySearch` until it is done or `probes` probes ran. `probe(rate) -> attainment`; returns the
+    capacity and the probes."""
+    search = CapacitySearch(start_rate, tolerance)
+    for _ in range(probes):
+        if search.done:
+            break
+        search.record(probe(search.rate))
+    return search.capacity, search.points
+
+
+class SystemSearch:
+    """The searches of one system under both definitions, sharing probes: every probe's summary is folded into
+    both, whichever asked for it. `next_rate()` names the next rate to probe (None: both done, or out of probes);
+    `record(rate, summary)` feeds a probe's summary to both."""
+
+    def __init__(self, start_rate: float, max_probes: int, tolerance: float = TOLERANCE) -> None:
+        self.searches = {name: CapacitySearch(start_rate, tolerance) for name in DEFINITIONS}
+        self.results: list[tuple[float, dict]] = []
+        self.max_probes = max_probes
+
+    def next_rate(self) -> float | None:
+        if len(self.results) >= self.max_probes:
+            return None
+        return next((search.rate for search in self.searches.values() if not search.done), None)
+
+    def record(self, rate: float, summary: dict) -> None:
+        self.results.append((rate, summary))
+        for name, search in self.searches.items():
+            search.record(summary[DEFINITIONS[name]], rate)
+
+    def capacities(self) -> dict[str, float]:
+        return {name: search.capacity for name, search in self.searches.items()}
+
+    def brackets(self) -> dict[str, tuple[float, float | None]]:
+        return {name: search.bracket for name, search in self.searches.items()}
