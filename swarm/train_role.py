@@ -27,18 +27,6 @@ NUM_DATA_SHARDS = 16  # a peer's shard is derived from its PeerID among these
 DISCOVERY_WAIT_S = 6.0  # how long to listen for other training peers before starting a DHT alone
 
 
-def byte_tokenizer_files() -> dict[str, bytes]:
-    """The embedded byte-level tokenizer's files (bytes are ids 0-255, as in training), so that every checkpoint
-    directory is one `swarm join --roles serve --model DIR` can serve."""
-    import tempfile
-
-    from serving.model import build_byte_tokenizer
-
-    with tempfile.TemporaryDirectory() as tmp:
-        build_byte_tokenizer().save_pretrained(tmp)
-        return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
-
-
 class AveragerRestarts:
     """Starts a dead averaging process again (it is killed when it misses a deadline, and may crash), so the peer
     rejoins its group rather than training alone. A dead process is restarted at once; a failed start is retried
@@ -126,6 +114,7 @@ class TrainRole(Role):
         from comms.averaging import HivemindAverager, averaging_host_maddrs
         from comms.pnet import read_swarm_key
         from training.data import TokenData, load_corpus, shard_for_peer
+        from training.model import load_tokenizer
         from training.trainer import TrainingPeer, averaging_settings
 
         cfg = self.config
@@ -133,7 +122,8 @@ class TrainRole(Role):
             cfg = cfg.model_copy(
                 update={"checkpoint_dir": Path.home() / ".cache" / "swarm" / "train" / self.node.peer_id}
             )
-        data = TokenData(load_corpus(cfg.data_path, cfg.max_corpus_bytes), cfg.eval_fraction, cfg.seq_len)
+        tokens = load_corpus(cfg.data_path, cfg.max_corpus_bytes, load_tokenizer(cfg.model))
+        data = TokenData(tokens, cfg.eval_fraction, cfg.seq_len)
         shard = shard_for_peer(self.node.peer_id, NUM_DATA_SHARDS)
         peer = TrainingPeer(cfg, data, peer_id=self.node.peer_id, shard_index=shard, num_shards=NUM_DATA_SHARDS,
                             peers=self._train_peer_ids)  # fmt: skip
@@ -148,7 +138,6 @@ class TrainRole(Role):
             settings = dataclasses.replace(settings, swarm_key_hex=read_swarm_key(network.swarm_key))
         if cfg.outer_optimizer == "noloco":  # pairs: a group of two forms without waiting for more peers
             settings = dataclasses.replace(settings, target_group_size=2)
-        peer.checkpoint_files = byte_tokenizer_files()
         averager = HivemindAverager(settings, [(peer.exchange_len,)], peer.model_hash)
         averager.start()
         peer.averager = averager
