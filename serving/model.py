@@ -11,6 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -19,9 +20,12 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     LlamaConfig,
-    LlamaForCausalLM,
+    MistralConfig,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen3Config,
 )
 
 from protocols.errors import ErrorCode, ProtocolError
@@ -81,18 +85,37 @@ def build_byte_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD)
 
 
-def build_embedded_model(name: str = "default", seed: int = 0) -> LoadedModel:
-    """Build the embedded model `name` with weights drawn from `seed` (same on every machine)."""
+def build_embedded_model(name: str = "default", seed: int = 0, family: str = "llama") -> LoadedModel:
+    """Build the embedded model `name` with weights drawn from `seed` (same on every machine); `family` other
+    than llama gives a network of that family with the same shape (to try a family's checkpoints without one)."""
     if name not in EMBEDDED_SPECS:
         raise ProtocolError(ErrorCode.NOT_FOUND, f"no embedded model {name!r}", field="model")
-    return build_llama(EMBEDDED_SPECS[name], seed, f"swarm-embedded-{name}-seed{seed}")
+    suffix = "" if family == "llama" else f"-{family}"
+    return build_in_code(EMBEDDED_SPECS[name], seed, f"swarm-embedded-{name}{suffix}-seed{seed}", family)
 
 
-def build_llama(spec: EmbeddedSpec, seed: int, model_id: str) -> LoadedModel:
-    """The one builder of in-code models (serving's embedded ones and training's shapes): a Llama of `spec`'s
-    shape with the byte tokenizer (BOS, EOS and PAD set in its config), weights drawn from `seed`."""
+def _family_config(family: str, spec: EmbeddedSpec, **common: Any) -> PretrainedConfig:
+    """The transformers config of `family` for `spec`'s shape, without sliding windows (full attention)."""
+    if family == "llama":
+        return LlamaConfig(**common)
+    if family == "mistral":
+        return MistralConfig(sliding_window=None, **common)
+    if family == "qwen2":
+        return Qwen2Config(use_sliding_window=False, **common)
+    if family == "qwen3":
+        return Qwen3Config(head_dim=spec.hidden_size // spec.num_heads, use_sliding_window=False, **common)
+    supported = ", ".join(SUPPORTED_MODEL_TYPES)
+    raise ProtocolError(ErrorCode.BAD_REQUEST, f"no family {family!r} (have: {supported})", field="family")
+
+
+def build_in_code(spec: EmbeddedSpec, seed: int, model_id: str, family: str = "llama") -> LoadedModel:
+    """The one builder of in-code models (serving's embedded ones and training's shapes): a network of `spec`'s
+    shape (a Llama unless `family` says otherwise) with the byte tokenizer (BOS, EOS and PAD set in its config),
+    weights drawn from `seed`."""
     tokenizer = build_byte_tokenizer()
-    config = LlamaConfig(
+    config = _family_config(
+        family,
+        spec,
         vocab_size=len(tokenizer),
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
@@ -107,7 +130,7 @@ def build_llama(spec: EmbeddedSpec, seed: int, model_id: str) -> LoadedModel:
         rope_theta=10000.0,
     )
     with torch.device("meta"):
-        model = LlamaForCausalLM(config)
+        model = AutoModelForCausalLM.from_config(config)
     model = model.to_empty(device="cpu")
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():

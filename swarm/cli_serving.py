@@ -97,13 +97,18 @@ def model_save(
     name: Annotated[str, typer.Argument(help="Embedded model to export: default or tiny.")],
     directory: Annotated[Path, typer.Argument(help="Checkpoint directory to write.")],
     seed: Annotated[int, typer.Option(help="Weights seed (every node uses 0 unless configured).")] = 0,
+    family: Annotated[
+        str, typer.Option(help="llama (the embedded model), or mistral, qwen2, qwen3: that family, same shape.")
+    ] = "llama",
 ) -> None:
-    """Write an embedded model as a standard Hugging Face checkpoint directory."""
-    from serving.model import EMBEDDED_SPECS, build_embedded_model, save_model
+    """Write an embedded model as a standard Hugging Face checkpoint directory (a start for `training.model`)."""
+    from serving.model import EMBEDDED_SPECS, SUPPORTED_MODEL_TYPES, build_embedded_model, save_model
 
     if name not in EMBEDDED_SPECS:
         _fail(f"no embedded model {name!r} (have: {', '.join(EMBEDDED_SPECS)})")
-    loaded = build_embedded_model(name, seed)
+    if family not in SUPPORTED_MODEL_TYPES:
+        _fail(f"--family: no family {family!r} (have: {', '.join(SUPPORTED_MODEL_TYPES)})")
+    loaded = build_embedded_model(name, seed, family)
     save_model(loaded, directory)
     typer.echo(f"{directory} {loaded.model_hash}")
 

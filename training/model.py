@@ -124,12 +124,12 @@ def load_tokenizer(source: ModelShape | str) -> Any:
 
 def load_train_model(source: ModelShape | str) -> TrainModel:
     """Build or load the model `source` names, in fp32 on CPU (the inner loop moves it)."""
-    from serving.model import EmbeddedSpec, build_embedded_model, build_llama, load_checkpoint
+    from serving.model import EmbeddedSpec, build_embedded_model, build_in_code, load_checkpoint
 
     if isinstance(source, ModelShape):
         spec = EmbeddedSpec(source.hidden_size, source.intermediate_size, source.num_layers, source.num_heads,
                             source.num_heads, source.max_position_embeddings)  # fmt: skip
-        loaded = build_llama(spec, source.seed, f"swarm-train-seed{source.seed}")
+        loaded = build_in_code(spec, source.seed, f"swarm-train-seed{source.seed}")
     elif source in _embedded_names():
         loaded = build_embedded_model(source)
     else:
