@@ -39,7 +39,11 @@ def _averaging_bytes(http: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def test_two_train_nodes_fine_tune_a_checkpoint_that_then_stops_on_eos(start_node, tmp_path: Path) -> None:
+def test_two_train_nodes_fine_tune_a_checkpoint_that_then_stops_on_eos(
+    start_node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One torch thread per process: with more, a loaded 2-core machine makes every tiny step wait on the others.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     base = save_tiny_qwen3(tmp_path / "base", bpe_tokenizer([p + c for p, c in EXAMPLES] * 4))
     data = tmp_path / "finetune.jsonl"  # the two records, repeated: enough windows for every data shard
     records = [json.dumps({"prompt": p, "completion": c}) for p, c in EXAMPLES] * 40
@@ -52,8 +56,9 @@ def test_two_train_nodes_fine_tune_a_checkpoint_that_then_stops_on_eos(start_nod
 
     wait_until(lambda: len(steps()) == 2 and min(steps()) >= TOTAL_STEPS, timeout_s=180, interval_s=1.0)
     assert _averaging_bytes(a.http) > 0 and _averaging_bytes(b.http) > 0  # they fine-tuned together
-    for node in (a, b):
+    for node in (a, b):  # both leave at once; each writes its shutdown checkpoint
         node.signal(signal.SIGTERM)
+    for node in (a, b):
         assert node.proc.wait(timeout=60) == 0, node.log_tail()
 
     newest = sorted((tmp_path / "ca").glob("round-*"))[-1]
