@@ -254,7 +254,7 @@ def run_bench(
     """Run every system in one go and return the report (JSON-ready)."""
     configs, steps = bench_configs(quick)
     warm_steps = 1000
-    tokens = load_corpus(None, configs["ddp"].max_corpus_bytes).numpy().astype(np.uint8)
+    tokens = load_corpus(None, configs["ddp"].max_corpus_bytes).numpy().astype(np.int32)  # EOS (257) ends documents
     spec = {
         "systems": list(systems),
         "world": world,
