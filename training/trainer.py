@@ -167,7 +167,6 @@ class TrainingPeer:
         self.peers = peers or (lambda: [peer_id])
         built = load_train_model(cfg.model)
         self.model_hash = built.model_hash
-        self.tokenizer = built.tokenizer
         self.inner = InnerLoop(built.model, cfg, ignored_label=built.ignored_label())
         self.outer = make_outer(self.inner.params, cfg)
         self.data = data
