@@ -21,6 +21,7 @@ from protocols.generate import (
 from protocols.limits import GOSSIP_LIMITS, STREAM_LIMITS, TENSOR_LIMITS, Limits
 from protocols.messages import (
     ErrorReply,
+    Device,
     Hardware,
     Load,
     PeerAnnounce,
@@ -46,6 +47,7 @@ __all__ = [
     "GenerateDone",
     "GenerateRejected",
     "GenerateRequest",
+    "Device",
     "Hardware",
     "Limits",
     "Load",
