@@ -20,8 +20,8 @@ from protocols.generate import (
 )
 from protocols.limits import GOSSIP_LIMITS, STREAM_LIMITS, TENSOR_LIMITS, Limits
 from protocols.messages import (
-    ErrorReply,
     Device,
+    ErrorReply,
     Hardware,
     Load,
     PeerAnnounce,
@@ -40,6 +40,7 @@ __all__ = [
     "TENSOR_LIMITS",
     "Cancel",
     "ChatMessage",
+    "Device",
     "ErrorCode",
     "ErrorReply",
     "FrameDecoder",
@@ -47,7 +48,6 @@ __all__ = [
     "GenerateDone",
     "GenerateRejected",
     "GenerateRequest",
-    "Device",
     "Hardware",
     "Limits",
     "Load",

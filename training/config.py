@@ -41,6 +41,9 @@ class TrainingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: ModelShape = Field(default_factory=ModelShape)
+    device: str = Field(
+        "auto", min_length=1, description='"auto" (placement decides), "cpu", or "cuda" (the inner loop\'s device)'
+    )
     outer_optimizer: OuterOptimizerName = "diloco"
     # inner loop (AdamW with warm-up then cosine decay)
     inner_steps: int = Field(50, ge=1, le=1_000_000, description="H: inner steps per outer round")

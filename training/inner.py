@@ -29,7 +29,7 @@ class InnerLoop:
 
     def __init__(self, model: torch.nn.Module, cfg: TrainingConfig) -> None:
         self.cfg = cfg
-        use_cuda = torch.cuda.is_available()
+        use_cuda = torch.cuda.is_available() and cfg.device != "cpu"
         self.accelerator = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if use_cuda else "no")
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=cfg.inner_lr, weight_decay=cfg.inner_weight_decay, betas=(0.9, 0.95)
