@@ -10,8 +10,7 @@ import pytest
 from protocols import ROLLOUT_LIMITS, ErrorCode, PeerAnnounce, ProtocolError, decode, decode_as, encode
 from protocols.messages import RLState
 from protocols.rollouts import MAX_COMPLETION_BYTES, RolloutBatch, RolloutGroup, TaskRefRecord
-from tests.unit.protocols.test_messages import ANNOUNCE
-from tests.unit.protocols.test_messages import ANNOUNCE_1_1_HEX
+from tests.unit.protocols.test_messages import ANNOUNCE, ANNOUNCE_1_1_HEX
 
 GROUP = RolloutGroup(task=TaskRefRecord(dataset="chain_sum", config_digest="ef56", index=42), slot=0,
                      prompt_format="compact-v1", completions=[b"7", b"8"], advisory_rewards=[1.0, 0.0], seed=9,
