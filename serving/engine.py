@@ -40,6 +40,7 @@ from serving.request import (
 )
 from serving.runner import ModelRunner, kv_layout_of, model_max_context
 from serving.scheduler import Scheduler, StepUpdate
+from serving.slack import Slack, measure_slack
 from serving.stats import ServingStats
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,12 @@ class Engine:
         self._pending_weights: tuple[int, dict[str, torch.Tensor]] | None = None
         self._weight_swap: Any = None
         self._swap_error: EngineError | None = None
+        # Co-scheduling: the slack left by online serving (replaced whole, so read without the lock), a callback
+        # told the arrival time of each online request (it must not block), and the share of this device other
+        # work reserves (the announced load is inflated by it, so routers send online work elsewhere).
+        self._slack = Slack()
+        self.on_online_arrival: Callable[[float], None] | None = None
+        self.reserved_share = 0.0
 
     # ----- lifecycle -----
     def start(self) -> None:
@@ -187,7 +194,15 @@ class Engine:
                 raise ProtocolError(ErrorCode.BAD_REQUEST, "request id already in flight", field="request_id")
             self.scheduler.add(req)  # raises OverloadedError when admission refuses
             self._streams[req.request_id] = stream
+            if not req.offline:
+                self._slack = Slack(False, 0.0, self._slack.offline_pending, self._slack.offline_late, req.arrival_s)
             self._lock.notify_all()
+        if not req.offline and self.on_online_arrival is not None:
+            self.on_online_arrival(req.arrival_s)
+
+    def slack(self) -> Slack:
+        """What online serving leaves free now (cheap, any thread): see `serving.slack`."""
+        return self._slack
 
     def _prompt_ids(self, params: GenerateParams) -> list[int]:
         if params.prompt_token_ids is not None:
@@ -261,13 +276,14 @@ class Engine:
             room = max(sched.budget_policy.budget(sched.running) - len(decodes), self.config.min_chunk_tokens)
             chunk = min(room, LOAD_PROBE_PROMPT_TOKENS)
             prefill_step_s = self.latency.step_s([*decodes, (chunk, chunk)])
+            keep = 1.0 - min(max(self.reserved_share, 0.0), 0.9)  # what serving keeps of this device
             return LoadStats(
                 len(sched.running),
                 len(sched.waiting),
-                1000 * ttft_s,
-                decoders / step_s,
+                1000 * ttft_s / keep,
+                keep * decoders / step_s,
                 sched.free_kv_tokens(),
-                chunk / prefill_step_s,
+                keep * chunk / prefill_step_s,
             )
 
     def counters(self) -> dict[str, int]:
@@ -282,6 +298,7 @@ class Engine:
                 "prompt_tokens_cached": sched.num_prompt_tokens_cached,
                 "steps": self.num_steps,
                 "preemptions": sched.num_preemptions,
+                "offline_paused": sched.num_offline_paused,
                 "cached_blocks": sched.allocator.num_cached,
                 "kv_blocks": sched.allocator.num_blocks,
                 "kv_blocks_free": sched.allocator.num_free,
@@ -364,6 +381,7 @@ class Engine:
                 if self._pending_weights is not None:
                     self._apply_pending_weights()
                 output = self.scheduler.schedule()
+                self._slack = measure_slack(self.scheduler, output, time.perf_counter())
                 if output.is_empty:
                     self.runner.execute(output)  # drops released requests' sampler state
                     self._lock.wait(IDLE_WAIT_S)
