@@ -98,6 +98,7 @@ class Engine:
         self.scheduler: Scheduler | None = None
         self.latency: LatencyModel | None = None
         self.num_steps = 0
+        self.busy_s = 0.0  # seconds spent computing steps (a bench's busy fraction = busy_s / wall)
         self.stats = ServingStats()
         # Set once, from the engine thread, when the step loop dies: why, in one line. ``on_failure`` (set by the
         # owner before ``start``) is then called with it from that thread and must not block.
@@ -401,6 +402,7 @@ class Engine:
             return
         elapsed = time.perf_counter() - start
         self.num_steps += 1
+        self.busy_s += elapsed
         shape = [(len(c.token_ids), c.start_pos + len(c.token_ids)) for c in output.chunks]
         factor = self.config.slowdown_factor
         if factor > 1.0:
@@ -482,6 +484,10 @@ class Engine:
         reasons = [stream.reasons[i] for i in range(req.params.n)]
         tpot_s = timings["tpot_ms"] / 1000 if n > 1 else None
         self.stats.finished(reason or reasons[0], usage["prompt_tokens"], timings["e2e_ms"] / 1000, tpot_s)
+        p = req.params
+        if (p.ttft_ms or p.tpot_ms) and (reason or reasons[0]) in ("stop", "length"):
+            ttft_ok = p.ttft_ms is None or timings["ttft_ms"] <= p.ttft_ms
+            self.stats.slo_outcome(ttft_ok and (p.tpot_ms is None or n < 2 or timings["tpot_ms"] <= p.tpot_ms))
         return DoneEvent(req.request_id, reason or reasons[0], usage, timings, error, reasons)
 
     @staticmethod

@@ -153,7 +153,7 @@ class SloAdmission(QueueBound):
     ) -> float | None:
         super().check(req, running, waiting, inflight_left_s)
         raw_s = predict_ttft_s(self.latency, self.budget, req, running, waiting, inflight_left_s)
-        if self.config.slo_refuse:
+        if self.config.slo_refuse and not req.offline:  # offline work has no target to miss: it waits its turn
             self._refuse_misses(req, running, raw_s)
         return raw_s
 

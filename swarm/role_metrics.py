@@ -84,6 +84,8 @@ def serving_families(engine: Any) -> Iterator[Metric]:
     yield _counter("vllm:request_success", "Finished requests, by finish reason.", stats.finished,
                    "finished_reason", model)  # fmt: skip
     yield _counter("swarm_serving_refused", "Requests the engine refused, by error code.", stats.refused, "code", model)
+    yield _counter("swarm_serving_slo", "Finished requests with SLO targets, by whether they met them.", stats.slo,
+                   "outcome", model)  # fmt: skip
 
 
 def _single_counter(name: str, doc: str, value: float, labels: dict[str, str]) -> CounterMetricFamily:

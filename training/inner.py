@@ -8,6 +8,7 @@ knows nothing about peers or outer optimizers.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from accelerate import Accelerator
@@ -54,14 +55,35 @@ class InnerLoop:
     def params(self) -> list[torch.nn.Parameter]:
         return list(self.model.parameters())
 
-    def backward(self, batch: torch.Tensor) -> float:
-        """Forward and backward on `batch` (ids, shape [B, T]); returns the loss; gradients stay in .grad."""
+    def backward(self, batch: torch.Tensor, scale: float = 1.0) -> float:
+        """Forward and backward on `batch` (ids, shape [B, T]); returns the loss; gradients (of the loss x `scale`)
+        add up in .grad."""
         self.model.train()
         batch = batch.to(self.accelerator.device)
         with self.accelerator.autocast():
             loss = self.model(input_ids=batch, labels=batch).loss
-        self.accelerator.backward(loss)
+        self.accelerator.backward(loss * scale if scale != 1.0 else loss)
         return float(loss.detach())
+
+    def step_in_micro_batches(
+        self, batch: torch.Tensor, micro_batch: int, run: Callable[[Callable[[], None]], None]
+    ) -> float:
+        """One optimizer step on `batch`, its gradient accumulated over micro-batches of `micro_batch` rows; `run`
+        executes each micro-step (a co-scheduler runs it when the device has room). Same gradient as `step`, up to
+        summation order."""
+        total = 0.0
+
+        def micro(part: torch.Tensor) -> Callable[[], None]:
+            def one() -> None:
+                nonlocal total
+                total += self.backward(part, scale=len(part) / len(batch)) * len(part) / len(batch)
+
+            return one
+
+        for part in batch.split(micro_batch):
+            run(micro(part))
+        self.apply()
+        return total
 
     def apply(self) -> None:
         """Clip, step AdamW and the schedule, zero the gradients."""
