@@ -135,6 +135,8 @@ class Engine:
         layout = kv_layout_of(hf_config, self.dtype)
         num_blocks = num_blocks_for_budget(layout, cfg.kv_cache_bytes, cfg.block_size_tokens)
         self.runner = ModelRunner(loaded, self.device, self.dtype, num_blocks, cfg.block_size_tokens)
+        # On a GPU, steps run on the highest-priority stream: work co-scheduled on a low-priority one yields to them.
+        self._stream = torch.cuda.Stream(self.device, priority=-1) if self.device.type == "cuda" else None
         self.max_context = min(model_max_context(hf_config), num_blocks * cfg.block_size_tokens)
         self.vocab_size = int(hf_config.vocab_size)
         self.eos_token_ids = _eos_ids(loaded)
@@ -392,7 +394,11 @@ class Engine:
     def _step(self, output: SchedulerOutput) -> None:
         start = time.perf_counter()
         try:
-            sampled = self.runner.execute(output)
+            if self._stream is not None:
+                with torch.cuda.stream(self._stream):
+                    sampled = self.runner.execute(output)
+            else:
+                sampled = self.runner.execute(output)
         except Exception as err:  # a failing step fails its requests, not the engine
             log.exception("engine step failed")
             with self._lock:

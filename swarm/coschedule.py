@@ -61,12 +61,31 @@ class CoscheduledTraining:
         peer = self.peer
         batch = peer.next_batch()
         peer.micro_batch = micro_batch_for(lambda n: time_backward(peer.inner, batch[:n]), len(batch), self.tau_s)
-        peer.micro_gate = self.gate.run
+        peer.micro_gate = self._on_gpu_stream(self.gate.run)
         self.engine.on_online_arrival = self.arbiter.on_arrival
         self.engine.reserved_share = self.config.reserved_share
         self.arbiter.start()
         return (f"training co-scheduled with serving: micro-batch {peer.micro_batch} of {len(batch)} "
                 f"(tau {1000 * self.tau_s:.1f} ms), reserved share {self.config.reserved_share:.2f}")  # fmt: skip
+
+    def _on_gpu_stream(self, run: Any) -> Any:
+        """On a GPU: each granted micro-step on a low-priority CUDA stream (serving's is the highest), waited for
+        before the step counts as done, so a revoked trainer has nothing left queued on the device."""
+        import torch
+
+        if not torch.cuda.is_available() or self.peer.inner.accelerator.device.type != "cuda":
+            return run
+        stream = torch.cuda.Stream(self.peer.inner.accelerator.device, priority=0)
+
+        def on_stream(micro_step: Any) -> None:
+            def body() -> None:
+                with torch.cuda.stream(stream):
+                    micro_step()
+                stream.synchronize()
+
+            run(body)
+
+        return on_stream
 
     def lower_thread_priority(self) -> None:
         """Called from the training thread itself."""

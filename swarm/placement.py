@@ -91,7 +91,7 @@ def place(
     wants_train = "train" in roles or "rl" in roles
     train: DeviceSpec | None = None
     if wants_train:
-        train = _training_device(devices, serve, train_bytes, training_device)
+        train = _training_device(devices, serve, train_bytes, training_device, serve_bytes)
     rollouts = None
     if "rl" in roles:  # rollouts are generation: on the trainer's device when it is a slower accelerator
         rollouts = train.name if train is not None and train not in serve and train.kind != "cpu" else serve[0].name
@@ -120,18 +120,23 @@ def _serving_devices(devices: Sequence[DeviceSpec], need: int, override: str) ->
     return serve
 
 
-def _training_device(devices: Sequence[DeviceSpec], serve: list[DeviceSpec], need: int, override: str) -> DeviceSpec:
+def _training_device(
+    devices: Sequence[DeviceSpec], serve: list[DeviceSpec], need: int, override: str, serve_need: int = 0
+) -> DeviceSpec:
+    """Training memory is a fixed budget beside the serving engine's weights and KV cache on a shared device."""
     if override != "auto":
         chosen = _named(devices, override, "training.device")
-        _fits(chosen, need, "training.device", overridden=True)
+        _fits(chosen, need + (serve_need if chosen in serve else 0), "training.device", overridden=True)
         return chosen
     spare = [d for d in devices if d not in serve and d.kind != "cpu" and _fits(d, need, "", False)]
     if spare:  # a slower accelerator of its own: no co-scheduling needed
         return max(spare, key=lambda d: d.speed)
     for d in serve:
-        if _fits(d, need, "", False):
+        if _fits(d, need + serve_need, "", False):
             return d
-    fitting = sorted((d for d in devices if _fits(d, need, "", False)), key=lambda d: d.speed, reverse=True)
+    fitting = sorted(
+        (d for d in devices if d not in serve and _fits(d, need, "", False)), key=lambda d: d.speed, reverse=True
+    )
     if not fitting:
         raise ConfigError(
             f"training: the model, gradients and optimizer need {need / 2**30:.2f} GiB; no device holds that "

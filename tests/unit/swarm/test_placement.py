@@ -60,6 +60,13 @@ def test_overrides_win_and_a_missing_device_is_named_with_what_the_node_has() ->
         place([CPU], ("train",), training_device="cuda")
 
 
+def test_training_beside_serving_needs_room_for_both() -> None:
+    p = place([CPU, H100], ("serve", "train"), serve_bytes=70 * GIB, train_bytes=20 * GIB)
+    assert (p.serve, p.train) == (["cuda:0"], "cpu")  # 90 GiB do not fit the 80 GiB GPU: the CPU trains
+    with pytest.raises(ConfigError, match=r"training\.device: needs 90\.00 GiB on cuda:0"):
+        place([CPU, H100], ("serve", "train"), serve_bytes=70 * GIB, train_bytes=20 * GIB, training_device="cuda:0")
+
+
 def test_a_budget_no_device_holds_is_refused_naming_the_field() -> None:
     with pytest.raises(ConfigError, match=r"serving\.kv_cache_bytes.*100\.00 GiB.*cuda:0 \(80\.0 GiB\)"):
         place([CPU, H100], ("serve",), serve_bytes=100 * GIB)
