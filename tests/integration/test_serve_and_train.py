@@ -22,7 +22,8 @@ REQUESTS = 12
 
 
 def _metric(text: str, name: str, label: str = "") -> float:
-    match = re.search(rf"^{re.escape(name)}\{{[^}}]*{re.escape(label)}[^}}]*\}} (\S+)$", text, re.M)
+    labels = rf"\{{[^}}]*{re.escape(label)}[^}}]*\}}" if label else r"(?:\{[^}]*\})?"
+    match = re.search(rf"^{re.escape(name)}{labels} (\S+)$", text, re.M)
     return float(match.group(1)) if match else 0.0
 
 
@@ -48,3 +49,6 @@ def test_serving_keeps_its_slos_while_training_rounds_advance(start_node, tmp_pa
     assert _metric(metrics, "swarm_serving_slo_total", 'outcome="missed"') == 0
     assert "swarm_serving_refused_total{" not in metrics or _metric(metrics, "swarm_serving_refused_total") == 0
     assert _metric(metrics, "swarm_train_step") >= 2 * (start_round + 1)
+    # Training went through the arbiter: micro-steps granted, every online request seen arriving.
+    assert _metric(metrics, "swarm_coschedule_micro_steps_total") >= _metric(metrics, "swarm_train_step") > 0
+    assert _metric(metrics, "swarm_coschedule_online_arrivals_total") >= REQUESTS
