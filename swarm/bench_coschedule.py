@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -115,7 +116,14 @@ def _rollouts(engine: Engine, s: CoscheduleSettings, trace: list) -> tuple[list[
 
 
 def run_coschedule_bench(s: CoscheduleSettings, progress: Any = None, plot_path: Any = None) -> dict:
-    say = progress or (lambda _m: None)
+    t0 = time.perf_counter()
+
+    def say(message: str) -> None:
+        if progress is not None:
+            progress(message)
+        if not sys.stderr.isatty():  # a log line where no progress bar is drawn (CI, redirected runs)
+            print(f"[{time.perf_counter() - t0:6.1f} s] {message}", file=sys.stderr, flush=True)
+
     threads = s.threads or len(os.sched_getaffinity(0))
     bench = BenchSettings.for_size(True, threads=threads, seed=s.seed, goodput_requests=8)
     cfg = TrainingConfig(total_steps=100_000, warmup_steps=5, seed=s.seed)

@@ -10,8 +10,10 @@ the same data whatever their timing. It knows the training API and the gate, not
 from __future__ import annotations
 
 import multiprocessing
+import os
 import queue
 import statistics
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,6 +108,7 @@ def _child_main(spec: TrainerSpec, gate: Gate, out: Any, steps: Any) -> None:
     from training.inner import InnerLoop
     from training.model import build_model
 
+    _exit_with_parent()
     threads = spec.max_threads
     torch.set_num_threads(threads)
     cfg = TrainingConfig.model_validate_json(spec.config_json)
@@ -143,6 +146,18 @@ def _child_main(spec: TrainerSpec, gate: Gate, out: Any, steps: Any) -> None:
                 out.put(("eval", step, _evaluate(inner, eval_set, run)))
     except TrainerStopped:
         pass
+
+
+def _exit_with_parent() -> None:
+    """A parent killed without a chance to stop us (SIGKILL, a timeout) must not leave a trainer behind."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _profile(inner: Any, batch: Any, tau_s: float, timings: dict[int, float]) -> int:
