@@ -146,7 +146,11 @@ class Arbiter:
         max_threads: int,
         config: CoscheduleConfig | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        trainer_cpu_s: Callable[[], float] | None = None,
     ) -> None:
+        """`trainer_cpu_s`: CPU seconds the trainer has used so far, where it can be read (a child process): each
+        yield then also records how much CPU the trainer took between the arrival and its pause (at SCHED_IDLE a
+        micro-step overlapping a busy engine mostly waits, so its end comes late while it takes little)."""
         self.slack = slack
         self.gate = gate
         self.tau_s = tau_s
@@ -154,18 +158,21 @@ class Arbiter:
         self.config = config or CoscheduleConfig()
         self.clock = clock
         self.yields_s: deque[float] = deque(maxlen=YIELD_WINDOW)
+        self.yield_cpu_s: deque[float] = deque(maxlen=YIELD_WINDOW)
+        self.trainer_cpu_s = trainer_cpu_s
         self.num_arrivals = 0
-        self._pending: list[float] = []  # arrival times whose revocation found a micro-step in flight
+        self._pending: list[tuple[float, float]] = []  # (arrival, trainer CPU then) of revocations mid micro-step
         self._plock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def on_arrival(self, arrival_s: float) -> None:
         in_flight = self.gate.revoke()
+        cpu = self.trainer_cpu_s() if in_flight and self.trainer_cpu_s is not None else 0.0
         with self._plock:
             self.num_arrivals += 1
             if in_flight:
-                self._pending.append(arrival_s)
+                self._pending.append((arrival_s, cpu))
 
     def tick(self) -> None:
         threads = decide(self.slack(), self.tau_s, self.max_threads, self.config.harvest_in_step)
@@ -174,20 +181,25 @@ class Arbiter:
         elif self.gate.granted:
             in_flight = self.gate.revoke()
             if in_flight:
+                cpu = self.trainer_cpu_s() if self.trainer_cpu_s is not None else 0.0
                 with self._plock:
-                    self._pending.append(self.clock())
+                    self._pending.append((self.clock(), cpu))
         self._resolve_yields()
 
     def _resolve_yields(self) -> None:
         if not self._pending or not self.gate.paused:
             return
         end = self.gate.last_micro_end_s
+        cpu = self.trainer_cpu_s() if self.trainer_cpu_s is not None else 0.0
         with self._plock:
             pending, self._pending = self._pending, []
-        self.yields_s.extend(max(end - t, 0.0) for t in pending)
+        self.yields_s.extend(max(end - t, 0.0) for t, _ in pending)
+        if self.trainer_cpu_s is not None:
+            self.yield_cpu_s.extend(max(cpu - c, 0.0) for _, c in pending)
 
-    def yield_p99_s(self) -> float:
-        values = sorted(self.yields_s)
+    def yield_p99_s(self, cpu: bool = False) -> float:
+        """p99 of the yields: wall time from arrival to pause, or (`cpu`) the trainer's CPU time in between."""
+        values = sorted(self.yield_cpu_s if cpu else self.yields_s)
         return values[min(len(values) - 1, math.ceil(0.99 * len(values)) - 1)] if values else 0.0
 
     def start(self) -> None:

@@ -157,7 +157,7 @@ def run_coschedule_bench(s: CoscheduleSettings, progress: Any = None, plot_path:
         phases["C"] = _naive_phase(engine, trace, slo, cfg)
         trainer_d.wait_ready()
         say("D: serve + train, arbitrated")
-        arbiter = Arbiter(engine.slack, gate_d, tau_s=tau_s, max_threads=threads)
+        arbiter = Arbiter(engine.slack, gate_d, tau_s=tau_s, max_threads=threads, trainer_cpu_s=trainer_d.cpu_s)
         engine.on_online_arrival = arbiter.on_arrival
         arbiter.start()
         phases["D"] = _arbitrated_phase(engine, trace, slo, trainer_d, arbiter)
@@ -191,10 +191,12 @@ def _naive_phase(engine: Engine, trace: list, slo: Any, cfg: TrainingConfig) -> 
 
 def _arbitrated_phase(engine: Engine, trace: list, slo: Any, trainer: TrainerProcess, arbiter: Arbiter) -> dict:
     arbiter.yields_s.clear()
+    arbiter.yield_cpu_s.clear()
     rate, summary = _train_phase(trainer, 0, lambda: _serve(engine, trace, slo))
     summary["train_steps_per_s"] = rate
     summary["yield_latency_ms"] = {"p99": 1000 * arbiter.yield_p99_s(), "count": len(arbiter.yields_s),
-                                   "max": 1000 * max(arbiter.yields_s, default=0.0)}  # fmt: skip
+                                   "max": 1000 * max(arbiter.yields_s, default=0.0),
+                                   "trainer_cpu_after_arrival_p99": 1000 * arbiter.yield_p99_s(cpu=True)}  # fmt: skip
     summary["arrivals"] = arbiter.num_arrivals
     return summary
 

@@ -62,6 +62,17 @@ class TrainerProcess:
     def steps(self) -> int:
         return self._steps.value
 
+    def cpu_s(self) -> float:
+        """CPU seconds every thread of the child has run so far (Linux schedstat; 0 where it cannot be read)."""
+        total_ns = 0
+        try:
+            for task in os.scandir(f"/proc/{self._proc.pid}/task"):
+                with open(f"{task.path}/schedstat") as f:
+                    total_ns += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+        return total_ns / 1e9
+
     def start(self) -> None:
         self._proc.start()
 

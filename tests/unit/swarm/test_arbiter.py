@@ -149,3 +149,23 @@ def test_micro_stepped_training_is_the_same_whatever_the_grants(tmp_path) -> Non
     for step in (2, 4):
         assert math.isclose(plain.evals[step], toggled.evals[step], rel_tol=1e-5)
     assert plain.losses == pytest.approx(toggled.losses, rel=1e-5)
+
+
+def test_the_trainers_cpu_time_between_arrival_and_pause_is_recorded() -> None:
+    cpu = [5.0]
+    gate = Gate()
+    arbiter = Arbiter(lambda: Slack(online_idle=True), gate, tau_s=TAU, max_threads=1, trainer_cpu_s=lambda: cpu[0])
+    trainer = FakeTrainer(gate)
+    arbiter.tick()
+    assert trainer.entered.acquire(timeout=30)
+    arbiter.on_arrival(arrival_s=0.0)
+    cpu[0] = 5.002  # the trainer ran 2 ms more before its micro-step ended
+    trainer.release.release()
+    while not gate.paused:
+        threading.Event().wait(0.001)
+    arbiter.slack = lambda: Slack(online_idle=False, left_s=0.0)
+    arbiter.tick()
+    assert list(arbiter.yield_cpu_s) == pytest.approx([0.002])
+    assert arbiter.yield_p99_s(cpu=True) == pytest.approx(0.002)
+    gate.close()
+    assert trainer.stopped.wait(30)
