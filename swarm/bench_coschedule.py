@@ -29,6 +29,7 @@ from swarm.micro_trainer import TrainerProcess, TrainerSpec
 from training.config import TrainingConfig
 
 TARGET = 0.9  # capacity = highest probed rate with this attainment
+MAX_EXTRA_PROBES = 2  # halvings beyond the three probes when none passed (a machine busy with other work)
 
 
 @dataclass
@@ -65,10 +66,12 @@ def _serve(engine: Engine, trace: list, slo: Any) -> dict:
 
 def _capacity(engine: Engine, settings: BenchSettings, slo: Any, probe_s: float, log: list) -> float:
     """Three probes: a start rate from the isolated service time, then up or down by 2x, then the geometric
-    midpoint of the bracket (or one more step)."""
+    midpoint of the bracket (or one more step); up to two more halvings while none has passed."""
     service_s = slo.isolated_prefill_s + LONG_PROMPT.output_median * slo.isolated_decode_s
     rate, passed, failed = 1.0 / service_s, 0.0, math.inf
-    for _ in range(3):
+    for _ in range(3 + MAX_EXTRA_PROBES):
+        if len(log) >= 3 and passed:
+            break
         settings.probe_arrival_s = probe_s
         summary = _serve(engine, probe_requests(settings, rate), slo)
         log.append({"rate_req_s": rate, "slo_attainment": summary["slo_attainment"]})

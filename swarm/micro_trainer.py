@@ -112,6 +112,8 @@ class TrainerProcess:
 
 
 def _child_main(spec: TrainerSpec, gate: Gate, out: Any, steps: Any) -> None:
+    # Before torch loads: OpenMP threads that sleep when idle, never spinning on a core serving may want.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
     from training.config import TrainingConfig
