@@ -29,6 +29,7 @@ from swarm.micro_trainer import TrainerProcess, TrainerSpec
 from training.config import TrainingConfig
 
 TARGET = 0.9  # capacity = highest probed rate with this attainment
+MIN_PHASE_REQUESTS = 4
 MAX_EXTRA_PROBES = 2  # halvings beyond the three probes when none passed (a machine busy with other work)
 
 
@@ -51,8 +52,10 @@ class CoscheduleSettings:
 
 
 def _trace(rate: float, seconds: float, seed: int) -> list:
-    n = max(8, math.ceil(rate * seconds))
-    return make_requests(LONG_PROMPT, n, rate, seed, 256)
+    """Poisson arrivals at `rate` for `seconds` (at least MIN_PHASE_REQUESTS requests, however slow the rate)."""
+    trace = make_requests(LONG_PROMPT, math.ceil(rate * seconds) + 16, rate, seed, 256)
+    within = [r for r in trace if r.arrival_s <= seconds]
+    return within if len(within) >= MIN_PHASE_REQUESTS else trace[:MIN_PHASE_REQUESTS]
 
 
 def _serve(engine: Engine, trace: list, slo: Any) -> dict:
@@ -72,8 +75,7 @@ def _capacity(engine: Engine, settings: BenchSettings, slo: Any, probe_s: float,
     for _ in range(3 + MAX_EXTRA_PROBES):
         if len(log) >= 3 and passed:
             break
-        settings.probe_arrival_s = probe_s
-        summary = _serve(engine, probe_requests(settings, rate), slo)
+        summary = _serve(engine, _trace(rate, probe_s, settings.seed + 1), slo)
         log.append({"rate_req_s": rate, "slo_attainment": summary["slo_attainment"]})
         if summary["slo_attainment"] >= TARGET:
             passed = max(passed, rate)
