@@ -133,6 +133,7 @@ def run_coschedule_bench(s: CoscheduleSettings, progress: Any = None, plot_path:
     bench = BenchSettings.for_size(True, threads=threads, seed=s.seed, goodput_requests=8)
     cfg = TrainingConfig(total_steps=100_000, warmup_steps=5, seed=s.seed)
     started = time.perf_counter()
+    load_before = os.getloadavg()  # the machine's other work: on a shared machine it decides what is measured
     say("loading the model and calibrating SLOs")
     engine = Engine(bench.engine_config(slo=True))
     engine.start()
@@ -175,6 +176,7 @@ def run_coschedule_bench(s: CoscheduleSettings, progress: Any = None, plot_path:
     finally:
         engine.stop()
     result = _result(s, bench, slo, tau_s, capacity, rate, probes, phases, report_b, report_d, started)
+    result["results"]["load_average_1m"] = {"start": load_before[0], "end": os.getloadavg()[0]}
     if plot_path is not None:
         plot_coschedule(result, plot_path)
     return result
