@@ -126,24 +126,25 @@ def test_micro_stepped_training_is_the_same_whatever_the_grants(tmp_path) -> Non
     cfg = TrainingConfig(model=ModelShape(hidden_size=32, intermediate_size=64, num_layers=1), batch_size=4,
                          seq_len=32, warmup_steps=1, total_steps=100, max_corpus_bytes=200_000)  # fmt: skip
     spec = TrainerSpec(cfg.model_dump_json(), TAU, 1, micro_batch=2, eval_every=2, max_steps=4, lower_priority=False)
-    reports = []
-    for toggling in (False, True):
-        gate = Gate()
-        trainer = TrainerProcess(spec, gate)
+    gates = [Gate(), Gate()]
+    trainers = [TrainerProcess(spec, gate) for gate in gates]
+    for trainer in trainers:  # both start at once: their imports overlap
         trainer.start()
+    for trainer, gate in zip(trainers, gates, strict=True):
         trainer.wait_ready()
         gate.grant(1)
-        turns = 0
-        while trainer.steps < 4 and turns < 100_000:
-            if toggling:
-                gate.revoke()
-                gate.grant(1)
-            trainer.poll(0.01)
-            turns += 1
+    plain, toggling = trainers
+    turns = 0
+    while (plain.steps < 4 or toggling.steps < 4) and turns < 100_000:
+        gates[1].revoke()  # the second trainer is paused and granted again all the time
+        gates[1].grant(1)
+        toggling.poll(0.01)
+        turns += 1
+    for trainer in trainers:
         while 4 not in trainer.report.evals and turns < 200_000:
             trainer.poll(0.05)
             turns += 1
-        reports.append(trainer.stop())
+    reports = [trainer.stop() for trainer in trainers]
     plain, toggled = reports
     assert sorted(plain.evals) == sorted(toggled.evals) == [2, 4]
     for step in (2, 4):
