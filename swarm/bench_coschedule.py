@@ -5,7 +5,7 @@ A serve only; B train only (the micro-stepped trainer process, always granted); 
 `--roles serve,train` node does (a training thread in the serving process, whole steps); D serve + train
 arbitrated (the trainer process at the lowest OS priority, micro-steps granted by `swarm.arbiter`); E: D plus a
 rollout batch (offline requests with a deadline). Serving load: Poisson arrivals at a share of the capacity
-measured in the same run (3 probes), the same trace in A, C, D and E. Ratios are of phases of this run.
+measured in the same run (3 to 5 probes), the same trace in A, C, D and E. Ratios are of phases of this run.
 This module drives the phases; the decisions are `serving`'s and `swarm.arbiter`'s.
 """
 
@@ -144,7 +144,7 @@ def run_coschedule_bench(s: CoscheduleSettings, progress: Any = None, plot_path:
         spec = TrainerSpec(cfg.model_dump_json(), tau_s, threads, eval_every=s.eval_every)
         trainer_b = TrainerProcess(spec, gate_b)
         trainer_b.start()  # its start-up (imports, corpus) overlaps the capacity probes
-        say("capacity probes (3)")
+        say("capacity probes (3 to 5)")
         probes: list[dict] = []
         capacity = _capacity(engine, bench, slo, s.probe_s, probes)
         rate = s.load_share * capacity
