@@ -10,7 +10,7 @@ import pytest
 
 from tests.integration.nodes import wait_until
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
 NODE = ("--roles", "serve,train", "--model", "tiny", "--heartbeat-s", "1",
         "--set", "training.inner_steps=2", "--set", "training.total_steps=100000",
@@ -33,7 +33,8 @@ def _round(node) -> int:  # type: ignore[no-untyped-def]
 
 
 def test_serving_keeps_its_slos_while_training_rounds_advance(start_node, tmp_path) -> None:
-    node = start_node("st", *NODE, "--set", f"training.checkpoint_dir={tmp_path / 'ck'}")
+    node = start_node("st", *NODE, "--set", f"training.checkpoint_dir={tmp_path / 'ck'}", wait=False)
+    node.wait_ready(timeout_s=180)  # two roles to start (model, profile, averaging process): slow on a busy machine
     wait_until(lambda: _round(node) >= 1, timeout_s=150, interval_s=0.5)
     start_round = _round(node)
     with httpx.Client(timeout=120) as client:
