@@ -20,6 +20,7 @@ from protocols.generate import (
 )
 from protocols.limits import GOSSIP_LIMITS, STREAM_LIMITS, TENSOR_LIMITS, Limits
 from protocols.messages import (
+    Device,
     ErrorReply,
     Hardware,
     Load,
@@ -39,6 +40,7 @@ __all__ = [
     "TENSOR_LIMITS",
     "Cancel",
     "ChatMessage",
+    "Device",
     "ErrorCode",
     "ErrorReply",
     "FrameDecoder",

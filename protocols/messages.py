@@ -14,6 +14,7 @@ from protocols.errors import ErrorCode, ProtocolError, error_code_of
 MAX_ADDRS = 32
 MAX_ROLES = 16
 MAX_PEERS_REPLY = 256
+MAX_DEVICES = 16
 KNOWN_ROLES = ("serve", "train", "rl", "client")
 
 
@@ -37,6 +38,20 @@ class Hardware(Record):
     device_name: str = ""  # e.g. "NVIDIA H100 80GB HBM3" or the CPU model
     memory_bytes: int = 0  # accelerator memory, or system RAM on CPU
     cpu_cores: int = 0
+
+
+@dataclass
+class Device(Record):
+    """One compute device of the peer (1.2): the CPU, each GPU. Speeds are measured (0: not measured)."""
+
+    kind: str = "cpu"  # "cpu", "cuda", "mps", ...
+    name: str = ""  # e.g. "cuda:0 NVIDIA H100 80GB HBM3" or the CPU model
+    memory_bytes: int = 0
+    prefill_tok_s: float = 0.0
+    decode_tok_s: float = 0.0
+
+    def validate(self) -> None:
+        _non_negative(self, "memory_bytes", "prefill_tok_s", "decode_tok_s")
 
 
 LOAD_PROBE_PROMPT_TOKENS = 128  # the prompt length a Load's predicted_ttft_ms is predicted for
@@ -87,7 +102,7 @@ class PeerAnnounce(Message):
     """A peer's state, published on `swarm/<swarm_id>/announce` every `heartbeat_s`."""
 
     TYPE = "peer_announce"
-    VERSION = (1, 1)
+    VERSION = (1, 2)
 
     peer_id: str
     addrs: list[str]
@@ -102,8 +117,10 @@ class PeerAnnounce(Message):
     hivemind_addrs: list[str] = field(default_factory=list)
     seq: int = 0
     rl: RLState | None = None
+    devices: list[Device] = field(default_factory=list)  # 1.2: every device; empty from a 1.0/1.1 peer
 
     def validate(self) -> None:
+        _bounded("devices", self.devices, MAX_DEVICES)
         if not self.peer_id:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "must not be empty", field="peer_id")
         _bounded("addrs", self.addrs, MAX_ADDRS)

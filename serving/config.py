@@ -35,6 +35,9 @@ class ServingConfig(BaseModel):
     prefix_caching: bool = Field(
         True, description="keep full KV blocks content-hashed after their request ends; reuse them for equal prefixes"
     )
+    offline_kv_share: float = Field(
+        0.5, gt=0, le=1.0, description="most of the KV cache that offline requests (priority < 0, rollouts) may hold"
+    )
     max_n: int = Field(16, gt=0, le=256, description="most samples (n) one request may ask for")
     slo_admission: bool = Field(
         True, description="SLO-aware step budgets and admission (what admission does with a predicted miss: slo_refuse)"

@@ -40,6 +40,7 @@ from serving.request import (
 )
 from serving.runner import ModelRunner, kv_layout_of, model_max_context
 from serving.scheduler import Scheduler, StepUpdate
+from serving.slack import Slack, measure_slack
 from serving.stats import ServingStats
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ class Engine:
         self.scheduler: Scheduler | None = None
         self.latency: LatencyModel | None = None
         self.num_steps = 0
+        self.busy_s = 0.0  # seconds spent computing steps (a bench's busy fraction = busy_s / wall)
         self.stats = ServingStats()
         # Set once, from the engine thread, when the step loop dies: why, in one line. ``on_failure`` (set by the
         # owner before ``start``) is then called with it from that thread and must not block.
@@ -106,6 +108,12 @@ class Engine:
         self._pending_weights: tuple[int, dict[str, torch.Tensor]] | None = None
         self._weight_swap: Any = None
         self._swap_error: EngineError | None = None
+        # Co-scheduling: the slack left by online serving (replaced whole, so read without the lock), a callback
+        # told the arrival time of each online request (it must not block), and the share of this device other
+        # work reserves (the announced load is inflated by it, so routers send online work elsewhere).
+        self._slack = Slack()
+        self.on_online_arrival: Callable[[float], None] | None = None
+        self.reserved_share = 0.0
 
     # ----- lifecycle -----
     def start(self) -> None:
@@ -127,6 +135,8 @@ class Engine:
         layout = kv_layout_of(hf_config, self.dtype)
         num_blocks = num_blocks_for_budget(layout, cfg.kv_cache_bytes, cfg.block_size_tokens)
         self.runner = ModelRunner(loaded, self.device, self.dtype, num_blocks, cfg.block_size_tokens)
+        # On a GPU, steps run on the highest-priority stream: work co-scheduled on a low-priority one yields to them.
+        self._stream = torch.cuda.Stream(self.device, priority=-1) if self.device.type == "cuda" else None
         self.max_context = min(model_max_context(hf_config), num_blocks * cfg.block_size_tokens)
         self.vocab_size = int(hf_config.vocab_size)
         self.eos_token_ids = _eos_ids(loaded)
@@ -187,7 +197,15 @@ class Engine:
                 raise ProtocolError(ErrorCode.BAD_REQUEST, "request id already in flight", field="request_id")
             self.scheduler.add(req)  # raises OverloadedError when admission refuses
             self._streams[req.request_id] = stream
+            if not req.offline:
+                self._slack = Slack(False, 0.0, self._slack.offline_pending, self._slack.offline_late, req.arrival_s)
             self._lock.notify_all()
+        if not req.offline and self.on_online_arrival is not None:
+            self.on_online_arrival(req.arrival_s)
+
+    def slack(self) -> Slack:
+        """What online serving leaves free now (cheap, any thread): see `serving.slack`."""
+        return self._slack
 
     def _prompt_ids(self, params: GenerateParams) -> list[int]:
         if params.prompt_token_ids is not None:
@@ -261,13 +279,14 @@ class Engine:
             room = max(sched.budget_policy.budget(sched.running) - len(decodes), self.config.min_chunk_tokens)
             chunk = min(room, LOAD_PROBE_PROMPT_TOKENS)
             prefill_step_s = self.latency.step_s([*decodes, (chunk, chunk)])
+            keep = 1.0 - min(max(self.reserved_share, 0.0), 0.9)  # what serving keeps of this device
             return LoadStats(
                 len(sched.running),
                 len(sched.waiting),
-                1000 * ttft_s,
-                decoders / step_s,
+                1000 * ttft_s / keep,
+                keep * decoders / step_s,
                 sched.free_kv_tokens(),
-                chunk / prefill_step_s,
+                keep * chunk / prefill_step_s,
             )
 
     def counters(self) -> dict[str, int]:
@@ -282,6 +301,7 @@ class Engine:
                 "prompt_tokens_cached": sched.num_prompt_tokens_cached,
                 "steps": self.num_steps,
                 "preemptions": sched.num_preemptions,
+                "offline_paused": sched.num_offline_paused,
                 "cached_blocks": sched.allocator.num_cached,
                 "kv_blocks": sched.allocator.num_blocks,
                 "kv_blocks_free": sched.allocator.num_free,
@@ -364,6 +384,7 @@ class Engine:
                 if self._pending_weights is not None:
                     self._apply_pending_weights()
                 output = self.scheduler.schedule()
+                self._slack = measure_slack(self.scheduler, output, time.perf_counter())
                 if output.is_empty:
                     self.runner.execute(output)  # drops released requests' sampler state
                     self._lock.wait(IDLE_WAIT_S)
@@ -373,7 +394,11 @@ class Engine:
     def _step(self, output: SchedulerOutput) -> None:
         start = time.perf_counter()
         try:
-            sampled = self.runner.execute(output)
+            if self._stream is not None:
+                with torch.cuda.stream(self._stream):
+                    sampled = self.runner.execute(output)
+            else:
+                sampled = self.runner.execute(output)
         except Exception as err:  # a failing step fails its requests, not the engine
             log.exception("engine step failed")
             with self._lock:
@@ -383,6 +408,7 @@ class Engine:
             return
         elapsed = time.perf_counter() - start
         self.num_steps += 1
+        self.busy_s += elapsed
         shape = [(len(c.token_ids), c.start_pos + len(c.token_ids)) for c in output.chunks]
         factor = self.config.slowdown_factor
         if factor > 1.0:
@@ -464,6 +490,10 @@ class Engine:
         reasons = [stream.reasons[i] for i in range(req.params.n)]
         tpot_s = timings["tpot_ms"] / 1000 if n > 1 else None
         self.stats.finished(reason or reasons[0], usage["prompt_tokens"], timings["e2e_ms"] / 1000, tpot_s)
+        p = req.params
+        if (p.ttft_ms or p.tpot_ms) and (reason or reasons[0]) in ("stop", "length"):
+            ttft_ok = p.ttft_ms is None or timings["ttft_ms"] <= p.ttft_ms
+            self.stats.slo_outcome(ttft_ok and (p.tpot_ms is None or n < 2 or timings["tpot_ms"] <= p.tpot_ms))
         return DoneEvent(req.request_id, reason or reasons[0], usage, timings, error, reasons)
 
     @staticmethod

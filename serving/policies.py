@@ -26,8 +26,13 @@ def decoding(running: Sequence[Request]) -> list[Request]:
     return [r for r in running if r.num_computed_tokens > 0 and r.num_pending_tokens <= 1]
 
 
+def offline_key(req: Request) -> tuple[float, float]:
+    """Offline work: earliest deadline first, then earlier arrival."""
+    return (req.deadline_s, req.arrival_s)
+
+
 def tightest_tpot_s(requests: Sequence[Request], default_tpot_ms: float | None) -> float | None:
-    targets = [r.params.tpot_ms or default_tpot_ms for r in requests]
+    targets = [r.params.tpot_ms or default_tpot_ms for r in requests if not r.offline]
     targets = [t for t in targets if t]
     return min(targets) / 1000.0 if targets else None
 
@@ -67,6 +72,8 @@ class SloBudget(TokenBudgetPolicy):
         self.config = config
 
     def _target_s(self, req: Request) -> float | None:
+        if req.offline:  # no per-token target: offline decodes never tighten a step
+            return None
         tpot_ms = req.params.tpot_ms or self.config.default_tpot_ms
         return tpot_ms * self.config.tpot_budget_share / 1000.0 if tpot_ms else None
 
@@ -146,7 +153,7 @@ class SloAdmission(QueueBound):
     ) -> float | None:
         super().check(req, running, waiting, inflight_left_s)
         raw_s = predict_ttft_s(self.latency, self.budget, req, running, waiting, inflight_left_s)
-        if self.config.slo_refuse:
+        if self.config.slo_refuse and not req.offline:  # offline work has no target to miss: it waits its turn
             self._refuse_misses(req, running, raw_s)
         return raw_s
 
@@ -186,8 +193,9 @@ def predict_ttft_s(
     everything ahead of it (counted whole, as if the step in flight had not advanced it), then its own."""
     decoders = decoding(running)
     decodes = [(1, r.num_tokens) for r in decoders]
-    ahead = [r for r in running if r.num_pending_tokens > 1]
-    ahead += [r for r in waiting if queue_key(r) <= queue_key(req)]
+    # Offline work runs after online work within each step: it is ahead only of other offline requests.
+    ahead = [r for r in running if r.num_pending_tokens > 1 and (req.offline or not r.offline)]
+    ahead += [r for r in waiting if queue_key(r) <= queue_key(req) and (req.offline or not r.offline)]
     # Requests ahead decode while this one prefills: their targets bound the chunks it gets; decoders out of
     # slack bound them now (the next step's budget), and under load that is what the queue will see.
     tokens = min(budget.steady_budget([*decoders, *ahead]), budget.budget(running))

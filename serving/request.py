@@ -39,6 +39,8 @@ class GenerateParams:
     report beside each sampled token's log-probability. Penalties follow OpenAI (presence, frequency: over the
     output so far) and vLLM/HF (repetition: divides positive logits of prompt and output tokens, multiplies
     negative ones); 0, 0 and 1 are neutral. `ignore_eos` generates through end-of-sequence tokens.
+    A request with a negative priority and no TTFT/TPOT target is offline work (rollouts): it runs after the online
+    requests of each step, earliest `deadline_ms` (from arrival) first.
     """
 
     prompt: str | None = None
@@ -59,6 +61,11 @@ class GenerateParams:
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
     ignore_eos: bool = False
+    deadline_ms: float | None = None
+
+    @property
+    def offline(self) -> bool:
+        return self.priority < 0 and self.ttft_ms is None and self.tpot_ms is None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GenerateParams:
@@ -76,7 +83,7 @@ class GenerateParams:
         self._validate_choices(max_n)
         if not _is_int(self.max_new_tokens) or not 0 < self.max_new_tokens <= max_new_tokens_limit:
             raise _bad("max_new_tokens", f"must be an integer in 1..{max_new_tokens_limit}")
-        for name in ("ttft_ms", "tpot_ms"):
+        for name in ("ttft_ms", "tpot_ms", "deadline_ms"):
             value = getattr(self, name)
             if value is not None and not (_is_number(value) and math.isfinite(value) and value > 0):
                 raise _bad(name, "must be a positive finite number of milliseconds or None")
@@ -244,6 +251,16 @@ class Request:
     @property
     def priority(self) -> int:
         return self.params.priority
+
+    @property
+    def offline(self) -> bool:
+        return self.params.offline
+
+    @property
+    def deadline_s(self) -> float:
+        """When this request should be done, on the scheduler's clock (inf: no deadline)."""
+        d = self.params.deadline_ms
+        return math.inf if d is None else self.arrival_s + d / 1000.0
 
     @property
     def num_tokens(self) -> int:

@@ -1,13 +1,15 @@
 """The scheduler: which requests compute how many tokens in the next step, and what a step's results mean.
 
-One-way loop (after vLLM v1): `schedule() -> SchedulerOutput`, the runner executes it, `update(output,
-sampled)` advances requests. Per step, within the token budget: running decodes first, then chunks of partial
-prefills, then new requests. KV blocks are granted here; when they run out, the lowest-priority running request
-is preempted (its blocks freed, its tokens recomputed later). With prefix caching, a request starts from the
-longest run of its full blocks already cached (content-hashed, see kv_cache). A request with n > 1 samples is
-prefilled once: at its first sample it forks into n requests that share the prompt's blocks (the last, partly
-filled block is copied for each new sample before anyone writes into it). The scheduler never touches the
-model or text.
+One-way loop (after vLLM v1): `schedule() -> SchedulerOutput`, the runner executes it, `update(output, sampled)`
+advances requests. Per step, within the token budget: online running decodes first, then chunks of online partial
+prefills, then new online requests; offline requests (rollouts: negative priority, no per-token target) take what is
+left in the same order, earliest deadline first. An offline request left out of a step keeps its KV blocks (paused,
+not recomputed); offline requests hold at most `offline_kv_share` of the cache. KV blocks are granted here; when
+they run out, the lowest-priority running request is preempted (its blocks freed, its tokens recomputed later). With
+prefix caching, a request starts from the longest run of its full blocks already cached (content-hashed, see
+kv_cache). A request with n > 1 samples is prefilled once: at its first sample it forks into n requests that share
+the prompt's blocks (the last, partly filled block is copied for each new sample before anyone writes into it). The
+scheduler never touches the model or text.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from serving.policies import (
     QueueBound,
     SloAdmission,
     SloBudget,
+    offline_key,
     predict_ttft_s,
     queue_key,
 )
@@ -79,6 +82,8 @@ class Scheduler:
         self.prefix_caching = config.prefix_caching
         self.num_prompt_tokens_prefilled = 0  # prompt tokens computed by the model (recomputes included)
         self.num_prompt_tokens_cached = 0  # prompt tokens taken from the prefix cache instead
+        self.offline_block_cap = max(1, int(config.offline_kv_share * allocator.num_blocks))
+        self.num_offline_paused = 0  # offline requests left out of the last step, holding their blocks
 
     # ----- admission and removal -----
     def add(self, req: Request) -> None:
@@ -115,12 +120,31 @@ class Scheduler:
 
     # ----- the step -----
     def schedule(self) -> SchedulerOutput:
-        """Plan the next step: decodes, then partial prefills, then waiting requests, within the budget."""
+        """Plan the next step: online decodes, partial prefills and waiting requests within the budget, then
+        offline ones in the same order with what is left."""
         self.running.sort(key=queue_key)
         budget = self.budget_policy.budget(self.running)
         chunks: list[ScheduledChunk] = []
-        decodes = [r for r in self.running if r.num_pending_tokens == 1]
-        prefills = [r for r in self.running if r.num_pending_tokens > 1]
+        budget = self._schedule_running([r for r in self.running if not r.offline], budget, chunks)
+        budget = self._schedule_waiting(budget, chunks, offline=False)
+        offline = sorted((r for r in self.running if r.offline), key=offline_key)
+        budget = self._schedule_running(offline, budget, chunks)
+        self.num_offline_paused = sum(r.status is RequestStatus.RUNNING for r in offline) - sum(
+            self.requests[c.request_id].offline for c in chunks
+        )
+        self._schedule_waiting(budget, chunks, offline=True)
+        released, self._released = self._released, []
+        copies, self._copies = self._copies, []
+        shape = [(len(c.token_ids), c.start_pos + len(c.token_ids)) for c in chunks]
+        predicted = self.latency.step_s(shape) if chunks else 0.0
+        self._inflight_end_s = self.clock() + predicted if chunks else None
+        for c in chunks:
+            self.requests[c.request_id].num_inflight_tokens = len(c.token_ids)
+        return SchedulerOutput(chunks, released, predicted, copies)
+
+    def _schedule_running(self, running: list[Request], budget: int, chunks: list[ScheduledChunk]) -> int:
+        decodes = [r for r in running if r.num_pending_tokens == 1]
+        prefills = [r for r in running if r.num_pending_tokens > 1]
         for req in decodes:
             if req.status is RequestStatus.RUNNING and budget > 0 and self._grow(req, 1, chunks):
                 chunks.append(self._chunk(req, 1))
@@ -132,19 +156,15 @@ class Scheduler:
             if n and self._grow(req, n, chunks):
                 chunks.append(self._chunk(req, n))
                 budget -= n
-        budget = self._schedule_waiting(budget, chunks)
-        released, self._released = self._released, []
-        copies, self._copies = self._copies, []
-        shape = [(len(c.token_ids), c.start_pos + len(c.token_ids)) for c in chunks]
-        predicted = self.latency.step_s(shape) if chunks else 0.0
-        self._inflight_end_s = self.clock() + predicted if chunks else None
-        for c in chunks:
-            self.requests[c.request_id].num_inflight_tokens = len(c.token_ids)
-        return SchedulerOutput(chunks, released, predicted, copies)
+        return budget
 
-    def _schedule_waiting(self, budget: int, chunks: list[ScheduledChunk]) -> int:
-        while self.waiting and budget > 0 and len(self.running) < self.config.max_running_requests:
-            req = self.waiting[0]
+    def _schedule_waiting(self, budget: int, chunks: list[ScheduledChunk], offline: bool) -> int:
+        candidates = [r for r in self.waiting if r.offline == offline]
+        if offline:
+            candidates.sort(key=offline_key)
+        for req in candidates:
+            if budget <= 0 or len(self.running) >= self.config.max_running_requests:
+                break
             cached = self._take_cached_prefix(req)
             n = self._prefill_size(req, budget, chunks)
             if not n or not self._allocate(req, n):
@@ -152,7 +172,7 @@ class Scheduler:
                 req.num_computed_tokens = 0
                 break
             self.num_prompt_tokens_cached += min(cached, len(req.prompt_ids))
-            self.waiting.pop(0)
+            self.waiting.remove(req)
             req.status = RequestStatus.RUNNING
             if req.first_scheduled_s is None:
                 req.first_scheduled_s = self.clock()
@@ -234,10 +254,16 @@ class Scheduler:
     def _blocks_needed(self, req: Request, n: int) -> int:
         return math.ceil((req.num_computed_tokens + n) / self.block_size) - len(req.block_table)
 
+    def offline_blocks(self) -> int:
+        """KV blocks held by offline requests (running or paused); a block shared by several counts once."""
+        return len({b for r in self.running if r.offline for b in r.block_table})
+
     def _allocate(self, req: Request, n: int) -> bool:
         need = self._blocks_needed(req, n)
         if need <= 0:
             return True
+        if req.offline and self.offline_blocks() + need > self.offline_block_cap:
+            return False
         blocks = self.allocator.allocate(need)
         if blocks is None:
             return False
@@ -245,12 +271,16 @@ class Scheduler:
         return True
 
     def _grow(self, req: Request, n: int, chunks: list[ScheduledChunk]) -> bool:
-        """Blocks for `n` more tokens of a running request, preempting lower ones if needed.
+        """Blocks for `n` more tokens of a running request, preempting lower ones if needed. An offline request
+        at the offline cap takes blocks only from other offline requests (the latest deadline gives them back).
 
         A victim already planned in this step loses its chunk too: its blocks may be granted right away.
         """
         while not self._allocate(req, n):
-            victim = self.preemption.victim(self.running)
+            pool = [r for r in self.running if r.offline] if req.offline else self.running
+            victim = max(pool, key=offline_key) if req.offline else self.preemption.victim(pool)
+            if req.offline and victim is req:
+                return False  # paused: it keeps its blocks until others finish or give theirs back
             chunks[:] = [c for c in chunks if c.request_id != victim.request_id]
             self._preempt(victim)
             if victim is req:

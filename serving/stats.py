@@ -64,6 +64,7 @@ class ServingSnapshot:
     generation_tokens: int
     finished: dict[str, int]  # by finish reason
     refused: dict[str, int]  # by ErrorCode name
+    slo: dict[str, int] = field(default_factory=dict)  # requests with targets: "met" / "missed", as the engine saw
 
 
 class ServingStats:
@@ -79,6 +80,7 @@ class ServingStats:
         self._generation_tokens = 0
         self._finished: Counter[str] = Counter()
         self._refused: Counter[str] = Counter()
+        self._slo: Counter[str] = Counter()
 
     def first_token(self, ttft_s: float) -> None:
         with self._lock:
@@ -99,6 +101,10 @@ class ServingStats:
             if tpot_s is not None:
                 self._tpot.observe(tpot_s)
 
+    def slo_outcome(self, met: bool) -> None:
+        with self._lock:
+            self._slo["met" if met else "missed"] += 1
+
     def refused(self, code: str) -> None:
         with self._lock:
             self._refused[code] += 1
@@ -108,4 +114,5 @@ class ServingStats:
             return ServingSnapshot(
                 self._ttft.copy(), self._tpot.copy(), self._inter_token.copy(), self._e2e.copy(),
                 self._prompt_tokens, self._generation_tokens, dict(self._finished), dict(self._refused),
+                dict(self._slo),
             )  # fmt: skip

@@ -122,12 +122,23 @@ def join(
     try:
         setup_logging(log_level)
         node_config = load_config(config, flags=flags, overrides=overrides or [])
+        check_placement(node_config)
     except (ConfigError, ValueError) as err:
         fail(str(err))
     try:
         trio.run(_run_until_signal, node_config)
     except Exception as err:  # one readable line, never a traceback of exception groups
         fail_with(err)
+
+
+def check_placement(node_config: Any) -> None:
+    """Refuse, before anything starts, a device override the node lacks or a memory budget no device holds."""
+    if not node_config.node.roles:
+        return
+    from swarm.hardware import detect_devices, device_specs
+    from swarm.placement import place_node
+
+    place_node(node_config, device_specs(detect_devices(import_torch=True)))
 
 
 def fail_with(err: BaseException) -> None:

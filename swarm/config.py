@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from comms.config import NetworkConfig
 from protocols.errors import SwarmError
 from serving.config import ServingConfig
+from swarm.arbiter import CoscheduleConfig
 from training.config import TrainingConfig
 from training.rl_config import RLConfig
 
@@ -112,6 +113,7 @@ class NodeConfig(BaseModel):
     serving: ServingConfig = Field(default_factory=ServingConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
+    coschedule: CoscheduleConfig = Field(default_factory=CoscheduleConfig)
 
 
 def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

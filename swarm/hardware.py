@@ -41,3 +41,34 @@ def detect_hardware() -> Hardware:
         props = torch.cuda.get_device_properties(0)
         return Hardware(device="cuda", device_name=props.name, memory_bytes=props.total_memory, cpu_cores=cores)
     return Hardware(device="cpu", device_name=cpu_name(), memory_bytes=system_memory_bytes(), cpu_cores=cores)
+
+
+def detect_devices(measured: dict[str, tuple[float, float]] | None = None, *, import_torch: bool = False) -> list:
+    """Every compute device: the CPU, then each CUDA device (seen only if torch is imported, or `import_torch`).
+    `measured` maps a device name (`cpu`, `cuda:0`) to its measured (prefill, decode) tokens/s."""
+    from protocols import Device
+
+    measured = measured or {}
+    devices = [Device("cpu", cpu_name(), system_memory_bytes(), *measured.get("cpu", (0.0, 0.0)))]
+    torch = sys.modules.get("torch")
+    if torch is None and import_torch:
+        import torch
+    if torch is not None and torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            devices.append(Device("cuda", props.name, props.total_memory, *measured.get(f"cuda:{i}", (0.0, 0.0))))
+    return devices
+
+
+def device_specs(devices: list) -> list:
+    """Placement's view of announced devices: names as config fields spell them (`cpu`, `cuda:0`, ...)."""
+    from swarm.placement import DeviceSpec
+
+    seen: dict[str, int] = {}
+    specs = []
+    for d in devices:
+        index = seen.get(d.kind, 0)
+        seen[d.kind] = index + 1
+        name = d.kind if d.kind == "cpu" else f"{d.kind}:{index}"
+        specs.append(DeviceSpec(name, d.kind, d.memory_bytes, d.decode_tok_s))
+    return specs

@@ -6,6 +6,7 @@ cancelling it stops them all. Torch work never runs here: roles run it in their 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from swarm import __version__
 from swarm.config import NodeConfig
 from swarm.discovery import Discovery
 from swarm.generate_service import GenerateService
-from swarm.hardware import detect_hardware
+from swarm.hardware import detect_devices, detect_hardware
 from swarm.membership import Membership
 from swarm.roles import Role, build_roles
 
@@ -49,6 +50,7 @@ class Node:
         self.membership = Membership(self.peer_id, net.peer_timeout_s)
         self.discovery = Discovery(self.host, self.membership, net.peers, net.max_dial_peers, net.request_timeout_s)
         self.hardware = detect_hardware()
+        self.devices = detect_devices()
         self.announce_topic = topic(net.swarm_id, ANNOUNCE_TOPIC)
         self.roles = [] if client_only else build_roles(config, self)
         if self.serve_role is not None:
@@ -86,6 +88,7 @@ class Node:
                 for role in self.roles:
                     await nursery.start(self._run_role, role)
                 self.hardware = detect_hardware()  # a role may have brought up an accelerator
+                self.devices = detect_devices()
                 self._report_started()
                 if self.config.node.status_interval_s > 0:
                     nursery.start_soon(log_status, self.roles, self.config.node.status_interval_s)
@@ -150,6 +153,7 @@ class Node:
             roles=["client"] if self.client_only else self.live_role_names(),
             hardware=self.hardware,
             seq=self._seq,
+            devices=[dataclasses.replace(d) for d in self.devices],  # roles fill in measured speeds
         )
         for role in self.roles:
             if not role.failure:

@@ -84,6 +84,8 @@ def serving_families(engine: Any) -> Iterator[Metric]:
     yield _counter("vllm:request_success", "Finished requests, by finish reason.", stats.finished,
                    "finished_reason", model)  # fmt: skip
     yield _counter("swarm_serving_refused", "Requests the engine refused, by error code.", stats.refused, "code", model)
+    yield _counter("swarm_serving_slo", "Finished requests with SLO targets, by whether they met them.", stats.slo,
+                   "outcome", model)  # fmt: skip
 
 
 def _single_counter(name: str, doc: str, value: float, labels: dict[str, str]) -> CounterMetricFamily:
@@ -108,6 +110,14 @@ def training_families(role: Any) -> Iterator[Metric]:
     yield _single_counter("swarm_train_resyncs", "Rounds after which this peer took a group member's state.",
                           status.resyncs, {})  # fmt: skip
     yield _single_counter("swarm_train_averager_restarts", "Averaging processes started again.", counters.restarts, {})
+    co = getattr(role, "coscheduled", None)
+    if co is not None:  # training shares this node's serving engine through the arbiter
+        yield _single_counter("swarm_coschedule_micro_steps", "Training micro-steps granted beside serving.",
+                              co.gate.micro_steps, {})  # fmt: skip
+        yield _single_counter("swarm_coschedule_online_arrivals", "Online requests that revoked training's grant.",
+                              co.arbiter.num_arrivals, {})  # fmt: skip
+        yield _gauge("swarm_coschedule_yield_p99_seconds", "Arrival to training paused, p99 of recent arrivals.",
+                     co.arbiter.yield_p99_s())  # fmt: skip
 
 
 def rl_families(rl: RlCounters) -> Iterator[Metric]:

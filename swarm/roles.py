@@ -15,6 +15,7 @@ import trio
 
 from protocols import Load, PeerAnnounce
 from protocols.errors import SwarmError
+from protocols.messages import LOAD_PROBE_PROMPT_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,19 @@ class ServeRole(Role):
             free_kv_tokens=stats.free_kv_tokens,
             prefill_tok_s=float(stats.prefill_tok_s),
         )
+        fill_device_speeds(announce, engine)
+
+
+def fill_device_speeds(announce: PeerAnnounce, engine: Any) -> None:
+    """The serving device's entry in the announce's devices gets the speeds of the engine's latency profile
+    (a probe-length prompt's prefill, a single-request decode step)."""
+    kind, index = engine.device.type, engine.device.index or 0
+    same_kind = [d for d in announce.devices if d.kind == kind]
+    if index >= len(same_kind):
+        return
+    n = LOAD_PROBE_PROMPT_TOKENS
+    same_kind[index].prefill_tok_s = n / engine.latency.profiled_step_s([(n, n)])
+    same_kind[index].decode_tok_s = 1.0 / engine.latency.profiled_step_s([(1, n)])
 
 
 def build_roles(config: Any, node: Any) -> list[Role]:

@@ -89,6 +89,7 @@ class TrainRole(Role):
         self.peer: Any = None
         self.averager: Any = None
         self.restarts: AveragerRestarts | None = None
+        self.coscheduled: Any = None  # swarm.coschedule.CoscheduledTraining, with a serving engine on this node
         self._stop = threading.Event()
         self._done = threading.Event()
         self._done.set()  # no training thread runs yet
@@ -147,20 +148,40 @@ class TrainRole(Role):
                                          backoff_s=cfg.averager_restart_backoff_s)  # fmt: skip
         how = peer.resume_or_join(join_timeout_s=20.0 if initial_peers else None)
         self.peer = peer
+        self._coschedule(peer)
         return how
 
+    def _coschedule(self, peer: Any) -> None:
+        """With a serving engine on this node: micro-steps granted by the arbiter from the engine's slack."""
+        serve = getattr(self.node, "serve_role", None)
+        engine = getattr(serve, "engine", None)
+        if engine is None or not self.node.config.coschedule.enabled:
+            return
+        from swarm.coschedule import CoscheduledTraining
+
+        self.coscheduled = CoscheduledTraining(engine, peer, self.node.config.coschedule)
+        log.info("%s", self.coscheduled.start())
+
     def _train(self) -> None:
+        from swarm.arbiter import TrainerStopped
+
+        if self.coscheduled is not None:
+            self.coscheduled.lower_thread_priority()
         try:
             while not self._stop.is_set() and self.peer.status.step < self.config.total_steps:
                 if self.restarts is not None and not self._stop.is_set():  # the averager is closed on stop
                     self.restarts.check()
                 self.peer.run(1, should_stop=self._stop.is_set)
+        except TrainerStopped:  # the node stops while a micro-step waits for its grant: the step is dropped
+            pass
         finally:
             self._done.set()
 
     def _close(self) -> None:
         """Stop the averager first (an exchange in flight then fails at once), then the training thread; once
         that has stopped, checkpoint the state it reached (mid-round too: a restart resumes from there)."""
+        if self.coscheduled is not None:
+            self.coscheduled.stop()
         if self.averager is not None:
             self.averager.close(timeout_s=2.0)
         if self.peer is None:

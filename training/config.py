@@ -45,6 +45,9 @@ class TrainingConfig(BaseModel):
         description="a shape (built in code), an embedded model's name (default, tiny) or a local Hugging Face "
         "checkpoint directory (Llama, Mistral, Qwen2, Qwen3) with its tokenizer, to continue or fine-tune",
     )
+    device: str = Field(
+        "auto", min_length=1, description='"auto" (placement decides), "cpu", or "cuda" (the inner loop\'s device)'
+    )
     outer_optimizer: OuterOptimizerName = "diloco"
     # inner loop (AdamW with warm-up then cosine decay)
     inner_steps: int = Field(50, ge=1, le=1_000_000, description="H: inner steps per outer round")

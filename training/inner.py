@@ -8,6 +8,7 @@ knows nothing about peers or outer optimizers.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from accelerate import Accelerator
@@ -31,7 +32,7 @@ class InnerLoop:
     def __init__(self, model: torch.nn.Module, cfg: TrainingConfig, ignored_label: int | None = None) -> None:
         self.cfg = cfg
         self.ignored_label = ignored_label
-        use_cuda = torch.cuda.is_available()
+        use_cuda = torch.cuda.is_available() and cfg.device != "cpu"
         self.accelerator = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if use_cuda else "no")
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=cfg.inner_lr, weight_decay=cfg.inner_weight_decay, betas=(0.9, 0.95)
@@ -59,14 +60,35 @@ class InnerLoop:
     def _labels(self, batch: torch.Tensor) -> torch.Tensor:
         return batch if self.ignored_label is None else batch.masked_fill(batch == self.ignored_label, -100)
 
-    def backward(self, batch: torch.Tensor) -> float:
-        """Forward and backward on `batch` (ids, shape [B, T]); returns the loss; gradients stay in .grad."""
+    def backward(self, batch: torch.Tensor, scale: float = 1.0) -> float:
+        """Forward and backward on `batch` (ids, shape [B, T]); returns the loss; gradients (of the loss x `scale`)
+        add up in .grad."""
         self.model.train()
         batch = batch.to(self.accelerator.device)
         with self.accelerator.autocast():
             loss = self.model(input_ids=batch, labels=self._labels(batch)).loss
-        self.accelerator.backward(loss)
+        self.accelerator.backward(loss * scale if scale != 1.0 else loss)
         return float(loss.detach())
+
+    def step_in_micro_batches(
+        self, batch: torch.Tensor, micro_batch: int, run: Callable[[Callable[[], None]], None]
+    ) -> float:
+        """One optimizer step on `batch`, its gradient accumulated over micro-batches of `micro_batch` rows; `run`
+        executes each micro-step (a co-scheduler runs it when the device has room). Same gradient as `step`, up to
+        summation order."""
+        total = 0.0
+
+        def micro(part: torch.Tensor) -> Callable[[], None]:
+            def one() -> None:
+                nonlocal total
+                total += self.backward(part, scale=len(part) / len(batch)) * len(part) / len(batch)
+
+            return one
+
+        for part in batch.split(micro_batch):
+            run(micro(part))
+        self.apply()
+        return total
 
     def apply(self) -> None:
         """Clip, step AdamW and the schedule, zero the gradients."""

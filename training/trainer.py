@@ -174,6 +174,10 @@ class TrainingPeer:
         self.shard_seed = cfg.seed * 7919 + shard_index
         self.eval_set = data.eval_batches(cfg.batch_size, cfg.eval_batches)
         self.status = PeerStatus()
+        # Co-scheduling: when set, each inner step runs as micro-batches of `micro_batch` rows, each executed by
+        # `micro_gate` (which runs it once the node's serving leaves room).
+        self.micro_gate: Callable[[Callable[[], None]], None] | None = None
+        self.micro_batch = cfg.batch_size
         self.exchange_len = exchange_length(self.outer)
         self._feedback = CodecFeedback(make_codec(cfg.codec, cfg.codec_block_size)) if cfg.error_feedback else None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exchange")
@@ -442,7 +446,11 @@ class TrainingPeer:
         for _ in range(num_steps):
             if should_stop is not None and should_stop():
                 break
-            loss = self.inner.step(self.next_batch())
+            batch = self.next_batch()
+            if self.micro_gate is None:
+                loss = self.inner.step(batch)
+            else:
+                loss = self.inner.step_in_micro_batches(batch, self.micro_batch, self.micro_gate)
             st = self.status
             st.step += 1
             st.loss = loss

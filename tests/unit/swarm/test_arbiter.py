@@ -1,0 +1,172 @@
+"""The arbiter's decisions, the grant/revoke protocol with a trainer thread, micro-batch sizing and the OS
+priority of the trainer. Counts and events only: no assertion on how long anything took."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from serving.slack import Slack
+from swarm.arbiter import Arbiter, CoscheduleConfig, Gate, TrainerStopped, decide, micro_batch_for
+
+TAU = 0.006
+
+
+def test_training_gets_every_thread_when_serving_idles_and_nothing_when_a_rollout_is_late() -> None:
+    assert decide(Slack(online_idle=True), TAU, 4, harvest_in_step=False) == 4
+    assert decide(Slack(online_idle=True, offline_late=True), TAU, 4, harvest_in_step=False) == 0
+    busy_with_room = Slack(online_idle=False, left_s=2 * TAU)
+    assert decide(busy_with_room, TAU, 4, harvest_in_step=False) == 0
+    assert decide(busy_with_room, TAU, 4, harvest_in_step=True) == 1  # one thread beside the step
+    assert decide(Slack(online_idle=False, left_s=TAU / 2), TAU, 4, harvest_in_step=True) == 0
+
+
+class FakeTrainer:
+    """Micro-steps that each wait for the test's go-ahead, so the test decides when one is in flight."""
+
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+        self.entered = threading.Semaphore(0)
+        self.release = threading.Semaphore(0)
+        self.done = 0
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _step(self) -> None:
+        self.entered.release()
+        assert self.release.acquire(timeout=30)
+        self.done += 1
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                self.gate.run(self._step)
+        except TrainerStopped:
+            self.stopped.set()
+
+
+def test_an_arrival_revokes_the_grant_the_step_in_flight_ends_and_its_yield_is_measured() -> None:
+    slack = [Slack(online_idle=True)]
+    gate = Gate()
+    arbiter = Arbiter(lambda: slack[0], gate, tau_s=TAU, max_threads=2, config=CoscheduleConfig())
+    trainer = FakeTrainer(gate)
+    arbiter.tick()
+    assert gate.granted and gate.threads == 2
+    assert trainer.entered.acquire(timeout=30)  # a micro-step is in flight
+    arbiter.on_arrival(arrival_s=0.0)  # an online request: the engine marks itself busy and calls the hook
+    slack[0] = Slack(online_idle=False, left_s=0.0)
+    assert not gate.granted and arbiter.num_arrivals == 1
+    arbiter.tick()
+    assert not arbiter.yields_s  # still in flight: nothing to measure yet
+    trainer.release.release()
+    while not gate.paused:
+        threading.Event().wait(0.001)
+    arbiter.tick()
+    assert len(arbiter.yields_s) == 1 and arbiter.yields_s[0] > 0  # arrival (t=0) to the micro-step's end
+    assert trainer.done == 1 and not gate.granted
+    slack[0] = Slack(online_idle=True)  # serving idle again: the next micro-step is granted
+    arbiter.tick()
+    assert trainer.entered.acquire(timeout=30)
+    trainer.release.release()
+    gate.close()
+    assert trainer.stopped.wait(30)
+    assert trainer.done == 2
+
+
+def test_an_arrival_while_the_trainer_waits_costs_no_yield() -> None:
+    gate = Gate()
+    arbiter = Arbiter(lambda: Slack(online_idle=False, left_s=0.0), gate, tau_s=TAU, max_threads=1)
+    arbiter.on_arrival(1.0)
+    arbiter.tick()
+    assert arbiter.num_arrivals == 1 and not arbiter.yields_s and arbiter.yield_p99_s() == 0.0
+
+
+def test_micro_batch_is_the_largest_divisor_that_fits_tau() -> None:
+    per_row = {1: 0.002, 2: 0.004, 4: 0.008, 8: 0.016}
+    asked: list[int] = []
+
+    def timing(n: int) -> float:
+        asked.append(n)
+        return per_row[n]
+
+    assert micro_batch_for(timing, 8, TAU) == 2
+    assert asked == [1, 2, 4]  # stops at the first that does not fit
+    assert micro_batch_for(lambda n: 1.0, 8, TAU) == 1  # nothing fits: one row, and the yield shows the overrun
+    assert micro_batch_for(lambda n: 0.0, 6, TAU) == 2  # powers of two that divide 6
+
+
+def test_the_trainer_runs_at_the_lowest_os_priority() -> None:
+    code = (
+        "import os; from swarm.arbiter import lower_priority; got = lower_priority(); "
+        "idle = os.sched_getscheduler(0) == os.SCHED_IDLE if hasattr(os, 'SCHED_IDLE') else False; "
+        "print(got, idle, os.nice(0))"
+    )
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    got, idle, nice = out.stdout.split(" ", 2)[0], *out.stdout.rsplit(" ", 2)[1:]
+    if got == "SCHED_IDLE":
+        assert idle == "True"
+    else:
+        assert got.startswith("nice") and int(nice) == 19
+
+
+@pytest.mark.slow
+def test_micro_stepped_training_is_the_same_whatever_the_grants(tmp_path) -> None:
+    """Two trainer processes on the same spec, one granted throughout, one granted and revoked in turns: the same
+    steps see the same batches and reach the same eval loss (the bench's train_loss_ratio, as logic)."""
+    from swarm.micro_trainer import TrainerProcess, TrainerSpec
+    from training.config import ModelShape, TrainingConfig
+
+    cfg = TrainingConfig(model=ModelShape(hidden_size=32, intermediate_size=64, num_layers=1), batch_size=4,
+                         seq_len=32, warmup_steps=1, total_steps=100, max_corpus_bytes=200_000)  # fmt: skip
+    spec = TrainerSpec(cfg.model_dump_json(), TAU, 1, micro_batch=2, eval_every=2, max_steps=4, lower_priority=False)
+    gates = [Gate(), Gate()]
+    trainers = [TrainerProcess(spec, gate) for gate in gates]
+    for trainer in trainers:  # both start at once: their imports overlap
+        trainer.start()
+    for trainer, gate in zip(trainers, gates, strict=True):
+        trainer.wait_ready()
+        gate.grant(1)
+    plain, toggling = trainers
+    turns = 0
+    while (plain.steps < 4 or toggling.steps < 4) and turns < 100_000:
+        gates[1].revoke()  # the second trainer is paused and granted again all the time
+        gates[1].grant(1)
+        toggling.poll(0.01)
+        turns += 1
+    for trainer in trainers:
+        while 4 not in trainer.report.evals and turns < 200_000:
+            trainer.poll(0.05)
+            turns += 1
+    reports = [trainer.stop() for trainer in trainers]
+    plain, toggled = reports
+    assert sorted(plain.evals) == sorted(toggled.evals) == [2, 4]
+    for step in (2, 4):
+        assert math.isclose(plain.evals[step], toggled.evals[step], rel_tol=1e-5)
+    assert plain.losses == pytest.approx(toggled.losses, rel=1e-5)
+
+
+def test_the_trainers_cpu_time_between_arrival_and_pause_is_recorded() -> None:
+    cpu = [5.0]
+    gate = Gate()
+    arbiter = Arbiter(lambda: Slack(online_idle=True), gate, tau_s=TAU, max_threads=1, trainer_cpu_s=lambda: cpu[0])
+    trainer = FakeTrainer(gate)
+    arbiter.tick()
+    assert trainer.entered.acquire(timeout=30)
+    arbiter.on_arrival(arrival_s=0.0)
+    cpu[0] = 5.002  # the trainer ran 2 ms more before its micro-step ended
+    trainer.release.release()
+    while not gate.paused:
+        threading.Event().wait(0.001)
+    arbiter.slack = lambda: Slack(online_idle=False, left_s=0.0)
+    arbiter.tick()
+    assert list(arbiter.yield_cpu_s) == pytest.approx([0.002])
+    assert arbiter.yield_p99_s(cpu=True) == pytest.approx(0.002)
+    gate.close()
+    assert trainer.stopped.wait(30)
