@@ -268,8 +268,11 @@ def run_serving_bench(settings: BenchSettings, plot_path=None) -> dict:
         # Baselines run in the engine's dtype (bf16 where the CPU has it natively): same arithmetic for all.
         hf_model = hf_model.to(device=slo_engine.device, dtype=slo_engine.dtype)
         eos = sorted(slo_engine.eos_token_ids) or [-1]
+        phases = {"start": time.perf_counter() - started}
         sat = saturation(settings, slo_engine, fcfs, hf_model, eos)
+        phases["saturation"] = time.perf_counter() - started - sum(phases.values())
         good = goodput(settings, slo_engine, fcfs, hf_model, eos)
+        phases["goodput"] = time.perf_counter() - started - sum(phases.values())
         prefix = prefix_cache_gain(slo_engine, settings.prefix_requests, settings.seed + 3)
         mean_context = statistics.mean(len(r.prompt_ids) + r.max_new_tokens / 2 for r in _saturation_requests(settings))
         limit = compute_limit(hf_model, slo_engine.dtype, slo_engine.device, int(mean_context))
@@ -286,7 +289,7 @@ def run_serving_bench(settings: BenchSettings, plot_path=None) -> dict:
     result = {
         "bench": "serve",
         "config": config,
-        "results": {**results, "bench_wall_s": time.perf_counter() - started},
+        "results": {**results, "bench_wall_s": time.perf_counter() - started, "phase_wall_s": phases},
         "ratios": ratios,
     }
     if plot_path is not None:

@@ -28,6 +28,7 @@ from serving.policies import (
     SloAdmission,
     SloBudget,
     predict_ttft_s,
+    prefill_key,
     queue_key,
 )
 from serving.request import CHOICE_SEPARATOR, FinishReason, Request, RequestStatus
@@ -121,6 +122,8 @@ class Scheduler:
         chunks: list[ScheduledChunk] = []
         decodes = [r for r in self.running if r.num_pending_tokens == 1]
         prefills = [r for r in self.running if r.num_pending_tokens > 1]
+        if self.config.slo_admission:
+            self._order_by_deadline(prefills)
         for req in decodes:
             if req.status is RequestStatus.RUNNING and budget > 0 and self._grow(req, 1, chunks):
                 chunks.append(self._chunk(req, 1))
@@ -141,6 +144,13 @@ class Scheduler:
         for c in chunks:
             self.requests[c.request_id].num_inflight_tokens = len(c.token_ids)
         return SchedulerOutput(chunks, released, predicted, copies)
+
+    def _order_by_deadline(self, prefills: list[Request]) -> None:
+        """Prompts that can still meet their TTFT before those that cannot (see `prefill_key`), running and
+        waiting alike."""
+        now = self.clock()
+        prefills.sort(key=lambda r: prefill_key(r, now))
+        self.waiting.sort(key=lambda r: prefill_key(r, now))
 
     def _schedule_waiting(self, budget: int, chunks: list[ScheduledChunk]) -> int:
         while self.waiting and budget > 0 and len(self.running) < self.config.max_running_requests:
