@@ -37,10 +37,6 @@ OVERHEAD, COMPUTE = (0, 2), (1, 3)  # feature columns of the two calibrated part
 FACTOR_BOUNDS = (0.2, 5.0)  # how far the measured steps may move the profile, either way
 CALIBRATION_DECAY = 0.995  # per measured step: about the last 200 steps decide the factors
 CALIBRATION_PRIOR = 2.0  # in steps: pulls a part no recent step exercised toward the other's factor
-MARGIN_WINDOW = 128  # recent steps whose measured / predicted time sizes the margin a step plan keeps
-MARGIN_MIN_SAMPLES = 16
-MARGIN_QUANTILE = 0.9  # a planned step fits its limit under this share of the recent errors
-MARGIN_BOUNDS = (1.0, 3.0)
 
 
 def features(shape: StepShape) -> list[float]:
@@ -62,7 +58,6 @@ class LatencyModel:
     factors: list[float] = field(default_factory=lambda: [1.0, 1.0])  # (overhead, compute) measured / profiled
     _normal: list[float] = field(default_factory=lambda: [0.0] * 5)  # decayed sums xx', xy, yy', x1, y1
     ttft_ratios: deque[float] = field(default_factory=lambda: deque(maxlen=TTFT_WINDOW))  # achieved / predicted
-    step_errors: deque[float] = field(default_factory=lambda: deque(maxlen=MARGIN_WINDOW))  # measured / predicted
 
     def step_s(self, shape: StepShape) -> float:
         """Predicted seconds of one step computing `shape`."""
@@ -121,8 +116,6 @@ class LatencyModel:
         """Fold one measured step into the calibration: `correction`, the smoothed measured / profiled ratio of
         whole steps, and the two factors (see the module's docstring). One outlier moves neither far: the ratio
         is clamped, and the factors are a least-squares fit over many steps, within `FACTOR_BOUNDS`."""
-        predicted_s = self._calibrated(features(shape))
-        self.step_errors.append(min(max(measured_s / predicted_s, 0.1), 10.0))
         ratio = min(max(measured_s / self.profiled_step_s(shape), 0.25), 8.0)
         self.correction = min(max((1 - weight) * self.correction + weight * ratio, 0.25), 8.0)
         overhead, compute = self._parts(features(shape))
@@ -149,15 +142,6 @@ class LatencyModel:
             return [prior, prior]
         lo, hi = FACTOR_BOUNDS
         return [min(max((b1 * a22 - b2 * a12) / det, lo), hi), min(max((a11 * b2 - a12 * b1) / det, lo), hi)]
-
-    def step_margin(self) -> float:
-        """How much longer than predicted a step may run, at `MARGIN_QUANTILE` of the recent steps: a plan that
-        must keep a step under a limit plans for limit / margin. A machine shared with bursty work gets smaller
-        steps; a quiet one plans up to the limit."""
-        if len(self.step_errors) < MARGIN_MIN_SAMPLES:
-            return MARGIN_BOUNDS[0]
-        errors = sorted(self.step_errors)
-        return min(max(errors[int(MARGIN_QUANTILE * len(errors))], MARGIN_BOUNDS[0]), MARGIN_BOUNDS[1])
 
     def observe_ttft(self, predicted_s: float, actual_s: float) -> None:
         """Record one admitted request's raw predicted TTFT against its achieved TTFT: the queue model ignores

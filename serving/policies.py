@@ -71,9 +71,8 @@ class SloBudget(TokenBudgetPolicy):
     Every step is a gap between two tokens of each decoding request, so a step that fits the target keeps
     every gap within it: long prompts go in target-sized chunks beside the decodes (Sarathi-Serve's stall-free
     batches) instead of stalling them for a whole prefill. `tpot_budget_share` of the target is planned for;
-    the rest absorbs prediction error, and the plan keeps the latency model's step margin (how far recent steps
-    overran their predictions) on top, so a busy machine gets smaller chunks rather than late tokens.
-    Prefilling requests have no TPOT yet; their TTFT is the admission policy's business.
+    the rest absorbs prediction error and machine noise. Prefilling requests have no TPOT yet; their TTFT is
+    the admission policy's business.
     """
 
     def __init__(self, latency: LatencyModel, config: ServingConfig) -> None:
@@ -87,7 +86,7 @@ class SloBudget(TokenBudgetPolicy):
     def step_limit_s(self, requests: Sequence[Request]) -> float | None:
         """Longest next step the requests' TPOT targets allow (None: no target constrains it)."""
         targets = [t for t in map(self._target_s, requests) if t is not None]
-        return min(targets) / self.latency.step_margin() if targets else None
+        return min(targets) if targets else None
 
     def budget(self, running: Sequence[Request]) -> int:
         decoders = decoding(running)
