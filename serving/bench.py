@@ -42,6 +42,10 @@ from serving.config import ServingConfig
 from serving.engine import Engine
 from serving.request import GenerateParams
 
+# First probe at this share of what the machine could serve back to back: both systems' capacities lie below
+# it on this mix, and a probe's length grows as its rate falls, so the search starts from above and not far.
+START_LOAD = 0.5
+
 
 @dataclass
 class BenchSettings:
@@ -60,6 +64,7 @@ class BenchSettings:
     probe_arrival_s: float = 20.0  # and at least this long a stretch of arrivals: a short burst never queues up
     count_stalls: bool = True  # TPOT check: mean and stalls (True) or the mean alone (see RequestRecord.meets)
     probes_per_system: int = 14  # most probes per system; a search ends once its bracket is within 10%
+    search_halvings: int = 5  # a bounded search: no probe below start rate / 2**this (capacity reported as 0)
     prefix_requests: int = 12  # shared-prefix requests, each served with the prefix cache on and off
     hf_curve: bool = True  # HF generate attainment curve on the long-prompt mix (replayed service times)
     hf_batch_rates: int = 2  # live HF continuous-batching runs on the long-prompt mix, for the plot
@@ -77,9 +82,10 @@ class BenchSettings:
                 hf_generate_requests=8,
                 goodput_requests=24,
                 probe_arrival_s=8.0,
-                probes_per_system=10,
+                probes_per_system=8,
+                search_halvings=3,
                 prefix_requests=6,
-                hf_batch_rates=1,
+                hf_batch_rates=0,
                 hf_curve=False,
             )
         size.update({k: v for k, v in overrides.items() if v is not None})
@@ -132,7 +138,8 @@ def probe_requests(settings: BenchSettings, rate: float) -> list[BenchRequest]:
 def _engine_probe(engine: Engine, settings: BenchSettings, slo: Slo, log: list[dict], name: str):
     def probe(rate: float) -> float:
         reqs = probe_requests(settings, rate)
-        timeout = reqs[-1].arrival_s + 60
+        # Far over capacity the queue drains for long after the last arrival: the probe is a failure by then.
+        timeout = reqs[-1].arrival_s + 2 * settings.probe_arrival_s
         engine.reset_prefix_cache()  # probes reuse prompts: no probe may find an earlier one's in the cache
         records, wall = run_engine_trace(engine, reqs, slo.ttft_s, slo.tpot_s, timeout)
         summary = summarize(records, wall, slo.ttft_s, slo.tpot_s, settings.count_stalls)
@@ -190,10 +197,11 @@ def goodput(settings: BenchSettings, slo_engine: Engine, fcfs_engine: Engine, hf
     median_prompt = sorted(len(r.prompt_ids) for r in reqs)[len(reqs) // 2]
     demand_s = slo.isolated_prefill_s * mean_prompt / median_prompt
     demand_s += statistics.mean(r.max_new_tokens for r in reqs) * slo.isolated_decode_s / 2
-    start_rate = 0.8 / demand_s
+    start_rate = START_LOAD / demand_s
     probes: list[dict] = []
     systems = {"engine": slo_engine, "engine_fcfs": fcfs_engine}
-    searches = {name: SystemSearch(start_rate, settings.probes_per_system) for name in systems}
+    floor = start_rate / 2**settings.search_halvings
+    searches = {name: SystemSearch(start_rate, settings.probes_per_system, min_rate=floor) for name in systems}
     while True:  # A B A B: both systems see the machine in the same state
         pending = {name: search.next_rate() for name, search in searches.items()}
         if all(rate is None for rate in pending.values()):
@@ -260,8 +268,11 @@ def run_serving_bench(settings: BenchSettings, plot_path=None) -> dict:
         # Baselines run in the engine's dtype (bf16 where the CPU has it natively): same arithmetic for all.
         hf_model = hf_model.to(device=slo_engine.device, dtype=slo_engine.dtype)
         eos = sorted(slo_engine.eos_token_ids) or [-1]
+        phases = {"start": time.perf_counter() - started}
         sat = saturation(settings, slo_engine, fcfs, hf_model, eos)
+        phases["saturation"] = time.perf_counter() - started - sum(phases.values())
         good = goodput(settings, slo_engine, fcfs, hf_model, eos)
+        phases["goodput"] = time.perf_counter() - started - sum(phases.values())
         prefix = prefix_cache_gain(slo_engine, settings.prefix_requests, settings.seed + 3)
         mean_context = statistics.mean(len(r.prompt_ids) + r.max_new_tokens / 2 for r in _saturation_requests(settings))
         limit = compute_limit(hf_model, slo_engine.dtype, slo_engine.device, int(mean_context))
@@ -278,7 +289,7 @@ def run_serving_bench(settings: BenchSettings, plot_path=None) -> dict:
     result = {
         "bench": "serve",
         "config": config,
-        "results": {**results, "bench_wall_s": time.perf_counter() - started},
+        "results": {**results, "bench_wall_s": time.perf_counter() - started, "phase_wall_s": phases},
         "ratios": ratios,
     }
     if plot_path is not None:

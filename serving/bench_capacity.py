@@ -25,9 +25,10 @@ class CapacitySearch:
     """Bracket, then bisect (geometric midpoint) until `hi / lo <= 1 + tolerance` and `hi` failed twice. Driven
     one probe at a time, so the searches of several systems can interleave."""
 
-    def __init__(self, start_rate: float, tolerance: float = TOLERANCE) -> None:
+    def __init__(self, start_rate: float, tolerance: float = TOLERANCE, min_rate: float = 0.0) -> None:
         self.start_rate = start_rate
         self.tolerance = tolerance
+        self.min_rate = min_rate  # lowest rate worth a probe (a bounded search): failing there, capacity < it
         self.lo, self.hi, self.rate = 0.0, math.inf, start_rate
         self.points: list[tuple[float, float]] = []
         self.failures: dict[float, int] = {}
@@ -48,7 +49,7 @@ class CapacitySearch:
         if self.hi == math.inf:
             self.rate = self.lo * BRACKET_STEP
         elif self.lo == 0.0:
-            self.rate = self.hi / BRACKET_STEP
+            self.rate = max(self.hi / BRACKET_STEP, min(self.min_rate, self.hi))
         elif self._tight:
             self.rate = self.hi  # confirm the failure that closes the bracket
         else:
@@ -62,7 +63,8 @@ class CapacitySearch:
     def done(self) -> bool:
         """The bracket is tight and its top failed twice, or nothing passed even far below the start rate."""
         if self.lo == 0.0:
-            return self.hi <= self.start_rate / BRACKET_STEP**MAX_HALVINGS
+            floor = max(self.start_rate / BRACKET_STEP**MAX_HALVINGS, self.min_rate)
+            return self.hi <= floor * (1 + self.tolerance)
         return self._tight and self.failures.get(self.hi, 0) >= 2
 
     @property
@@ -93,8 +95,8 @@ class SystemSearch:
     both, whichever asked for it. `next_rate()` names the next rate to probe (None: both done, or out of probes);
     `record(rate, summary)` feeds a probe's summary to both."""
 
-    def __init__(self, start_rate: float, max_probes: int, tolerance: float = TOLERANCE) -> None:
-        self.searches = {name: CapacitySearch(start_rate, tolerance) for name in DEFINITIONS}
+    def __init__(self, start_rate: float, max_probes: int, tolerance: float = TOLERANCE, min_rate: float = 0.0) -> None:
+        self.searches = {name: CapacitySearch(start_rate, tolerance, min_rate) for name in DEFINITIONS}
         self.results: list[tuple[float, dict]] = []
         self.max_probes = max_probes
 

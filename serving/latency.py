@@ -1,8 +1,11 @@
 """Latency model of this hardware: predicted step time from what a step computes, profiled and cached on disk.
 
 step_s = c0 + c1 * tokens + c2 * requests + c3 * attention_work, where attention_work sums, over the step's
-chunks, chunk tokens x context length. The coefficients come from timing real runner steps on synthetic plans;
-an online correction factor (observed / predicted, smoothed) follows a machine that gets busier or quieter.
+chunks, chunk tokens x context length. The coefficients come from timing real runner steps on synthetic plans.
+Online, every measured step recalibrates two factors, one on the per-step and per-request overhead (c0, c2) and
+one on the compute (c1, c3), by exponentially forgetting least squares on relative error: a machine that gets
+busier or quieter, or a profile taken under other load, is followed for decode-only steps and prefill chunks
+alike (one scalar would learn the decode steps, which are most steps, and misjudge every chunk).
 TTFT predictions are calibrated against the TTFTs achieved: the ratios achieved / predicted of recent admitted
 requests give the expected TTFT (their median) and a low quantile, the most favourable error seen often enough
 that a prediction still over target after it is a miss with confidence (`ttft_refusal_factor`).
@@ -26,8 +29,14 @@ StepShape = Sequence[tuple[int, int]]  # (chunk tokens, context length after the
 FEATURE_SCALE = (1.0, 1e-3, 1e-2, 1e-6)  # keeps the least-squares columns comparable
 TTFT_WINDOW = 64  # recent admitted requests whose achieved / predicted TTFT calibrates the predictions
 TTFT_MIN_SAMPLES = 8  # fewer ratios than this: no quantile yet, refuse only what the best ratio seen makes late
-MISS_CONFIDENCE = 0.9  # refuse a request only when at least this share of recent ratios would make it late
+# Refuse a request only when at least this share of recent ratios would make it late: a refusal is a sure miss,
+# and at the load where 90% of requests must meet their targets it sheds nothing that saves another request.
+MISS_CONFIDENCE = 0.97
 RATIO_BOUNDS = (0.05, 20.0)  # one absurd sample (a stalled machine) must not decide the quantiles alone
+OVERHEAD, COMPUTE = (0, 2), (1, 3)  # feature columns of the two calibrated parts of a step
+FACTOR_BOUNDS = (0.2, 5.0)  # how far the measured steps may move the profile, either way
+CALIBRATION_DECAY = 0.995  # per measured step: about the last 200 steps decide the factors
+CALIBRATION_PRIOR = 2.0  # in steps: pulls a part no recent step exercised toward the other's factor
 
 
 def features(shape: StepShape) -> list[float]:
@@ -46,15 +55,26 @@ class LatencyModel:
     correction: float = 1.0
     slowdown: float = 1.0  # the engine's artificial slowdown factor, applied to predictions
     samples: list[list[float]] = field(default_factory=list)
+    factors: list[float] = field(default_factory=lambda: [1.0, 1.0])  # (overhead, compute) measured / profiled
+    _normal: list[float] = field(default_factory=lambda: [0.0] * 5)  # decayed sums xx', xy, yy', x1, y1
     ttft_ratios: deque[float] = field(default_factory=lambda: deque(maxlen=TTFT_WINDOW))  # achieved / predicted
 
     def step_s(self, shape: StepShape) -> float:
         """Predicted seconds of one step computing `shape`."""
-        return self.profiled_step_s(shape) * self.correction * self.slowdown
+        return self._calibrated(features(shape)) * self.slowdown
 
     def profiled_step_s(self, shape: StepShape) -> float:
         """The profile's seconds for `shape`: no correction, no slowdown."""
         return max(sum(c * f for c, f in zip(self.coefficients, features(shape), strict=True)), 1e-5)
+
+    def _parts(self, scaled: Sequence[float]) -> tuple[float, float]:
+        """Profiled (overhead, compute) seconds of scaled feature sums."""
+        c = self.coefficients
+        return sum(c[i] * scaled[i] for i in OVERHEAD), sum(c[i] * scaled[i] for i in COMPUTE)
+
+    def _calibrated(self, scaled: Sequence[float]) -> float:
+        overhead, compute = self._parts(scaled)
+        return max(self.factors[0] * overhead + self.factors[1] * compute, 1e-5)
 
     def prefill_s(self, prefills: Sequence[tuple[int, int]], chunk: int, decodes: StepShape) -> float:
         """Seconds to prefill every (pending tokens, start position) of `prefills`, in order, in chunks of
@@ -76,8 +96,7 @@ class LatencyModel:
         total = [steps * f for f in per_step]
         total[1] += pending
         total[3] += work
-        base = sum(c * f * k for c, f, k in zip(self.coefficients, total, FEATURE_SCALE, strict=True))
-        return max(base, 1e-5) * self.correction * self.slowdown
+        return self._calibrated([f * k for f, k in zip(total, FEATURE_SCALE, strict=True)]) * self.slowdown
 
     def decode_step_s(self, num_decodes: int, mean_context: int) -> float:
         return self.step_s([(1, mean_context)] * num_decodes) if num_decodes else 0.0
@@ -94,9 +113,35 @@ class LatencyModel:
         return lo
 
     def observe(self, shape: StepShape, measured_s: float, weight: float = 0.05) -> None:
-        """Fold one measured step into the correction factor (clamped so one outlier cannot run away)."""
+        """Fold one measured step into the calibration: `correction`, the smoothed measured / profiled ratio of
+        whole steps, and the two factors (see the module's docstring). One outlier moves neither far: the ratio
+        is clamped, and the factors are a least-squares fit over many steps, within `FACTOR_BOUNDS`."""
         ratio = min(max(measured_s / self.profiled_step_s(shape), 0.25), 8.0)
         self.correction = min(max((1 - weight) * self.correction + weight * ratio, 0.25), 8.0)
+        overhead, compute = self._parts(features(shape))
+        total = overhead + compute
+        if total <= 0:
+            return
+        measured_s = total * ratio  # the clamped measurement
+        # Rows scaled by 1 / measured: relative error, so short decode steps count as much as long chunks.
+        x, y = overhead / measured_s, compute / measured_s
+        n = self._normal
+        for i, v in enumerate((x * x, x * y, y * y, x, y)):
+            n[i] = CALIBRATION_DECAY * n[i] + v
+        self.factors = self._solve()
+
+    def _solve(self) -> list[float]:
+        """Ridge least squares of factors (a, b) in a * overhead + b * compute = measured, pulled toward the
+        whole-step correction by `CALIBRATION_PRIOR` steps' worth of weight."""
+        xx, xy, yy, x1, y1 = self._normal
+        rho, prior = CALIBRATION_PRIOR, self.correction
+        a11, a12, a22 = xx + rho, xy, yy + rho
+        b1, b2 = x1 + rho * prior, y1 + rho * prior
+        det = a11 * a22 - a12 * a12
+        if det <= 0:
+            return [prior, prior]
+        lo, hi = FACTOR_BOUNDS
+        return [min(max((b1 * a22 - b2 * a12) / det, lo), hi), min(max((a11 * b2 - a12 * b1) / det, lo), hi)]
 
     def observe_ttft(self, predicted_s: float, actual_s: float) -> None:
         """Record one admitted request's raw predicted TTFT against its achieved TTFT: the queue model ignores
@@ -113,7 +158,7 @@ class LatencyModel:
 
     def ttft_refusal_factor(self) -> float:
         """The ratio a refusal is judged by: the (1 - MISS_CONFIDENCE) quantile of recent ratios, so a request
-        whose prediction times it still misses its target would have missed under 90% of the errors seen. With
+        whose prediction times it still misses its target would have missed under 97% of the errors seen. With
         few samples, the smallest ratio seen (at most 1): refusing what could be served is a sure miss."""
         ratios = sorted(self.ttft_ratios)
         if len(ratios) < TTFT_MIN_SAMPLES:

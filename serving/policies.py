@@ -22,6 +22,19 @@ def queue_key(req: Request) -> tuple[int, float]:
     return (-req.priority, req.arrival_s)
 
 
+def ttft_missed(req: Request, now: float) -> bool:
+    """Whether `req` has a TTFT target that passed before its first token: a miss, whatever happens next."""
+    ttft_ms = req.params.ttft_ms
+    return bool(ttft_ms) and req.first_token_s is None and now - req.arrival_s > ttft_ms / 1000.0
+
+
+def prefill_key(req: Request, now: float) -> tuple[int, bool, float]:
+    """Order of the prompts to prefill under SLOs: higher priority first; within one priority, a prompt whose
+    TTFT target has passed goes after every prompt that can still meet its own (served first, it would only
+    make them late too; it still gets whatever those leave, so it is delayed, never dropped); then arrival."""
+    return (-req.priority, ttft_missed(req, now), req.arrival_s)
+
+
 def decoding(running: Sequence[Request]) -> list[Request]:
     return [r for r in running if r.num_computed_tokens > 0 and r.num_pending_tokens <= 1]
 

@@ -31,6 +31,7 @@ from serving.policies import (
     SloBudget,
     offline_key,
     predict_ttft_s,
+    prefill_key,
     queue_key,
 )
 from serving.request import CHOICE_SEPARATOR, FinishReason, Request, RequestStatus
@@ -125,10 +126,10 @@ class Scheduler:
         self.running.sort(key=queue_key)
         budget = self.budget_policy.budget(self.running)
         chunks: list[ScheduledChunk] = []
-        budget = self._schedule_running([r for r in self.running if not r.offline], budget, chunks)
+        budget = self._schedule_running([r for r in self.running if not r.offline], budget, chunks, online=True)
         budget = self._schedule_waiting(budget, chunks, offline=False)
         offline = sorted((r for r in self.running if r.offline), key=offline_key)
-        budget = self._schedule_running(offline, budget, chunks)
+        budget = self._schedule_running(offline, budget, chunks, online=False)
         self.num_offline_paused = sum(r.status is RequestStatus.RUNNING for r in offline) - sum(
             self.requests[c.request_id].offline for c in chunks
         )
@@ -142,9 +143,11 @@ class Scheduler:
             self.requests[c.request_id].num_inflight_tokens = len(c.token_ids)
         return SchedulerOutput(chunks, released, predicted, copies)
 
-    def _schedule_running(self, running: list[Request], budget: int, chunks: list[ScheduledChunk]) -> int:
+    def _schedule_running(self, running: list[Request], budget: int, chunks: list[ScheduledChunk], online: bool) -> int:
         decodes = [r for r in running if r.num_pending_tokens == 1]
         prefills = [r for r in running if r.num_pending_tokens > 1]
+        if online and self.config.slo_admission:
+            self._order_by_deadline(prefills)
         for req in decodes:
             if req.status is RequestStatus.RUNNING and budget > 0 and self._grow(req, 1, chunks):
                 chunks.append(self._chunk(req, 1))
@@ -157,6 +160,13 @@ class Scheduler:
                 chunks.append(self._chunk(req, n))
                 budget -= n
         return budget
+
+    def _order_by_deadline(self, prefills: list[Request]) -> None:
+        """Prompts that can still meet their TTFT before those that cannot (see `prefill_key`), running and
+        waiting alike."""
+        now = self.clock()
+        prefills.sort(key=lambda r: prefill_key(r, now))
+        self.waiting.sort(key=lambda r: prefill_key(r, now))
 
     def _schedule_waiting(self, budget: int, chunks: list[ScheduledChunk], offline: bool) -> int:
         candidates = [r for r in self.waiting if r.offline == offline]

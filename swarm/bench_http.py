@@ -21,7 +21,7 @@ from dataclasses import asdict, replace
 
 import httpx
 
-from serving.bench import BenchSettings, Slo, probe_requests
+from serving.bench import START_LOAD, BenchSettings, Slo, probe_requests
 from serving.bench_capacity import SystemSearch
 from serving.bench_workload import BenchRequest, RequestRecord, make_requests, summarize
 
@@ -174,11 +174,15 @@ def http_capacity(server: HttpServer, settings: BenchSettings, slo: Slo, name: s
         slo.isolated_prefill_s
         + statistics.mean(r.max_new_tokens for r in probe_requests(settings, 1.0)) * slo.isolated_decode_s / 2
     )
-    search = SystemSearch(0.8 / demand_s, settings.probes_per_system)
+    start_rate = START_LOAD / demand_s
+    floor = start_rate / 2**settings.search_halvings
+    search = SystemSearch(start_rate, settings.probes_per_system, min_rate=floor)
     probes: list[dict] = []
     while (rate := search.next_rate()) is not None:
         reqs = salted(probe_requests(settings, rate), 11 + len(probes))
-        records, wall = run_http_trace(server, reqs, reqs[-1].arrival_s + 60)
+        # A server far over its capacity queues for long: what is unanswered a while after the last arrival
+        # is a miss, and the probe ends (a bounded search).
+        records, wall = run_http_trace(server, reqs, reqs[-1].arrival_s + settings.probe_arrival_s)
         summary = summarize(records, wall, slo.ttft_s, slo.tpot_s, settings.count_stalls)
         probes.append({"system": name, "rate_req_s": rate, **summary})
         search.record(rate, summary)

@@ -140,3 +140,14 @@ def test_a_failure_that_a_higher_pass_contradicts_is_noise() -> None:
         search.record(rate, _definitions(3.0, 3.0)(rate))
     assert 3.0 / 1.1 <= search.capacities()["with_stalls"] <= 3.0
     assert max(probed) > 3.0  # the search went back above the rate that failed by accident
+
+
+def test_a_bounded_search_probes_nothing_below_its_floor() -> None:
+    search = SystemSearch(start_rate=1.0, max_probes=30, min_rate=0.3)
+    rates = []
+    while (rate := search.next_rate()) is not None:
+        rates.append(rate)
+        search.record(rate, _definitions(0.1, 0.1)(rate))
+    assert min(rates) == pytest.approx(0.3)  # 1, 0.5, then the floor itself rather than 0.25
+    assert rates == sorted(rates, reverse=True) and len(rates) == 3
+    assert search.capacities() == {"with_stalls": 0.0, "mean_tpot": 0.0}

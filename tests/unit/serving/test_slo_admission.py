@@ -148,3 +148,21 @@ def test_submit_does_not_wait_for_the_step_in_flight(tmp_path: Path) -> None:
         admitted = [f"b{i}" for i, o in enumerate(outcomes) if o == "admitted"]
         sink.wait(["first", *admitted], 60)
         assert [sink.done[r].finish_reason for r in ["first", *admitted]] == ["length"] * (1 + len(admitted))
+
+
+def test_a_prompt_past_its_ttft_target_waits_behind_those_that_can_still_meet_theirs() -> None:
+    clock = FakeClock()
+    sched = _scheduler(clock, slo_refuse=False)
+    late = _request(0, 0.0, ttft_ms=10.0, tpot_ms=1e6)
+    sched.add(late)
+    clock.now = 0.05  # 50 ms later, nothing ran yet: `late` has missed its 10 ms target
+    fresh = _request(1, clock.now, ttft_ms=1000.0, tpot_ms=1e6)
+    sched.add(fresh)
+    out = sched.schedule()
+    assert out.chunks[0].request_id == "r1"  # the one that can still make it goes first
+    assert "r0" in {c.request_id for c in out.chunks} or sched.waiting == [late]  # delayed, not dropped
+    fcfs = _scheduler(FakeClock(), slo_admission=False)
+    fcfs.add(_request(0, 0.0, ttft_ms=10.0, tpot_ms=1e6))
+    fcfs.clock.now = 0.05
+    fcfs.add(_request(1, 0.05, ttft_ms=1000.0, tpot_ms=1e6))
+    assert fcfs.schedule().chunks[0].request_id == "r0"  # FCFS keeps arrival order
