@@ -33,6 +33,16 @@ def test_digests_and_derivation_are_deterministic_and_bound_to_the_sender(tasks:
     assert INDEX_SPACE < EVAL_BASE
 
 
+def test_a_rounds_slots_cover_the_task_set_evenly() -> None:
+    for r in range(20):
+        positions = [derive_slot(SWARM, PEER, r, s, 4)[0] for s in range(8)]
+        assert sorted(positions) == [0, 0, 1, 1, 2, 2, 3, 3]
+        three = [derive_slot(SWARM, PEER, r, s, 4)[0] for s in range(3)]
+        assert len(set(three)) == 3
+    firsts = {derive_slot(SWARM, PEER, r, 0, 4)[0] for r in range(40)}
+    assert firsts == {0, 1, 2, 3}  # the walk starts at a hashed task, not always the first
+
+
 def test_regenerated_entries_score_their_own_answer(tasks: TaskSet) -> None:
     for slot in range(8):
         ref = tasks.derive(SWARM, PEER, 0, slot)
