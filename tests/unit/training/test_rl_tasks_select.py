@@ -177,3 +177,15 @@ def test_selection_is_seeded_and_caps_each_peer(tasks: TaskSet) -> None:
     assert len(picked) == 4 and max(sum(c.peer_id == p for c in picked) for p in "abc") <= 2
     assert picked == select_external(list(reversed(cands)), 4, 2, seed=11)  # arrival order does not matter
     assert len(select_external(cands[:4], 4, 2, seed=1)) == 2  # one peer alone fills at most its cap
+
+
+def test_selection_prefers_datasets_the_own_groups_gave_no_signal_on(tasks: TaskSet) -> None:
+    cands = [Candidate(p, 0, s, tasks.derive(SWARM, p, 0, s), "compact-v1", ["1"] * 4, [1.0, 0.0, 0.0, 0.0])
+             for p in ("a", "b", "c") for s in range(4)]  # fmt: skip
+    names = {c.ref.dataset for c in cands}
+    covered = frozenset(sorted(names)[:-1])  # all but one dataset had signal in the own groups
+    for seed in range(5):
+        picked = select_external(cands, 4, 2, seed=seed, covered=covered)
+        uncovered = [c for c in cands if c.ref.dataset not in covered]
+        assert len(picked) == 4 and sum(c.ref.dataset not in covered for c in picked) == min(len(uncovered), 4)
+    assert len(select_external(cands, 4, 2, seed=3, covered=frozenset(names))) == 4  # all covered: a uniform draw
