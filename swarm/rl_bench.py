@@ -25,6 +25,7 @@ from typing import Any
 PEERS = 4
 START_TIMEOUT_S = 120.0
 STOP_GRACE_S = 10.0
+START_WAIT_S = 600.0  # a sharing arm's first peer waits for the others: on a busy machine they take minutes to start
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,8 @@ class ArmRun:
                 "rl.max_rounds": self.rounds, "rl.log_file": self.dir / f"peer{k}.jsonl",
                 "rl.checkpoint_dir": self.dir / f"ckpt{k}", "rl.trust_advisory": str(a.trust_advisory).lower(),
                 "rl.eval_items": self.eval_items, "rl.eval_every": self.rounds,
-                "rl.start_peers": PEERS - 1 if a.external_groups else 0, "rl.seed": self.seed,
+                "rl.start_peers": PEERS - 1 if a.external_groups else 0, "rl.start_wait_s": START_WAIT_S,
+                "rl.seed": self.seed,
                 "serving.num_threads": 1, "serving.dtype": "float32", "network.heartbeat_s": 1.0}  # fmt: skip
         args = ["-m", "swarm", "join", "--roles", "rl", "--model", str(self.warm_dir), "--swarm-id", self.swarm_id,
                 "--listen", "/ip4/127.0.0.1/tcp/0", "--identity", str(keys / f"peer{k}.key"),
