@@ -1,9 +1,11 @@
 """`swarm bench rl`: rollout sharing vs training alone, N real `swarm join --roles rl` processes on 127.0.0.1.
 
-All arms start from one cached warm start; peer k keeps its identity across arms, so its task stream and seeds
-are paired. Quick arms: 8/0 (no sharing) and 4/4 with a fifth process that lies. Reports cumulative reward,
-final greedy accuracy, generated tokens, rollout bytes, rejections by reason and the ratios. Knows processes,
-files and the round logs; the learning happens inside the nodes.
+All arms start from one cached warm start; peer k keeps its identity and the swarm id is the seed's, not the
+arm's, so peer k's task stream and sampling seeds are the same in every arm of a seed (paired). Each seed runs
+every arm; per-arm figures are means over the seeds, each seed's kept beside them. Quick arms: 8/0 (no
+sharing) and 4/4 with a fifth process that lies. Reports cumulative reward, final greedy accuracy, generated
+tokens, rollout bytes, rejections by reason and the ratios. Knows processes, files and the round logs; the
+learning happens inside the nodes.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 PEERS = 4
 START_TIMEOUT_S = 120.0
 STOP_GRACE_S = 10.0
+START_WAIT_S = 600.0  # a sharing arm's first peer waits for the others: on a busy machine they take minutes to start
 
 
 @dataclass(frozen=True)
@@ -62,11 +65,11 @@ class ArmRun:
     """Starts an arm's processes, waits for its rounds, stops them."""
 
     def __init__(self, arm: Arm, workdir: Path, warm_dir: Path, model_hash: str, rounds: int, eval_items: int,
-                 overrides: list[str]) -> None:  # fmt: skip
+                 overrides: list[str], seed: int = 0) -> None:  # fmt: skip
         self.arm, self.dir, self.warm_dir, self.model_hash = arm, workdir, warm_dir, model_hash
-        self.rounds, self.eval_items, self.overrides = rounds, eval_items, overrides
+        self.rounds, self.eval_items, self.overrides, self.seed = rounds, eval_items, overrides, seed
         self.procs: list[subprocess.Popen] = []
-        self.swarm_id = "rlbench-" + "".join(ch if ch.isalnum() else "-" for ch in arm.name)
+        self.swarm_id = f"rlbench-seed{seed}"  # the tasks derive from it: the same in every arm of a seed
 
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
         out = (self.dir / log_name).open("w")
@@ -81,8 +84,9 @@ class ArmRun:
                 "rl.max_rounds": self.rounds, "rl.log_file": self.dir / f"peer{k}.jsonl",
                 "rl.checkpoint_dir": self.dir / f"ckpt{k}", "rl.trust_advisory": str(a.trust_advisory).lower(),
                 "rl.eval_items": self.eval_items, "rl.eval_every": self.rounds,
-                "rl.start_peers": PEERS - 1 if a.external_groups else 0, "serving.num_threads": 1,
-                "serving.dtype": "float32", "network.heartbeat_s": 1.0}  # fmt: skip
+                "rl.start_peers": PEERS - 1 if a.external_groups else 0, "rl.start_wait_s": START_WAIT_S,
+                "rl.seed": self.seed,
+                "serving.num_threads": 1, "serving.dtype": "float32", "network.heartbeat_s": 1.0}  # fmt: skip
         args = ["-m", "swarm", "join", "--roles", "rl", "--model", str(self.warm_dir), "--swarm-id", self.swarm_id,
                 "--listen", "/ip4/127.0.0.1/tcp/0", "--identity", str(keys / f"peer{k}.key"),
                 "--info-file", str(self.dir / f"info{k}.json"), "--log-level", "WARNING"]  # fmt: skip
@@ -190,6 +194,44 @@ def make_identities(keys: Path) -> None:
         load_or_create_identity(keys / f"{name}.key")
 
 
+TOTALS = (
+    "honest_false_rejects",
+    "forged_groups_received",
+    "forged_groups_used",
+    "liar_batches_published",
+    "rounds_skipped",
+    "external_groups_used",
+    "external_groups_filtered",
+)  # summed over seeds, not averaged
+
+
+def merge_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One arm over its seeds: counts in TOTALS and refusals summed, other figures (reward, accuracy, tokens,
+    bytes, times) the mean of the seeds', the reward curve averaged round by round; each seed's summary kept."""
+    out: dict[str, Any] = {}
+    for key, value in runs[0].items():
+        values = [run[key] for run in runs]
+        if key in TOTALS:
+            out[key] = sum(values)
+        elif isinstance(value, dict):
+            total: Counter[str] = Counter()
+            for v in values:
+                total.update(v)
+            out[key] = dict(sorted(total.items()))
+        elif key == "reward_curve":
+            out[key] = [sum(col) / len(col) for col in zip(*values, strict=True)]
+        elif key in ("local_groups", "external_groups", "rounds"):
+            out[key] = value
+        elif all(isinstance(v, int | float) for v in values):
+            out[key] = sum(values) / len(values)
+        else:  # a missing eval in some seed: the mean of those that have one
+            have = [v for v in values if v is not None]
+            out[key] = sum(have) / len(have) if have else None
+    out["seeds"] = len(runs)
+    out["per_seed"] = list(runs)
+    return out
+
+
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     local, shared = results["8/0"], results["4/4+liar"]
     out: dict[str, Any] = {
@@ -200,6 +242,9 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "forged_groups_received": shared["forged_groups_received"],
         "honest_false_rejects": sum(r["honest_false_rejects"] for r in results.values()),
     }  # fmt: skip
+    if "per_seed" in local and "per_seed" in shared:  # the pair's ratio in each seed: the spread is the noise
+        pairs = zip(local["per_seed"], shared["per_seed"], strict=True)
+        out["reward_gain_per_seed"] = [s["cumulative_reward"] / max(loc["cumulative_reward"], 1e-9) for loc, s in pairs]
     if local["final_eval_accuracy"] is not None and shared["final_eval_accuracy"] is not None:
         out["eval_gain_shared_vs_local"] = shared["final_eval_accuracy"] / max(local["final_eval_accuracy"], 1e-9)
     for name, key in (("6/2", "reward_gain_6_2"), ("2/6", "reward_gain_2_6")):

@@ -90,7 +90,8 @@ class RLWorker:
         local_rewards = [x for _, _, rewards in groups for x in rewards]
         if cfg.external_groups > 0:
             self._publish(r, refs, groups)
-        external = self._external(r, should_stop) if cfg.external_groups > 0 else []
+        covered = frozenset(ref.dataset for ref, _, rewards in groups if max(rewards) > min(rewards))
+        external = self._external(r, should_stop, covered) if cfg.external_groups > 0 else []
         samples = self._samples(refs, groups, external)
         stats = self.policy.step(samples)
         self.sampler.swap(self.policy.version, self.policy.deltas())
@@ -160,13 +161,13 @@ class RLWorker:
         except Exception as err:  # a failed publish costs the peers this round's groups, not the round
             log.warning("rl: publishing round %d failed: %s", r, err)
 
-    def _external(self, r: int, should_stop: Callable[[], bool]) -> list[Candidate]:
+    def _external(self, r: int, should_stop: Callable[[], bool], covered: frozenset[str]) -> list[Candidate]:
         cfg = self.cfg
         expected = {p for p in self.rl_peers() if p != self.peer_id and not self.gate.reputation.banned(p, r)}
         batches = self.gate.take(r, expected, cfg.round_wait_s, should_stop)
         cands = [c for b in batches for c in verify_batch(b, self.tasks, self.swarm_id, cfg, self.encode,
                                                           self.counters, self.gate.reputation)]  # fmt: skip
-        return select_external(cands, cfg.external_groups, cfg.per_peer_cap, _seed(cfg.seed, self.peer_id, r))
+        return select_external(cands, cfg.external_groups, cfg.per_peer_cap, _seed(cfg.seed, self.peer_id, r), covered)
 
     def _samples(self, refs, groups, external: list[Candidate]) -> list[Sample]:
         rows: list[tuple[list[int], list[tuple[list[int], bool]], list[float]]] = []

@@ -3,7 +3,8 @@
 `RolloutGate.admit` runs in the gossip topic validator: it decodes within `ROLLOUT_LIMITS`, checks the signer,
 the round window, replays, bans and sizes, and keeps what passes for the round loop (so bad batches are neither
 relayed nor used). `verify_batch` regenerates every task from its reference and re-scores every completion;
-`select_external` draws J groups with a seeded RNG, at most `per_peer_cap` from one peer. Knows the task set and
+`select_external` draws J groups with a seeded RNG, at most `per_peer_cap` from one peer, datasets the node's own
+groups gave no signal on first. Knows the task set and
 the message; nothing about models, engines or sockets.
 """
 
@@ -233,11 +234,16 @@ def _verify_group(batch, group: RolloutGroup, tasks: TaskSet, swarm_id, cfg, enc
     return None, Candidate(batch.peer_id, batch.round, group.slot, ref, group.prompt_format, texts, rewards)
 
 
-def select_external(candidates: list[Candidate], count: int, per_peer_cap: int, seed: int) -> list[Candidate]:
+def select_external(candidates: list[Candidate], count: int, per_peer_cap: int, seed: int,
+                    covered: frozenset[str] = frozenset()) -> list[Candidate]:  # fmt: skip
     """Draw `count` groups: candidates sorted (arrival order does not matter), shuffled with `seed`, at most
-    `per_peer_cap` per peer and one per task reference."""
+    `per_peer_cap` per peer and one per task reference. Groups of datasets not in `covered` (those where the
+    node's own groups of the round had reward variance) come first: a dataset whose own groups all scored alike
+    gave the step no signal, and a peer's group of it is the one that brings some; an easy dataset, whose groups
+    vary most often, would otherwise fill the draw."""
     pool = sorted(candidates, key=lambda c: (c.peer_id, c.round, c.slot))
     random.Random(seed).shuffle(pool)
+    pool.sort(key=lambda c: c.ref.dataset in covered)  # stable: the shuffled order within each part
     picked: list[Candidate] = []
     per_peer: Counter[str] = Counter()
     refs: set[TaskRef] = set()

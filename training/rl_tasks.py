@@ -53,9 +53,15 @@ def check_task_spec(spec: Any) -> None:
 
 
 def derive_slot(swarm_id: str, peer_id: str, round_index: int, slot: int, num_tasks: int) -> tuple[int, int]:
-    """(task position in the set, entry index) of `peer_id`'s `slot` in `round_index`: a hash, not a choice."""
+    """(task position in the set, entry index) of `peer_id`'s `slot` in `round_index`: a hash, not a choice.
+
+    The round's slots walk the task set from a hashed offset, so every task gets its share of each round's
+    groups (a round of I groups over T tasks holds I // T or I // T + 1 of each): a hash draw per slot would let
+    a round be all of one task, and the round's reward and gradient would swing with the mix, not the policy."""
+    offset = hashlib.sha256(f"{swarm_id}|{peer_id}|{round_index}".encode()).digest()
     digest = hashlib.sha256(f"{swarm_id}|{peer_id}|{round_index}|{slot}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % num_tasks, int.from_bytes(digest[8:16], "big") % INDEX_SPACE
+    position = (int.from_bytes(offset[:8], "big") + slot) % num_tasks
+    return position, int.from_bytes(digest[8:16], "big") % INDEX_SPACE
 
 
 class TaskSet:

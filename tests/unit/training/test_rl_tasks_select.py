@@ -33,6 +33,16 @@ def test_digests_and_derivation_are_deterministic_and_bound_to_the_sender(tasks:
     assert INDEX_SPACE < EVAL_BASE
 
 
+def test_a_rounds_slots_cover_the_task_set_evenly() -> None:
+    for r in range(20):
+        positions = [derive_slot(SWARM, PEER, r, s, 4)[0] for s in range(8)]
+        assert sorted(positions) == [0, 0, 1, 1, 2, 2, 3, 3]
+        three = [derive_slot(SWARM, PEER, r, s, 4)[0] for s in range(3)]
+        assert len(set(three)) == 3
+    firsts = {derive_slot(SWARM, PEER, r, 0, 4)[0] for r in range(40)}
+    assert firsts == {0, 1, 2, 3}  # the walk starts at a hashed task, not always the first
+
+
 def test_regenerated_entries_score_their_own_answer(tasks: TaskSet) -> None:
     for slot in range(8):
         ref = tasks.derive(SWARM, PEER, 0, slot)
@@ -167,3 +177,15 @@ def test_selection_is_seeded_and_caps_each_peer(tasks: TaskSet) -> None:
     assert len(picked) == 4 and max(sum(c.peer_id == p for c in picked) for p in "abc") <= 2
     assert picked == select_external(list(reversed(cands)), 4, 2, seed=11)  # arrival order does not matter
     assert len(select_external(cands[:4], 4, 2, seed=1)) == 2  # one peer alone fills at most its cap
+
+
+def test_selection_prefers_datasets_the_own_groups_gave_no_signal_on(tasks: TaskSet) -> None:
+    cands = [Candidate(p, 0, s, tasks.derive(SWARM, p, 0, s), "compact-v1", ["1"] * 4, [1.0, 0.0, 0.0, 0.0])
+             for p in ("a", "b", "c") for s in range(4)]  # fmt: skip
+    names = {c.ref.dataset for c in cands}
+    covered = frozenset(sorted(names)[:-1])  # all but one dataset had signal in the own groups
+    for seed in range(5):
+        picked = select_external(cands, 4, 2, seed=seed, covered=covered)
+        uncovered = [c for c in cands if c.ref.dataset not in covered]
+        assert len(picked) == 4 and sum(c.ref.dataset not in covered for c in picked) == min(len(uncovered), 4)
+    assert len(select_external(cands, 4, 2, seed=3, covered=frozenset(names))) == 4  # all covered: a uniform draw
