@@ -89,8 +89,10 @@ class Discovery:
         try:
             for record in await self.exchange_with(remote):
                 self.note_peer(record.peer_id, [a for a in record.addrs if a.endswith(record.peer_id)])
-                if record.announce is not None:
-                    self.membership.observe(record.announce, hearsay=True)
+                announce = record.announce
+                if announce is not None and self.membership.observe(announce, hearsay=True):
+                    roles = ",".join(announce.roles) or "no roles"
+                    log.info("peer joined: %s (%s; heard from %s)", announce.peer_id, roles, remote[-8:])
         except (CommsError, ProtocolError) as err:
             log.debug("peer exchange with %s failed: %s", remote[-8:], err)
         return remote

@@ -258,6 +258,8 @@ class Node:
             try:
                 if full:
                     await self.host.publish(self.announce_topic, encode(announce))
+                    if has_mesh and not announced_with_mesh:  # the join announce: benches time the swarm from here
+                        log.info("announced to a gossip mesh of %d", self.host.mesh_size(self.announce_topic))
                     last_static, announced_with_mesh = static, has_mesh
                     estimate = self.membership.size.estimate()
                     next_announce = now + announce_period_s(estimate, net.heartbeat_s, net.status_budget_msgs_s)
