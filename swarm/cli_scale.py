@@ -14,7 +14,7 @@ SIM_SIZES = "10,100,1000,10000"
 
 def bench_scale(
     nodes: Annotated[int, typer.Option(help="Real `swarm join` processes on 127.0.0.1.", min=8, max=64)] = 32,
-    serving: Annotated[int, typer.Option(help="How many of them serve the tiny model.", min=3, max=16)] = 6,
+    serving: Annotated[int, typer.Option(help="How many of them serve the tiny model.", min=4, max=16)] = 5,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results JSON here.")] = None,
 ) -> None:
     """Time to be known by 99%, gossip bytes and CPU per node, serving peers found: real nodes, real counters."""

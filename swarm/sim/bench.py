@@ -67,9 +67,10 @@ def _roles(n: int, mix: tuple[tuple[str, float], ...], seed: int) -> list[str]:
     return roles
 
 
-def run_size(n: int, profile: NetProfile, mix: SwarmMix, seed: int, joins: int, progress) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def run_size(n: int, profile: NetProfile, mix: SwarmMix, seed: int, joins: int, progress,  # type: ignore[no-untyped-def]
+             params: GossipParams | None = None) -> dict[str, Any]:  # fmt: skip
     """Every figure for one swarm size."""
-    params = GossipParams()
+    params = params or GossipParams()
     progress(f"N={n}: mesh and joins ({profile.name})")
     net = Network(n, profile, seed)
     mean_announce = int(statistics.mean(mix.announce_bytes.values()))
@@ -108,7 +109,8 @@ def _real_point(real: dict[str, Any], seed: int, progress) -> dict[str, Any] | N
     size = int(res["gossip_message_bytes_mean"])
     roles = ["serve"] * int(cfg["serving"]) + ["relay"] * (n - int(cfg["serving"]))
     mix = SwarmMix(roles, {"serve": size, "relay": size}, {"serve": size, "relay": size})
-    point = run_size(n, profile, mix, seed, joins=200, progress=progress)
+    params = GossipParams(heartbeat_s=float(cfg["heartbeat_s"]), peer_timeout_s=float(cfg["peer_timeout_s"]))
+    point = run_size(n, profile, mix, seed, joins=200, progress=progress, params=params)
     return {"sim": point, "real": {"convergence_s": res["convergence_s"],
                                    "gossip_bytes_per_node_s": res["gossip_bytes_per_node_s"]},
             "calibration": {"relay_s": relay_s, "handshake_s": profile.handshake_s, "message_bytes": size}}  # fmt: skip
