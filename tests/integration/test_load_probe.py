@@ -50,7 +50,7 @@ class LiarNode(Node):
         self.host.set_handler(LOAD_PROTOCOL, absurd, LOAD_LIMITS)
 
 
-async def _wait(predicate, timeout_s: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+async def _wait(predicate, timeout_s: float = 60.0) -> None:  # type: ignore[no-untyped-def]
     with trio.fail_after(timeout_s):
         while not predicate():
             await trio.sleep(0.1)
