@@ -27,7 +27,9 @@ TINY_ID = "swarm-embedded-tiny-seed0"
 def _config(peers: list[str], roles: list[str]):  # type: ignore[no-untyped-def]
     return build_config({
         "node": {"roles": roles},
-        "network": {"listen": ["/ip4/127.0.0.1/tcp/0"], "peers": peers, "heartbeat_s": 0.3, "peer_timeout_s": 5},
+        # a load query's deadline generous enough for a busy machine: what is checked is what the answer holds
+        "network": {"listen": ["/ip4/127.0.0.1/tcp/0"], "peers": peers, "heartbeat_s": 0.3, "peer_timeout_s": 5,
+                    "load_query_timeout_s": 10.0},
         "serving": {"model": "tiny", "dtype": "float32", "num_threads": 1},
     })  # fmt: skip
 
