@@ -45,6 +45,18 @@ class NetworkConfig(BaseModel):
     dial_timeout_s: float = Field(5.0, gt=0, le=300)
     request_timeout_s: float = Field(10.0, gt=0, le=3600, description="Deadline of one request on a stream.")
     max_dial_peers: int = Field(16, ge=0, le=1024, description="Dial announced peers until this many connections.")
+    # Membership at scale (swarm/membership.py, swarm/gossip_policy.py): bounded tables, adaptive periods.
+    max_peers: int = Field(2048, ge=8, le=1_000_000, description="Bound of the membership table (entries).")
+    max_peers_per_model: int = Field(256, ge=4, le=1_000_000, description="Bound of the serving peers kept per model.")
+    status_budget_msgs_s: float = Field(
+        25.0, gt=0, le=10_000, description="Status messages per second a node expects to receive: the status period "
+        "is max(heartbeat_s, estimated swarm size / this)."
+    )  # fmt: skip
+    route_sample: int = Field(4, ge=2, le=1024, description="Serving peers a request's route is chosen among (d).")
+    load_max_age_s: float = Field(
+        4.0, gt=0, le=3600, description="A serving peer's load older than this is asked for again before routing."
+    )
+    load_query_timeout_s: float = Field(0.5, gt=0, le=60, description="Deadline of one load query.")
     stream_guard: StreamGuardConfig = Field(default_factory=StreamGuardConfig)
 
     @field_validator("swarm_id")

@@ -227,6 +227,10 @@ class P2PHost:
                 with trio.move_on_after(1.0):
                     await self._pubsub.unsubscribe(topic)
 
+    def mesh_size(self, topic: str) -> int:
+        """Peers in this node's gossipsub mesh for ``topic`` (0 before the first mesh link forms)."""
+        return len(self._gossipsub.mesh.get(topic, ()))
+
     async def publish(self, topic: str, data: bytes) -> None:
         await self._pubsub.publish(topic, data)
         self.metrics.sent(f"gossip:{topic.rsplit('/', 1)[-1]}", "gossip", len(data))

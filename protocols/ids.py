@@ -10,8 +10,10 @@ import re
 PEERS_PROTOCOL = "/swarm/peers/1.0.0"
 GENERATE_PROTOCOL = "/swarm/generate/1.0.0"
 TENSOR_PROTOCOL = "/swarm/tensor/1.0.0"
+LOAD_PROTOCOL = "/swarm/load/1.0.0"
 
 ANNOUNCE_TOPIC = "announce"
+STATUS_TOPIC = "status"
 ROLLOUTS_TOPIC = "rollouts"
 
 _SWARM_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")

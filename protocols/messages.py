@@ -135,9 +135,12 @@ class PeerRecord(Record):
 
     peer_id: str
     addrs: list[str]
+    announce: PeerAnnounce | None = None  # the peer's full announce as the sender holds it (hearsay: unsigned)
 
     def validate(self) -> None:
         _bounded("addrs", self.addrs, MAX_ADDRS)
+        if self.announce is not None and self.announce.peer_id != self.peer_id:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "announce of another peer", field="announce.peer_id")
 
 
 @dataclass
@@ -145,9 +148,10 @@ class PeersRequest(Message):
     """Ask a peer for the peers it knows (peer exchange), up to ``limit``."""
 
     TYPE = "peers_request"
-    VERSION = (1, 0)
+    VERSION = (1, 1)
 
     limit: int = 64
+    full: bool = False  # 1.1: also send each peer's announce, serving peers first (a joiner's first view)
 
     def validate(self) -> None:
         if not 1 <= self.limit <= MAX_PEERS_REPLY:
@@ -161,7 +165,7 @@ class PeersReply(Message):
     """The answer to PeersRequest: live peers from the sender's membership table, itself excluded."""
 
     TYPE = "peers_reply"
-    VERSION = (1, 0)
+    VERSION = (1, 1)
 
     peers: list[PeerRecord]
 

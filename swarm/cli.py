@@ -22,7 +22,7 @@ app.add_typer(model_app, name="model")
 
 
 def _register_all() -> None:
-    from swarm import cli_coschedule, cli_doctor, cli_node, cli_rl, cli_serving, cli_soak, cli_training
+    from swarm import cli_coschedule, cli_doctor, cli_node, cli_rl, cli_scale, cli_serving, cli_soak, cli_training
 
     cli_node.register(app, bench_app)
     cli_doctor.register(app)
@@ -31,6 +31,7 @@ def _register_all() -> None:
     cli_training.register(app, bench_app)
     cli_soak.register(bench_app)
     cli_coschedule.register(bench_app)
+    cli_scale.register(bench_app)
 
 
 def main() -> None:

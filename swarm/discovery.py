@@ -1,5 +1,6 @@
 """Finding peers: dial the bootstrap list (with back-off), ask connected peers for theirs (peer exchange on
-`/swarm/peers/1.0.0`), and dial peers heard of in gossip, so a chain bootstrap converges to a full view.
+`/swarm/peers/1.0.0`, with their announces, serving peers first: a joiner can route before gossip has told it
+anything), and dial peers heard of in gossip, so a chain bootstrap converges to a full view.
 
 Knows the host and the membership table; nothing about serving or training.
 """
@@ -51,11 +52,14 @@ class Discovery:
         request = await stream.receive(self.request_timeout_s)
         if not isinstance(request, PeersRequest):
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"expected peers_request, got {request.TYPE}", field="type")
+        entries = [e for e in self.membership.entries() if e.announce.peer_id != remote]
+        random.shuffle(entries)
+        if request.full:  # a joiner's first view: serving peers first, each with its announce
+            entries.sort(key=lambda e: "serve" not in e.announce.roles)
         records = [
-            PeerRecord(peer_id=e.announce.peer_id, addrs=e.announce.addrs)
-            for e in self.membership.entries()
-            if e.announce.peer_id != remote
-        ][: request.limit]
+            PeerRecord(e.announce.peer_id, e.announce.addrs, e.announce if request.full else None)
+            for e in entries[: request.limit]
+        ]
         await stream.send(PeersReply(peers=records))
 
     # --------------------------------------------------------------- asking for peers
@@ -64,7 +68,7 @@ class Discovery:
         """Ask ``peer_id`` for the peers it knows."""
         stream = await self.host.open_stream(peer_id, PEERS_PROTOCOL, STREAM_LIMITS)
         try:
-            await stream.send(PeersRequest(limit=64))
+            await stream.send(PeersRequest(limit=64, full=True))
             reply = await stream.receive_reply(PeersReply, self.request_timeout_s)
         finally:
             await stream.close()
@@ -85,6 +89,10 @@ class Discovery:
         try:
             for record in await self.exchange_with(remote):
                 self.note_peer(record.peer_id, [a for a in record.addrs if a.endswith(record.peer_id)])
+                announce = record.announce
+                if announce is not None and self.membership.observe(announce, hearsay=True):
+                    roles = ",".join(announce.roles) or "no roles"
+                    log.info("peer joined: %s (%s; heard from %s)", announce.peer_id, roles, remote[-8:])
         except (CommsError, ProtocolError) as err:
             log.debug("peer exchange with %s failed: %s", remote[-8:], err)
         return remote

@@ -41,6 +41,7 @@ from protocols import (
 from protocols.ids import GENERATE_PROTOCOL
 from swarm.answer_text import AnswerText, answer_text, tokenizer_for
 from swarm.generation import Rejected, run_local
+from swarm.route_sample import sample_candidates
 from swarm.routing import DEAD_PEER_BACKOFF_S, RouteState, prompt_tokens_of, rank_peers
 
 log = logging.getLogger(__name__)
@@ -252,11 +253,23 @@ class SwarmGenerator:
             announces = [a for a in announces if a.model_hash == progress.model_hash]
         return announces
 
+    async def _sampled(self, progress: Progress, model: str | None) -> list[PeerAnnounce]:
+        """Routing by predicted TTFT chooses among `route_sample` serving peers drawn at random, their loads asked
+        again where older than `load_max_age_s` (power of d choices); the baselines see every candidate."""
+        candidates = self._candidates(progress)
+        if self.routing != "ttft":
+            return candidates
+        candidates = [a for a in candidates if not self.state.avoided(a.peer_id)]
+        sample = sample_candidates(candidates, model, self.node.config.network.route_sample)
+        own = [a for a in sample if a.peer_id == self.node.peer_id]
+        others = [a for a in sample if a.peer_id != self.node.peer_id]
+        return own + await self.node.load_probe.refresh(others, self.state)
+
     async def _pick_peer(self, request: GenerateRequest, progress: Progress, deadline: float) -> str:
         model = request.model_id
         while True:
             ranked = rank_peers(
-                self._candidates(progress), model, self.state, policy=self.routing, ttft_ms=request.ttft_ms,
+                await self._sampled(progress, model), model, self.state, policy=self.routing, ttft_ms=request.ttft_ms,
                 tpot_ms=request.tpot_ms,
                 prompt_tokens=prompt_tokens_of(request.prompt_token_ids, request.prompt, request.messages),
             )  # fmt: skip

@@ -24,12 +24,15 @@ from comms.identity import load_or_create_identity
 from comms.metrics import NetMetrics
 from protocols import GOSSIP_LIMITS, PeerAnnounce, ProtocolError, decode_as, encode
 from protocols.errors import ErrorCode, describe_error
-from protocols.ids import ANNOUNCE_TOPIC, topic
+from protocols.ids import ANNOUNCE_TOPIC, STATUS_TOPIC, topic
+from protocols.status import PeerStatus
 from swarm import __version__
 from swarm.config import NodeConfig
 from swarm.discovery import Discovery
 from swarm.generate_service import GenerateService
+from swarm.gossip_policy import announce_period_s, status_period_s
 from swarm.hardware import detect_devices, detect_hardware
+from swarm.load_probe import LoadProbe
 from swarm.membership import Membership
 from swarm.roles import Role, build_roles
 
@@ -47,11 +50,15 @@ class Node:
         self.metrics = NetMetrics()
         self.host = P2PHost(net, key_pair or load_or_create_identity(net.identity), self.metrics)
         self.peer_id = self.host.peer_id
-        self.membership = Membership(self.peer_id, net.peer_timeout_s)
+        self.membership = Membership(
+            self.peer_id, net.peer_timeout_s, max_peers=net.max_peers, max_per_model=net.max_peers_per_model
+        )
         self.discovery = Discovery(self.host, self.membership, net.peers, net.max_dial_peers, net.request_timeout_s)
         self.hardware = detect_hardware()
         self.devices = detect_devices()
         self.announce_topic = topic(net.swarm_id, ANNOUNCE_TOPIC)
+        self.status_topic = topic(net.swarm_id, STATUS_TOPIC)
+        self.load_probe = LoadProbe(self)
         self.roles = [] if client_only else build_roles(config, self)
         if self.serve_role is not None:
             GenerateService(self.host, self.serve_role, net.request_timeout_s)
@@ -72,8 +79,13 @@ class Node:
             self._nursery = nursery
             await nursery.start(self.host.run)
             self.host.set_topic_validator(self.announce_topic, self._validate_announce)
-            async with self.host.subscribe(self.announce_topic) as announces:
+            self.host.set_topic_validator(self.status_topic, self._validate_status)
+            async with (
+                self.host.subscribe(self.announce_topic) as announces,
+                self.host.subscribe(self.status_topic) as statuses,
+            ):
                 nursery.start_soon(self._consume_announces, announces)
+                nursery.start_soon(self._consume_statuses, statuses)
                 nursery.start_soon(self._heartbeat)
                 nursery.start_soon(self._expire_loop)
                 nursery.start_soon(self.discovery.run_bootstrap)
@@ -186,6 +198,27 @@ class Node:
             self._validated.popitem(last=False)
         return True
 
+    def _validate_status(self, origin: str, data: bytes) -> bool:
+        try:
+            status = decode_as(data, PeerStatus, limits=GOSSIP_LIMITS)
+        except ProtocolError as err:
+            self.metrics.refuse(err.code)
+            log.info("refused status from %s: %s", origin[-8:], err)
+            return False
+        if status.peer_id != origin:
+            self.metrics.refuse(ErrorCode.BAD_REQUEST)
+            return False
+        return True
+
+    async def _consume_statuses(self, statuses: trio.MemoryReceiveChannel[tuple[str, bytes]]) -> None:
+        async for origin, data in statuses:
+            if origin == self.peer_id:
+                continue
+            try:
+                self.membership.observe_status(decode_as(data, PeerStatus, limits=GOSSIP_LIMITS))
+            except ProtocolError:
+                continue  # already refused and counted by the validator
+
     async def _consume_announces(self, announces: trio.MemoryReceiveChannel[tuple[str, bytes]]) -> None:
         async for origin, data in announces:
             if origin == self.peer_id:
@@ -200,13 +233,50 @@ class Node:
                 log.info("peer joined: %s (%s)", announce.peer_id, ",".join(announce.roles) or "no roles")
             self.discovery.note_peer(announce.peer_id, announce.addrs)
 
+    def status_period_s(self) -> float:
+        net = self.config.network
+        return status_period_s(self.membership.size.estimate(), net.heartbeat_s, net.status_budget_msgs_s)
+
+    def make_status(self, announce: PeerAnnounce) -> PeerStatus:
+        """The per-second half of ``announce``: load (serving peers), training and RL progress."""
+        return PeerStatus(
+            peer_id=announce.peer_id, seq=announce.seq, timestamp_ms=announce.timestamp_ms,
+            period_s=self.status_period_s(), load=announce.load if "serve" in announce.roles else None,
+            training=announce.training if "train" in announce.roles else None, rl=announce.rl,
+        )  # fmt: skip
+
     async def _heartbeat(self) -> None:
+        """Every status period: the full announce when its rarely-changing part changed, when this node's first
+        gossip mesh link formed (a joiner is known at once, not a period later) or when its refresh is due;
+        otherwise the small status. Both periods grow with the estimated swarm size (swarm/gossip_policy.py)."""
+        net = self.config.network
+        last_static: tuple | None = None
+        announced_with_mesh = False
+        next_announce = 0.0
         while True:
+            announce = self.make_announce()
+            static = static_part(announce)
+            has_mesh = self.host.mesh_size(self.announce_topic) > 0
+            now = trio.current_time()
+            full = static != last_static or (has_mesh and not announced_with_mesh) or now >= next_announce
             try:
-                await self.host.publish(self.announce_topic, encode(self.make_announce()))
+                if full:
+                    await self.host.publish(self.announce_topic, encode(announce))
+                    if has_mesh and not announced_with_mesh:  # the join announce: benches time the swarm from here
+                        log.info("announced to a gossip mesh of %d", self.host.mesh_size(self.announce_topic))
+                    last_static, announced_with_mesh = static, has_mesh
+                    estimate = self.membership.size.estimate()
+                    next_announce = now + announce_period_s(estimate, net.heartbeat_s, net.status_budget_msgs_s)
+                else:
+                    await self.host.publish(self.status_topic, encode(self.make_status(announce)))
             except Exception as err:  # a failed publish must not stop the heartbeat
                 log.warning("announce failed: %s", err)
-            await trio.sleep(self.config.network.heartbeat_s)
+            # Wake early when the first mesh link forms, so the join announce goes out at once.
+            deadline = trio.current_time() + self.status_period_s()
+            while trio.current_time() < deadline:
+                await trio.sleep(min(0.25, max(deadline - trio.current_time(), 0.0)))
+                if not announced_with_mesh and self.host.mesh_size(self.announce_topic) > 0:
+                    break
 
     async def _expire_loop(self) -> None:
         period = min(self.config.network.heartbeat_s, 1.0)
@@ -233,6 +303,12 @@ class Node:
         rows = [_peer_row(own, age_s=0.0, is_self=True)]
         rows += [_peer_row(e.announce, age_s=e.age_s(now), is_self=False) for e in self.membership.entries()]
         return rows
+
+
+def static_part(announce: PeerAnnounce) -> tuple:
+    """What rarely changes in an announce: a change of any of it is published as a full announce at once."""
+    return (tuple(announce.addrs), announce.version, tuple(announce.roles), announce.model_id, announce.model_hash,
+            announce.hardware, tuple(announce.hivemind_addrs), tuple(announce.devices))  # fmt: skip
 
 
 class _StartedFlag:

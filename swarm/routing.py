@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from protocols import PeerAnnounce
@@ -41,15 +42,16 @@ class RouteState:
     awaiting_first_token: dict[str, int] = field(default_factory=dict)
     outstanding: dict[str, int] = field(default_factory=dict)  # requests in flight, until their last token
     avoid_until: dict[str, float] = field(default_factory=dict)
+    clock: Callable[[], float] = time.monotonic  # injected by the simulator (virtual time)
 
     def avoid(self, peer_id: str, seconds: float) -> None:
-        self.avoid_until[peer_id] = max(self.avoid_until.get(peer_id, 0.0), time.monotonic() + seconds)
+        self.avoid_until[peer_id] = max(self.avoid_until.get(peer_id, 0.0), self.clock() + seconds)
 
     def avoided(self, peer_id: str) -> bool:
-        return self.avoid_until.get(peer_id, 0.0) > time.monotonic()
+        return self.avoid_until.get(peer_id, 0.0) > self.clock()
 
     def earliest_retry_s(self) -> float:
-        now = time.monotonic()
+        now = self.clock()
         waits = [t - now for t in self.avoid_until.values() if t > now]
         return min(waits) if waits else 0.0
 

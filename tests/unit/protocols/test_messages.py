@@ -47,10 +47,13 @@ GOLDEN = {
         "6f6b656e73cd1000ad70726566696c6c5f746f6b5f73cb409f400000000000a8747261696e696e6783a5726f756e6403a4737465701ea4"
         "6c6f7373cb4004000000000000ae686976656d696e645f616464727390a373657107a2726cc0a76465766963657390"
     )),
-    "peers_request": (PeersRequest(limit=16), "83a474797065ad70656572735f72657175657374a176920100a56c696d697410"),
+    "peers_request": (PeersRequest(limit=16), (
+        "84a474797065ad70656572735f72657175657374a176920101a56c696d697410a466756c6cc2"
+    )),
     "peers_reply": (PeersReply(peers=[PeerRecord(peer_id="12D3KooWexample", addrs=[ADDR])]), (
-        "83a474797065ab70656572735f7265706c79a176920100a570656572739182a7706565725f6964af313244334b6f6f576578616d706c"
+        "83a474797065ab70656572735f7265706c79a176920101a570656572739183a7706565725f6964af313244334b6f6f576578616d706c"
         "65a5616464727391d92b2f6970342f3132372e302e302e312f7463702f343030312f7032702f313244334b6f6f576578616d706c65"
+        "a8616e6e6f756e6365c0"
     )),
     "error": (ErrorReply(code=2, message="busy", field=None, retry_after_ms=250), (
         "86a474797065a56572726f72a176920100a4636f646502a76d657373616765a462757379a56669656c64c0ae72657472795f6166746572"
@@ -126,8 +129,10 @@ def test_golden_bytes(name: str) -> None:
 def test_every_registered_message_has_a_golden_test() -> None:
     from tests.unit.protocols.test_generate_messages import GOLDEN as GENERATE_GOLDEN
     from tests.unit.protocols.test_rollouts import GOLDEN as ROLLOUT_GOLDEN
+    from tests.unit.protocols.test_status_messages import GOLDEN as STATUS_GOLDEN
 
-    covered = {type(m).TYPE for m, _ in [*GOLDEN.values(), *GENERATE_GOLDEN.values(), *ROLLOUT_GOLDEN.values()]}
+    goldens = [*GOLDEN.values(), *GENERATE_GOLDEN.values(), *ROLLOUT_GOLDEN.values(), *STATUS_GOLDEN.values()]
+    covered = {type(m).TYPE for m, _ in goldens}
     assert covered == set(message_types())
 
 

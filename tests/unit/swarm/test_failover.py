@@ -24,7 +24,12 @@ PROMPT = "say:"
 def _node(announces: list[PeerAnnounce] | None = None) -> SimpleNamespace:
     host = SimpleNamespace(connected_peers=lambda: {a.peer_id for a in announces or []})
     return SimpleNamespace(peer_id="me", serve_role=None, host=host, server_announces=lambda: list(announces or []),
-                           serving_view=lambda: None)  # fmt: skip
+                           serving_view=lambda: None, config=SimpleNamespace(network=SimpleNamespace(route_sample=4)),
+                           load_probe=SimpleNamespace(refresh=_fresh_already))  # fmt: skip
+
+
+async def _fresh_already(candidates: list[PeerAnnounce], state: object) -> list[PeerAnnounce]:
+    return candidates  # the loads in these announces count as just measured
 
 
 def _ids(text: str) -> list[int]:
