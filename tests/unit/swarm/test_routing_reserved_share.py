@@ -24,7 +24,8 @@ def _announce(role: ServeRole, peer: str) -> PeerAnnounce:
 def test_a_training_node_announces_less_headroom_and_routers_prefer_the_node_serving_alone(tmp_path) -> None:
     from serving.engine import Engine
 
-    with Engine(tiny_config(tmp_path)) as engine:
+    # Slowed so that the probe's predicted TTFT is well above the 1 ms floor routing applies to any announce.
+    with Engine(tiny_config(tmp_path, slowdown_factor=50.0)) as engine:
         role = ServeRole(engine.config)
         role.engine = engine
         alone = _announce(role, "alone")
