@@ -210,6 +210,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         "payload_bytes_received_per_peer": float(np.mean([r["payload_bytes_received"] for r in results])),
         "exchanges_ok": sum(r["exchanges_ok"] for r in results),
         "exchanges_failed": sum(r["exchanges_failed"] for r in results),
+        "rounds_cut": sum(r.get("rounds_cut", 0) for r in results),
         "wall_s": float(np.max([r["wall_s"] for r in results])),
         "eval_curve": {"steps": steps, "loss": curve},
     }
@@ -247,11 +248,13 @@ def run_bench(
     quick: bool,
     world: int = 4,
     bandwidth_mbps: float | None = None,
+    straggler: float | None = None,
     systems: tuple[str, ...] = SYSTEMS,
     on_system: Callable[[str, dict[str, Any] | None], None] | None = None,
     on_warm_step: StepProgress | None = None,
 ) -> dict[str, Any]:
-    """Run every system in one go and return the report (JSON-ready)."""
+    """Run every system in one go and return the report (JSON-ready). With `straggler` F, the last peer's
+    inner steps take F times as long (it sleeps the difference) in every system."""
     configs, steps = bench_configs(quick)
     warm_steps = 1000
     tokens = load_corpus(None, configs["ddp"].max_corpus_bytes).numpy().astype(np.uint8)
@@ -263,9 +266,11 @@ def run_bench(
         "eval_every": max(1, steps // 8),
         "timeout_s": 120.0,
         "bandwidth_mbps": bandwidth_mbps,
+        "straggler": straggler,
         "warm_start_steps": warm_steps,
     }
-    results, warm_loss = run_systems(spec, tokens, on_system, on_warm_step=on_warm_step)
+    timeout_s = 900.0 * max(1.0, straggler or 1.0)  # the baselines wait for the straggler at every step
+    results, warm_loss = run_systems(spec, tokens, on_system, timeout_s, on_warm_step=on_warm_step)
     return {
         "bench": "train",
         "config": {
@@ -273,6 +278,7 @@ def run_bench(
             "world": world,
             "steps": steps,
             "bandwidth_mbps": bandwidth_mbps,
+            "straggler": straggler,
             "warm_start_steps": warm_steps,
             "warm_start_eval_loss": warm_loss,
             "systems": {k: json.loads(configs[k].model_dump_json()) for k in systems},

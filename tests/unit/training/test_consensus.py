@@ -63,7 +63,7 @@ class LocalMember:
         self.group, self.peer_id = group, peer_id
 
     def step(self, tensors: list[torch.Tensor], *, round_index: int, timeout_s: float, group_bits: str | None = None,
-             digest: str = "") -> AveragingResult:  # fmt: skip
+             digest: str = "", **_: object) -> AveragingResult:  # fmt: skip  (weight, pace_s: unused here)
         g = self.group
         with g.lock:
             g.inputs[self.peer_id] = (tensors[0].clone(), round_index, digest)
