@@ -30,6 +30,7 @@ from training.data import TokenData
 from training.ring_allreduce import RingAllReduce
 from training.trainer import TrainingPeer, averaging_settings, flatten, unflatten
 
+
 class StretchedSteps:
     """A device `factor` times slower: each call of the wrapped step is followed by a sleep of (factor - 1) times
     its duration. Sleeping, not computing: the other peers' processes keep the CPU they would have."""
