@@ -2,8 +2,8 @@
 
 The spec gives the training config, peer id, shard, initial hivemind peers, how many steps to run, a
 per-step delay (to pace tests) and a directory where the peer writes `status.json`, its hivemind multiaddrs
-and, after every outer round, its weights (`round-R.safetensors`) and a line of `rounds.jsonl` (the status then). Used by tests and usable by a node that
-prefers a process to a thread. It knows nothing about gossip.
+and, after every outer round, its weights (`round-R.safetensors`) and a line of `rounds.jsonl` (the status then).
+Used by tests and usable by a node that prefers a process to a thread. It knows nothing about gossip.
 """
 
 from __future__ import annotations
