@@ -66,6 +66,7 @@ def bench_configs(quick: bool) -> tuple[dict[str, TrainingConfig], int]:
         "noloco_momentum": 0.3,
         "min_group_size": 2,
         "target_group_size": 2,
+        "matchmaking_time_s": 1.0,  # a pair is full at once: a shorter period only shortens the lookups' pauses
     }
     streaming = {
         "outer_optimizer": "streaming",
