@@ -1,10 +1,11 @@
 """When a slow peer ends its round: at the group's round deadline, with the steps it did.
 
 A round starts when the peer's last exchange ends (the members of a group leave it together), and its deadline is
-that start plus H inner steps at the group's pace: the lower median of the seconds per inner step the members
-claimed in their last round together. A peer that reaches the deadline with fewer than H steps of the round done
-ends the round there and averages what it has, weighted by the share of the round's steps it did; a peer at the
-group's pace or faster never reaches it, so the group neither waits for a straggler nor leaves it behind. Paces
+that start plus H inner steps at `DEADLINE_SLACK` times the group's pace: the lower median of the seconds per inner
+step the members claimed in their last round together. A peer that reaches the deadline with fewer than H steps of
+the round done ends the round there and averages what it has, weighted by the share of the round's steps it did; a
+peer at the group's pace never reaches it, so the group waits for a straggler a fraction of a round at most and
+never leaves it behind. Paces
 are claims: the lower median moves only with a majority of the group (for two members it is the faster one's:
 a lie makes the liar's partner do fewer steps, never more), and the deadline is checked after a step, so a round
 has at least one. Before this peer has been in a group there is no deadline. This module knows nothing about
@@ -18,6 +19,12 @@ import time
 from collections.abc import Callable
 
 from comms.robust_average import lower_median
+
+# The deadline allows H steps at this many times the group's pace. Paces measured on a shared machine jitter by
+# tens of percent from round to round (and a round with an evaluation in it is slower): at 1.0 peers at the
+# group's own pace had rounds cut (10 of 24 NoLoCo rounds of a fast peer in `bench train --straggler 3`); at 1.5 a
+# peer three times slower still averages half of its round's steps, and the group waits half a round at most.
+DEADLINE_SLACK = 1.5
 
 
 class RoundDeadline:
@@ -56,7 +63,7 @@ class RoundDeadline:
     def deadline(self) -> float | None:
         if self.started is None or self.group_pace_s is None:
             return None
-        return self.started + self.inner_steps * self.group_pace_s
+        return self.started + self.inner_steps * self.group_pace_s * DEADLINE_SLACK
 
     def overdue(self, steps_in_round: int) -> bool:
         """Whether a peer `steps_in_round` steps into its round (0 < it < H) has passed the round's deadline."""

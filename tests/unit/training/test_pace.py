@@ -15,7 +15,7 @@ from comms.robust_average import PartPolicy, combine_parts
 from training.config import TrainingConfig
 from training.data import TokenData
 from training.inner import lr_factor
-from training.pace import RoundDeadline
+from training.pace import DEADLINE_SLACK, RoundDeadline
 from training.trainer import TrainingPeer
 
 pytestmark = pytest.mark.timeout(60)
@@ -46,9 +46,9 @@ def test_deadline_is_h_steps_at_the_lower_median_of_the_claimed_paces() -> None:
     d.learn({"a": 1.0, "b": 3.0, "c": float("nan"), "d": -2.0, "e": float("inf")})  # bad claims left out
     assert d.group_pace_s == pytest.approx(1.0)  # lower median of [1, 3]: a lie makes the partner stop earlier only
     d.start_round()
-    clock.now += 3.0
+    clock.now += 4.0 * DEADLINE_SLACK - 0.5
     assert not d.overdue(1)
-    clock.now += 1.0  # 4 steps at 1 s: the deadline
+    clock.now += 0.5  # 4 steps at 1 s, with the slack: the deadline
     assert d.overdue(1) and d.overdue(3)
     assert not d.overdue(0) and not d.overdue(4)  # nothing done, or the round is whole: nothing to end early
     d.learn({})  # a round without claims keeps the last pace
@@ -131,15 +131,16 @@ def test_a_straggler_averages_the_steps_it_did_by_the_deadline_weighted_by_them(
     # round 1: no pace known yet, both did all 6 steps; they claimed 1 s and 3 s per step
     assert (first["a"][1], first["b"][1]) == (1.0, 1.0)
     assert (first["a"][2], first["b"][2]) == (pytest.approx(1.0), pytest.approx(3.0))
-    # round 2: the group's pace is 1 s, so the deadline is 6 s after the round started: the slow peer's second
-    # step ends there, and it sends its 2 of 6 steps with weight 1/3
-    assert second["a"][1] == 1.0 and second["b"][1] == pytest.approx(2 / 6)
+    # round 2: the group's pace is 1 s, so the deadline is 6 * 1.5 = 9 s after the round started: the slow peer's
+    # third step ends there, and it sends its 3 of 6 steps with weight 1/2
+    assert DEADLINE_SLACK == 1.5
+    assert second["a"][1] == 1.0 and second["b"][1] == pytest.approx(3 / 6)
     assert slow.status.rounds_cut == 1 and fast.status.rounds_cut == 0
     # both end round 2 at step 12 with the same outer state: the weighted mean of their pseudo-gradients
     assert slow.status.step == fast.status.step == 12
     assert slow.status.round_index == fast.status.round_index == 2
     a, b = second["a"][0], second["b"][0]
-    want = (a + b / 3) / (1 + 1 / 3)
+    want = (a + b / 2) / (1 + 1 / 2)
     flat_slow = torch.cat([(s0 - s).reshape(-1) for s0, s in zip(start, slow.outer.slow, strict=True)])
     first_mean = (first["a"][0] + first["b"][0]) / 2  # outer lr 1, no momentum: phi moves by each average
     assert torch.allclose(flat_slow, (first_mean + want)[: flat_slow.numel()], atol=1e-5)
