@@ -5,11 +5,10 @@ that start plus H inner steps at `DEADLINE_SLACK` times the group's pace: the lo
 step the members claimed in their last round together. A peer that reaches the deadline with fewer than H steps of
 the round done ends the round there and averages what it has, weighted by the share of the round's steps it did; a
 peer at the group's pace never reaches it, so the group waits for a straggler a fraction of a round at most and
-never leaves it behind. Paces
-are claims: the lower median moves only with a majority of the group (for two members it is the faster one's:
-a lie makes the liar's partner do fewer steps, never more), and the deadline is checked after a step, so a round
-has at least one. Before this peer has been in a group there is no deadline. This module knows nothing about
-networks or tensors: it counts steps against a clock.
+never leaves it behind. Paces are claims: the lower median moves only with a majority of the group (for two members
+it is the faster one's: a lie makes the liar's partner do fewer steps, never more), and the deadline is checked
+after a step, so a round has at least one. Before this peer has been in a group there is no deadline. This module
+knows nothing about networks or tensors: it counts steps against a clock.
 """
 
 from __future__ import annotations
