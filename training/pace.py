@@ -43,6 +43,12 @@ class RoundDeadline:
         self.started = self.clock()
         self.steps_done = 0
 
+    def exclude(self, seconds: float) -> None:
+        """Leave `seconds` spent on other work than inner steps (an evaluation, a checkpoint) out of the round: a
+        round with an evaluation in it is no slower to train."""
+        if self.started is not None:
+            self.started += max(0.0, seconds)
+
     def step_done(self) -> None:
         self.steps_done += 1
 

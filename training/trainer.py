@@ -487,12 +487,14 @@ class TrainingPeer:
                 else:
                     fut = self._pool.submit(self._exchange, f, st.step // h, outgoing)
                     pending[f] = (st.step + self.outer.overlap_steps, fut)
+            paused = self.deadline.clock()  # sharing, checkpoints and evaluations are no training: off the pace
             if st.step % h == 0:
                 st.round_index = st.step // h
                 self.share_state()
                 self.checkpoint()
             if eval_every and st.step // eval_every > before // eval_every:  # a cut round may skip the multiple
                 self.evaluate()
+            self.deadline.exclude(self.deadline.clock() - paused)
         for f, (_, fut) in pending.items():
             self.outer.incoming(f, fut.result())
 

@@ -51,6 +51,12 @@ def test_deadline_is_h_steps_at_the_lower_median_of_the_claimed_paces() -> None:
     clock.now += 0.5  # 4 steps at 1 s, with the slack: the deadline
     assert d.overdue(1) and d.overdue(3)
     assert not d.overdue(0) and not d.overdue(4)  # nothing done, or the round is whole: nothing to end early
+    d.start_round()
+    clock.now += 10.0
+    d.exclude(10.0)  # an evaluation: no time of the round's
+    clock.now += 2.0
+    d.step_done()
+    assert d.pace_s() == pytest.approx(2.0) and not d.overdue(1)
     d.learn({})  # a round without claims keeps the last pace
     assert d.group_pace_s == pytest.approx(1.0)
     d.learn({"a": 2.0, "b": 3.0, "c": 5.0})
