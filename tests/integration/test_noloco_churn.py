@@ -87,7 +87,9 @@ def test_noloco_six_peers_one_leaves_one_joins(peers: Peers) -> None:
     wait_until("two rounds of every survivor after the join", lambda: rounds_past(survivors, join_at, 2), 90, everyone)
     peers.close()  # the records are complete: nothing writes them any more
 
-    assert "joined" in status(joined)["started"]
+    # NoLoCo's peers hold different states, so a joiner takes the one most donors claim when they agree, else it
+    # starts fresh; either way its rounds are counted below
+    assert status(joined)["started"].startswith(("joined", "started fresh")), status(joined)
     for name, out in {**survivors, JOINER: joined}.items():
         seen = outcomes(out)
         missed = [r for r, ok in seen if not ok]
