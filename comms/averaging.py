@@ -142,6 +142,7 @@ class AveragingResult:
     peers: list[str]
     elapsed_s: float
     members: dict[str, tuple[int, str]] = field(default_factory=dict)
+    paces: dict[str, float] = field(default_factory=dict)  # seconds per inner step members claimed (checked)
 
     @property
     def rounds(self) -> list[int]:
@@ -280,10 +281,13 @@ class HivemindAverager:
         weight: float = 1.0,
         group_bits: str | None = None,
         digest: str = "",
+        pace_s: float | None = None,
     ) -> AveragingResult:
         """Average `tensors` with a group of peers; raise `AveragingError` if no round completed in time.
-        `group_bits` ('0'/'1' string) pins the group key, so peers given the same bits average together;
-        `digest` (of the caller's state) is gathered with `round_index` and comes back in `members`."""
+        `weight` (in (0, max_weight]) is this peer's share in the group's weighted mean (a peer that did part of a
+        round's steps sends that fraction). `group_bits` ('0'/'1' string) pins the group key, so peers given the
+        same bits average together; `digest` (of the caller's state) is gathered with `round_index` and comes back
+        in `members`, and `pace_s` (seconds per inner step) in `paces`."""
         arrays = [t.detach().to(torch.float32).cpu().contiguous().numpy() for t in tensors]
         if [a.shape for a in arrays] != self.shapes:
             raise AveragingError(ErrorCode.BAD_REQUEST, "tensor shapes differ from the averager's")
@@ -298,6 +302,7 @@ class HivemindAverager:
             "weight": weight,
             "group_bits": group_bits,
             "digest": digest,
+            "pace_s": pace_s,
         }
         req["timeout_s"] = timeout_s
         try:
@@ -308,7 +313,8 @@ class HivemindAverager:
         self.counters.rounds_ok += 1
         out = [torch.from_numpy(a) for a in reply["tensors"]]
         members = {p: (int(r), str(d)) for p, (r, d) in reply["members"].items()}
-        return AveragingResult(out, reply["group_size"], reply["peers"], reply["elapsed_s"], members)
+        paces = {p: float(v) for p, v in reply.get("paces", {}).items()}
+        return AveragingResult(out, reply["group_size"], reply["peers"], reply["elapsed_s"], members, paces)
 
     def share_state(self, metadata: dict[str, Any], tensors: list[torch.Tensor]) -> None:
         """Offer this state (e.g. weights + outer optimizer buffers) to peers that call `load_state`."""

@@ -213,6 +213,19 @@ def _step_of(metadata: Any) -> int:
     return step if isinstance(step, int) and not isinstance(step, bool) else -1
 
 
+MAX_PACE_S = 3600.0  # seconds per inner step: a claim above is no pace any peer keeps
+
+
+def gathered_pace(value: Any) -> float | None:
+    """The seconds per inner step a group member gathered (its pace over its last round), or None where it sent
+    none or one that is not a finite number in (0, MAX_PACE_S] (peers are untrusted)."""
+    pace = value.get("pace_s") if isinstance(value, dict) else None
+    if isinstance(pace, bool) or not isinstance(pace, (int, float)):
+        return None
+    pace = float(pace)
+    return pace if 0.0 < pace <= MAX_PACE_S else None
+
+
 def gathered_member(value: Any) -> tuple[int, str]:
     """(round, state digest) a group member gathered; (-1, "") for what is missing or mistyped (peers are
     untrusted)."""
@@ -290,7 +303,7 @@ class Worker:
         started = time.monotonic()
         try:
             gathered = self.averager.step(
-                gather={"round": req["round"], "digest": req.get("digest", "")},
+                gather={"round": req["round"], "digest": req.get("digest", ""), "pace_s": req.get("pace_s")},
                 weight=req["weight"],
                 timeout=req["timeout_s"],
             )
@@ -310,6 +323,7 @@ class Worker:
             "group_size": len(gathered),
             "peers": sorted(str(p) for p in gathered),
             "members": {str(p): gathered_member(v) for p, v in gathered.items()},
+            "paces": {str(p): pace for p, v in gathered.items() if (pace := gathered_pace(v)) is not None},
             "elapsed_s": time.monotonic() - started,
         }
 

@@ -43,6 +43,9 @@ def bench_train(
         None, "--bandwidth-mbps", min=0.001, help="Shape every peer's uplink to this many Mbit/s."
     ),
     peers: int = typer.Option(4, "--peers", min=2, max=16, help="Peers (processes) per system."),
+    straggler: float | None = typer.Option(
+        None, "--straggler", min=1.0, max=100.0, help="Stretch one peer's inner steps this many times (a slow device)."
+    ),
 ) -> None:
     """Data-parallel and no-communication baselines vs DiLoCo, NoLoCo and streaming DiLoCo (int4), N processes each."""
     from rich.console import Console
@@ -66,8 +69,8 @@ def bench_train(
         def on_warm_step(done: int, total: int) -> None:
             progress.advance_to(done, total, "optimizer steps")
 
-        report = run_bench(quick=quick, world=peers, bandwidth_mbps=bandwidth_mbps, on_system=on_system,
-                           on_warm_step=on_warm_step)  # fmt: skip
+        report = run_bench(quick=quick, world=peers, bandwidth_mbps=bandwidth_mbps, straggler=straggler,
+                           on_system=on_system, on_warm_step=on_warm_step)  # fmt: skip
     console.print(_table(report))
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)

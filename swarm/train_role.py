@@ -137,8 +137,6 @@ class TrainRole(Role):
         )
         if network.swarm_key is not None:  # a private swarm: no averaging RPC without proof of its key
             settings = dataclasses.replace(settings, swarm_key_hex=read_swarm_key(network.swarm_key))
-        if cfg.outer_optimizer == "noloco":  # pairs: a group of two forms without waiting for more peers
-            settings = dataclasses.replace(settings, target_group_size=2)
         averager = HivemindAverager(settings, [(peer.exchange_len,)], peer.model_hash)
         averager.start()
         peer.averager = averager

@@ -11,9 +11,11 @@ This module knows nothing about the node: it spawns bench peers.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -66,6 +68,7 @@ def bench_configs(quick: bool) -> tuple[dict[str, TrainingConfig], int]:
         "noloco_momentum": 0.3,
         "min_group_size": 2,
         "target_group_size": 2,
+        "matchmaking_time_s": 1.0,  # a pair is full at once: a shorter period only shortens the lookups' pauses
     }
     streaming = {
         "outer_optimizer": "streaming",
@@ -116,6 +119,29 @@ def _warm_start(cfg: TrainingConfig, tokens: np.ndarray, steps: int, path: Path,
             on_step(i + 1, steps)
     save_file({n: p.detach().contiguous() for n, p in peer.inner.model.named_parameters()}, str(path))
     return peer.evaluate()
+
+
+WARM_CACHE = Path.home() / ".cache" / "swarm" / "bench-train"
+
+
+def cached_warm_start(cfg: TrainingConfig, tokens: np.ndarray, steps: int, path: Path,
+                      on_step: StepProgress | None = None) -> float:  # fmt: skip
+    """`warm_start`, kept in WARM_CACHE under a hash of the config, the step count and the tokens: it is seeded and
+    deterministic on CPU, and took 5-7 minutes of a quick run on a loaded 2-core machine. Returns its eval loss."""
+    key = hashlib.sha256(f"{cfg.model_dump_json()}|{steps}|{torch.__version__}".encode())
+    key.update(np.ascontiguousarray(tokens).tobytes())
+    cached = WARM_CACHE / f"warm-{key.hexdigest()[:16]}"
+    weights, meta = cached.with_suffix(".safetensors"), cached.with_suffix(".json")
+    if weights.exists() and meta.exists():
+        shutil.copyfile(weights, path)
+        return float(json.loads(meta.read_text())["eval_loss"])
+    loss = warm_start(cfg, tokens, steps, path, on_step)
+    with contextlib.suppress(OSError):  # a cache that cannot be written costs the next run the warm start, no more
+        WARM_CACHE.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, weights.with_suffix(".tmp"))
+        weights.with_suffix(".tmp").rename(weights)
+        meta.write_text(json.dumps({"eval_loss": loss, "steps": steps}))
+    return loss
 
 
 def machine_info() -> dict[str, Any]:
@@ -174,7 +200,7 @@ def run_systems(
                     on_system("warm start", None)
                 base = TrainingConfig.model_validate(spec["configs"][spec["systems"][0]])
                 tmp_path = workdir / "warm.tmp.safetensors"
-                warm_loss = warm_start(base, tokens, spec["warm_start_steps"], tmp_path, on_warm_step)
+                warm_loss = cached_warm_start(base, tokens, spec["warm_start_steps"], tmp_path, on_warm_step)
                 tmp_path.rename(warm_path)
             for system in spec["systems"]:
                 if on_system:
@@ -210,6 +236,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         "payload_bytes_received_per_peer": float(np.mean([r["payload_bytes_received"] for r in results])),
         "exchanges_ok": sum(r["exchanges_ok"] for r in results),
         "exchanges_failed": sum(r["exchanges_failed"] for r in results),
+        "rounds_cut": sum(r.get("rounds_cut", 0) for r in results),
         "wall_s": float(np.max([r["wall_s"] for r in results])),
         "eval_curve": {"steps": steps, "loss": curve},
     }
@@ -247,11 +274,13 @@ def run_bench(
     quick: bool,
     world: int = 4,
     bandwidth_mbps: float | None = None,
+    straggler: float | None = None,
     systems: tuple[str, ...] = SYSTEMS,
     on_system: Callable[[str, dict[str, Any] | None], None] | None = None,
     on_warm_step: StepProgress | None = None,
 ) -> dict[str, Any]:
-    """Run every system in one go and return the report (JSON-ready)."""
+    """Run every system in one go and return the report (JSON-ready). With `straggler` F, the last peer's
+    inner steps take F times as long (it sleeps the difference) in every system."""
     configs, steps = bench_configs(quick)
     warm_steps = 1000
     tokens = load_corpus(None, configs["ddp"].max_corpus_bytes).numpy().astype(np.int32)  # EOS (257) ends documents
@@ -263,9 +292,13 @@ def run_bench(
         "eval_every": max(1, steps // 8),
         "timeout_s": 120.0,
         "bandwidth_mbps": bandwidth_mbps,
+        "straggler": straggler,
         "warm_start_steps": warm_steps,
     }
-    results, warm_loss = run_systems(spec, tokens, on_system, on_warm_step=on_warm_step)
+    # a guard against a hung peer, not a budget: on 2 shared cores under load a quick run took 40 min; the baselines
+    # wait for the straggler at every step
+    timeout_s = 2400.0 * max(1.0, straggler or 1.0)
+    results, warm_loss = run_systems(spec, tokens, on_system, timeout_s, on_warm_step=on_warm_step)
     return {
         "bench": "train",
         "config": {
@@ -273,6 +306,7 @@ def run_bench(
             "world": world,
             "steps": steps,
             "bandwidth_mbps": bandwidth_mbps,
+            "straggler": straggler,
             "warm_start_steps": warm_steps,
             "warm_start_eval_loss": warm_loss,
             "systems": {k: json.loads(configs[k].model_dump_json()) for k in systems},

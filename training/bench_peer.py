@@ -30,6 +30,28 @@ from training.data import TokenData
 from training.ring_allreduce import RingAllReduce
 from training.trainer import TrainingPeer, averaging_settings, flatten, unflatten
 
+
+class StretchedSteps:
+    """A device `factor` times slower: each call of the wrapped step is followed by a sleep of (factor - 1) times
+    its duration. Sleeping, not computing: the other peers' processes keep the CPU they would have."""
+
+    def __init__(self, step: Any, factor: float) -> None:
+        self.step = step
+        self.factor = factor
+
+    def __call__(self, *args: Any) -> Any:
+        started = time.monotonic()
+        out = self.step(*args)
+        time.sleep((self.factor - 1.0) * (time.monotonic() - started))
+        return out
+
+
+def straggler_factor(spec: dict[str, Any], rank: int) -> float:
+    """How many times slower this rank's steps are: the last rank is the straggler (rank 0 hosts the rendezvous)."""
+    factor = spec.get("straggler") or 1.0
+    return float(factor) if rank == spec["world"] - 1 else 1.0
+
+
 _BYTE_FIELDS = ("bytes_sent", "bytes_received", "payload_bytes_sent", "payload_bytes_received")
 
 
@@ -59,9 +81,10 @@ def run_ddp(peer: TrainingPeer, spec: dict[str, Any], rank: int) -> dict[str, An
     params = peer.inner.params
     length = sum(p.numel() for p in params)
     st = peer.status
+    backward = StretchedSteps(peer.inner.backward, straggler_factor(spec, rank))  # every step waits for it
     try:
         for _ in range(spec["steps"]):
-            loss = peer.inner.backward(peer.next_batch())
+            loss = backward(peer.next_batch())
             flat = flatten([p.grad for p in params], length).numpy()
             ring.allreduce_mean_(flat)
             for p, g in zip(params, unflatten(torch.from_numpy(flat), params), strict=True):
@@ -141,6 +164,8 @@ def run_one(system: str, spec: dict[str, Any], tokens: torch.Tensor, rank: int) 
     )
     if spec.get("warm_start"):
         peer.start_from(load_file(spec["warm_start"]))
+    if straggler_factor(spec, rank) != 1.0 and system != "ddp":  # ddp stretches its backward (run_ddp)
+        peer.inner.step = StretchedSteps(peer.inner.step, straggler_factor(spec, rank))  # type: ignore[method-assign]
     sys_spec = {**spec, "workdir": str(Path(spec["workdir"]) / system)}
     started = time.monotonic()
     if system == "ddp":
@@ -164,6 +189,7 @@ def run_one(system: str, spec: dict[str, Any], tokens: torch.Tensor, rank: int) 
         "eval_history": list(peer.status.eval_history),
         "exchanges_ok": peer.status.exchanges_ok,
         "exchanges_failed": peer.status.exchanges_failed,
+        "rounds_cut": peer.status.rounds_cut,
         **wire,
     }
 
@@ -175,7 +201,7 @@ def main() -> None:
     torch.set_num_threads(1)
     tokens = torch.from_numpy(np.load(workdir / "tokens.npy").astype(np.int64))
     if spec.get("warm_start"):
-        _wait_for(Path(spec["warm_start"]), spec["timeout_s"] * 3)
+        _wait_for(Path(spec["warm_start"]), spec["timeout_s"] * 15)  # the warm start took 5-7 min on a loaded machine
     for system in spec["systems"]:
         (workdir / system).mkdir(exist_ok=True)
         result = run_one(system, spec, tokens, rank)

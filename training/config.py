@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 OuterOptimizerName = Literal["diloco", "noloco", "streaming"]
-CodecName = Literal["fp32", "fp16", "bf16", "int8", "int4"]
+CodecName = Literal["fp32", "fp16", "bf16", "int8", "int4", "int2"]
 
 
 class ModelShape(BaseModel):
@@ -70,7 +70,7 @@ class TrainingConfig(BaseModel):
     merge_alpha: float = Field(0.5, ge=0.0, le=1.0, description="streaming: weight of the synced fragment")
     # exchange
     codec: CodecName = "fp16"
-    codec_block_size: int = Field(64, ge=8, le=1 << 20, description="values per absmax block (int8/int4)")
+    codec_block_size: int = Field(64, ge=8, le=1 << 20, description="values per block (int8/int4/int2)")
     error_feedback: bool = Field(False, description="add what the codec lost from a fragment last exchange to the next")
     target_group_size: int = Field(64, ge=2, le=4096)
     min_group_size: int = Field(2, ge=2, le=4096)

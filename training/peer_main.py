@@ -2,8 +2,8 @@
 
 The spec gives the training config, peer id, shard, initial hivemind peers, how many steps to run, a
 per-step delay (to pace tests) and a directory where the peer writes `status.json`, its hivemind multiaddrs
-and, after every outer round, its weights (`round-R.safetensors`). Used by tests and usable by a node that
-prefers a process to a thread. It knows nothing about gossip.
+and, after every outer round, its weights (`round-R.safetensors`) and a line of `rounds.jsonl` (the status then).
+Used by tests and usable by a node that prefers a process to a thread. It knows nothing about gossip.
 """
 
 from __future__ import annotations
@@ -63,6 +63,8 @@ def main() -> None:
                 status.update(exchanges_ok=st.exchanges_ok, exchanges_failed=st.exchanges_failed, resyncs=st.resyncs)
                 status["last_group"] = peer.status.last_group
                 _write_json(out / "status.json", status)
+                with (out / "rounds.jsonl").open("a") as log:  # one record per round, for counting afterwards
+                    log.write(json.dumps({**status, "group_size": len(st.last_group)}) + "\n")
     peer.close()
 
 

@@ -39,6 +39,7 @@ from training.data import TokenData
 from training.inner import InnerLoop
 from training.model import load_train_model
 from training.outer import OuterOptimizer, make_outer
+from training.pace import RoundDeadline
 
 log = logging.getLogger(__name__)
 HISTORY_LEN = 20_000
@@ -54,8 +55,10 @@ class Averager(Protocol):
         *,
         round_index: int,
         timeout_s: float,
+        weight: float = 1.0,
         group_bits: str | None = None,
         digest: str = "",
+        pace_s: float | None = None,
     ) -> AveragingResult: ...
 
     def share_state(self, metadata: dict[str, Any], tensors: list[torch.Tensor]) -> None: ...
@@ -77,6 +80,7 @@ class PeerStatus:
     eval_loss: float = float("nan")
     exchanges_ok: int = 0
     exchanges_failed: int = 0
+    rounds_cut: int = 0  # rounds this peer ended at the group's deadline with fewer than H steps (training.pace)
     resyncs: int = 0  # rounds after which this peer took a group member's state (see training.consensus)
     states_refused: int = 0  # states downloaded from a peer and refused (digest, shapes, NaN, claim changed)
     # bounded: a node may train for days
@@ -160,6 +164,7 @@ class TrainingPeer:
         num_shards: int,
         averager: Averager | None = None,
         peers: Callable[[], list[str]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cfg = cfg
         self.peer_id = peer_id
@@ -178,6 +183,9 @@ class TrainingPeer:
         # `micro_gate` (which runs it once the node's serving leaves room).
         self.micro_gate: Callable[[Callable[[], None]], None] | None = None
         self.micro_batch = cfg.batch_size
+        # rounds end at the group's deadline; not for exchanges that overlap inner steps (streaming), which end
+        # mid-round by design
+        self.deadline = RoundDeadline(cfg.inner_steps, clock)
         self.exchange_len = exchange_length(self.outer)
         self._feedback = CodecFeedback(make_codec(cfg.codec, cfg.codec_block_size)) if cfg.error_feedback else None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exchange")
@@ -335,10 +343,11 @@ class TrainingPeer:
 
     # the loop ------------------------------------------------------------------------------------------
     def _exchange(
-        self, f: int, round_index: int, outgoing: list[torch.Tensor], digest: str = ""
+        self, f: int, round_index: int, outgoing: list[torch.Tensor], digest: str = "", weight: float = 1.0
     ) -> list[torch.Tensor] | None:
-        """Average `outgoing` with a group; `digest` (of the outer state this round starts from, or "") is
-        compared with the members' to pick a state to take after the round."""
+        """Average `outgoing` with a group, as `weight` (the share of the round's steps this peer did); `digest` (of
+        the outer state this round starts from, or "") is compared with the members' to pick a state to take after
+        the round. The members' paces set the next round's deadline."""
         self._reference = []
         if self.averager is None:
             return None
@@ -353,8 +362,10 @@ class TrainingPeer:
                 [sent],
                 round_index=round_index,
                 timeout_s=self.cfg.round_timeout_s,
+                weight=weight,
                 group_bits=bits,
                 digest=digest,
+                pace_s=self.deadline.pace_s(),
             )
         except AveragingError as err:
             log.warning("round %d fragment %d: no average (%s); applying the local update", round_index, f, err)
@@ -364,6 +375,8 @@ class TrainingPeer:
         if self._feedback is not None:  # only what the group took in leaves a residual
             self._feedback.keep(f, residual)
         self.status.last_group = list(result.peers)
+        if self.outer.overlap_steps == 0:
+            self.deadline.learn(result.paces)
         self._members = dict(result.members)
         agreed = group_round(self.averager.peer_id, round_index, result.members)
         self._group_round = agreed if agreed != round_index else None
@@ -440,21 +453,31 @@ class TrainingPeer:
         return loss
 
     def run(self, num_steps: int, *, eval_every: int = 0, should_stop: Callable[[], bool] | None = None) -> None:
-        """Train `num_steps` more inner steps (bounded), exchanging as the outer optimizer says."""
+        """Train `num_steps` more inner steps, or fewer where a round this peer could not finish by the group's
+        deadline ended early (`_end_round_early`: the step moves on to the round's end), exchanging as the outer
+        optimizer says."""
         pending: dict[int, tuple[int, Future]] = {}
         h = self.cfg.inner_steps
+        st = self.status
+        end = st.step + num_steps
         for _ in range(num_steps):
-            if should_stop is not None and should_stop():
+            if st.step >= end or (should_stop is not None and should_stop()):
                 break
+            if self.deadline.started is None:
+                self.deadline.start_round()
+            before = st.step
             batch = self.next_batch()
             if self.micro_gate is None:
                 loss = self.inner.step(batch)
             else:
                 loss = self.inner.step_in_micro_batches(batch, self.micro_batch, self.micro_gate)
-            st = self.status
             st.step += 1
             st.loss = loss
             st.history.append((st.step, loss))
+            self.deadline.step_done()
+            weight = 1.0
+            if self.outer.overlap_steps == 0 and self.deadline.overdue(st.step % h):
+                weight = self._end_round_early()
             for f, (ready_at, fut) in list(pending.items()):
                 if st.step >= ready_at:
                     self.outer.incoming(f, fut.result())
@@ -463,7 +486,8 @@ class TrainingPeer:
                 outgoing = self.outer.outgoing(f)
                 if self.outer.overlap_steps == 0:
                     digest = state_digest(self.outer.state_tensors()) if self.outer.group_agrees else ""
-                    self.outer.incoming(f, self._exchange(f, st.step // h, outgoing, digest))
+                    self.outer.incoming(f, self._exchange(f, st.step // h, outgoing, digest, weight))
+                    self.deadline.start_round()
                     if self._group_round is not None:
                         self._realign()
                     elif self._reference:
@@ -471,14 +495,31 @@ class TrainingPeer:
                 else:
                     fut = self._pool.submit(self._exchange, f, st.step // h, outgoing)
                     pending[f] = (st.step + self.outer.overlap_steps, fut)
+            paused = self.deadline.clock()  # sharing, checkpoints and evaluations are no training: off the pace
             if st.step % h == 0:
                 st.round_index = st.step // h
                 self.share_state()
                 self.checkpoint()
-            if eval_every and st.step % eval_every == 0:
+            if eval_every and st.step // eval_every > before // eval_every:  # a cut round may skip the multiple
                 self.evaluate()
+            self.deadline.exclude(self.deadline.clock() - paused)
         for f, (_, fut) in pending.items():
             self.outer.incoming(f, fut.result())
+
+    def _end_round_early(self) -> float:
+        """The group's deadline passed mid-round: end the round at the steps done. The step moves on to the round's
+        end, so that the learning-rate schedule, the data and the round number stay the group's; returns the share
+        of the round's steps done, this peer's weight in the average. Not past `total_steps`."""
+        st, h = self.status, self.cfg.inner_steps
+        done = st.step % h
+        boundary = st.step - done + h
+        if boundary > self.cfg.total_steps:
+            return 1.0
+        log.info("round %d: the group's deadline passed after %d of %d steps; averaging them", st.step // h, done, h)
+        st.step = boundary
+        self.inner.set_step(boundary)
+        st.rounds_cut += 1
+        return done / h
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -34,6 +34,8 @@ def test_round_trip_within_stated_error_and_exact_bytes(name: str, shape: tuple[
         ("int4", 100, 2 * 2 + 50),  # fp16 scales
         ("int4", 129, 3 * 2 + 65),
         ("int8", 64, 4 + 64),
+        ("int2", 100, 2 * 2 + 25),  # four 2-bit codes per byte, fp16 magnitudes
+        ("int2", 129, 3 * 2 + 33),
     ],
 )
 def test_payload_sizes_are_exact(name: str, numel: int, nbytes: int) -> None:
@@ -64,6 +66,14 @@ def test_int4_fp16_scales_keep_the_bound_from_subnormal_to_clamped(magnitude: fl
         assert bool((back.abs().amax(1) >= blocks.abs().amax(1) - codec.max_abs_error(x).reshape(-1, 64)[:, 0]).all())
     else:  # absmax/7 beyond fp16's range: values clamp at 7 * 65504, as the bound says
         assert float(out.abs().max()) <= 7 * 65504.0
+
+
+def test_int2_is_ternary_with_the_mean_magnitude_above_the_threshold() -> None:
+    codec = make_codec("int2", block_size=8)
+    x = torch.tensor([4.0, -2.0, 0.5, 0.0, -0.25, 3.0, -1.0, 0.25])  # mean magnitude 1.375: threshold 0.9625
+    out = codec.decode(codec.encode(x))
+    m = (4.0 + 2.0 + 3.0 + 1.0) / 4  # the values above the threshold
+    assert torch.equal(out, torch.tensor([m, -m, 0.0, 0.0, 0.0, m, -m, 0.0]))
 
 
 def test_zero_tensor_and_constant_blocks() -> None:

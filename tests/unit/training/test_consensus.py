@@ -62,8 +62,16 @@ class LocalMember:
     def __init__(self, group: LocalGroup, peer_id: str) -> None:
         self.group, self.peer_id = group, peer_id
 
-    def step(self, tensors: list[torch.Tensor], *, round_index: int, timeout_s: float, group_bits: str | None = None,
-             digest: str = "") -> AveragingResult:  # fmt: skip
+    def step(
+        self,
+        tensors: list[torch.Tensor],
+        *,
+        round_index: int,
+        timeout_s: float,
+        group_bits: str | None = None,
+        digest: str = "",
+        **_: object,
+    ) -> AveragingResult:  # fmt: skip  (weight, pace_s: unused here)
         g = self.group
         with g.lock:
             g.inputs[self.peer_id] = (tensors[0].clone(), round_index, digest)

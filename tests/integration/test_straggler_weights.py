@@ -1,0 +1,47 @@
+"""Step-weighted averaging through two real averaging processes on 127.0.0.1: a peer that did a third of a round's
+steps sends weight 1/3, and both peers get the weighted mean (bitwise the same) with the paces both claimed."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from comms.averaging import AveragingError, AveragingResult, AveragingSettings
+from tests.integration.averager_pair import started_pair
+
+pytestmark = [pytest.mark.multipeer, pytest.mark.slow, pytest.mark.timeout(120)]
+SHAPES = [(48,)]
+
+
+def settings(initial: tuple[str, ...] = ()) -> AveragingSettings:
+    return AveragingSettings(prefix="weights", codec="fp32", matchmaking_time_s=1.0, initial_peers=initial,
+                             startup_timeout_s=30.0, request_timeout_s=2.0)  # fmt: skip
+
+
+def test_a_straggler_s_part_counts_by_the_share_of_steps_it_did() -> None:
+    data = [torch.linspace(1.0, 2.0, 48), torch.linspace(2.0, 4.0, 48)]  # norms within the reducers' 4x bound
+    weights, paces = [1.0, 1 / 3], [0.25, 0.75]
+    with started_pair(settings, SHAPES) as pair:
+        out: list[AveragingResult | Exception] = [RuntimeError("not run")] * 2
+
+        def run(i: int) -> None:
+            try:
+                out[i] = pair[i].step([data[i]], round_index=3, timeout_s=20.0, weight=weights[i], pace_s=paces[i])
+            except AveragingError as err:
+                out[i] = err
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        ids = [av.peer_id for av in pair]
+    want = (data[0] * weights[0] + data[1] * weights[1]) / sum(weights)
+    for res in out:
+        assert isinstance(res, AveragingResult), res
+        assert res.group_size == 2
+        assert torch.allclose(res.tensors[0], want, atol=1e-6)
+        assert res.paces == {ids[0]: pytest.approx(0.25), ids[1]: pytest.approx(0.75)}
+    assert torch.equal(out[0].tensors[0], out[1].tensors[0])
