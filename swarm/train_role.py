@@ -23,7 +23,6 @@ from swarm.roles import Role
 
 log = logging.getLogger(__name__)
 
-NUM_DATA_SHARDS = 16  # a peer's shard is derived from its PeerID among these
 DISCOVERY_WAIT_S = 6.0  # how long to listen for other training peers before starting a DHT alone
 
 
@@ -134,8 +133,9 @@ class TrainRole(Role):
                 update={"checkpoint_dir": Path.home() / ".cache" / "swarm" / "train" / self.node.peer_id}
             )
         data = TokenData(load_corpus(cfg.data_path, cfg.max_corpus_bytes), cfg.eval_fraction, cfg.seq_len)
-        shard = shard_for_peer(self.node.peer_id, NUM_DATA_SHARDS)
-        peer = TrainingPeer(cfg, data, peer_id=self.node.peer_id, shard_index=shard, num_shards=NUM_DATA_SHARDS,
+        shards = cfg.data_shards
+        shard = cfg.data_shard if cfg.data_shard is not None else shard_for_peer(self.node.peer_id, shards)
+        peer = TrainingPeer(cfg, data, peer_id=self.node.peer_id, shard_index=shard, num_shards=shards,
                             peers=self._train_peer_ids)  # fmt: skip
         network = self.node.config.network
         settings = averaging_settings(
@@ -157,6 +157,7 @@ class TrainRole(Role):
                                          max_failures=cfg.averager_max_restart_failures,
                                          backoff_s=cfg.averager_restart_backoff_s)  # fmt: skip
         how = peer.resume_or_join(join_timeout_s=20.0 if initial_peers else None)
+        peer.evaluate()  # where this peer starts: every later round's eval loss compares with it
         self.peer = peer
         return how
 
@@ -165,7 +166,8 @@ class TrainRole(Role):
             while not self._stop.is_set() and self.peer.status.step < self.config.total_steps:
                 if self.restarts is not None and not self._stop.is_set():  # the averager is closed on stop
                     self.restarts.check()
-                self.peer.run(1, should_stop=self._stop.is_set)
+                # eval loss of the held-out split at every round's end (the weights the group agreed on)
+                self.peer.run(1, eval_every=self.config.inner_steps, should_stop=self._stop.is_set)
         finally:
             self._done.set()
 

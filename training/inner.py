@@ -1,6 +1,7 @@
 """Inner loop: accelerate-prepared model and AdamW with linear warm-up, cosine decay and grad clipping.
 
-bf16 autocast is used when a CUDA device is present, fp32 on CPU. `step` is one optimizer step on one batch;
+bf16 autocast is used when a CUDA device is present or `precision` asks for it (fast on CPUs with AMX), fp32
+otherwise; weights and optimizer state stay fp32. `step` is one optimizer step on one batch;
 `backward` + `apply` split it for a data-parallel baseline that all-reduces gradients in between. This module
 knows nothing about peers or outer optimizers.
 """
@@ -30,7 +31,8 @@ class InnerLoop:
     def __init__(self, model: torch.nn.Module, cfg: TrainingConfig) -> None:
         self.cfg = cfg
         use_cuda = torch.cuda.is_available()
-        self.accelerator = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if use_cuda else "no")
+        bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and use_cuda)
+        self.accelerator = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if bf16 else "no")
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=cfg.inner_lr, weight_decay=cfg.inner_weight_decay, betas=(0.9, 0.95)
         )
