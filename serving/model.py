@@ -85,7 +85,12 @@ def build_embedded_model(name: str = "default", seed: int = 0) -> LoadedModel:
     """Build the embedded model `name` with weights drawn from `seed` (same on every machine)."""
     if name not in EMBEDDED_SPECS:
         raise ProtocolError(ErrorCode.NOT_FOUND, f"no embedded model {name!r}", field="model")
-    spec = EMBEDDED_SPECS[name]
+    return build_llama(EMBEDDED_SPECS[name], seed, f"swarm-embedded-{name}-seed{seed}")
+
+
+def build_llama(spec: EmbeddedSpec, seed: int, model_id: str) -> LoadedModel:
+    """The one builder of in-code models (serving's embedded ones and training's shapes): a Llama of `spec`'s
+    shape with the byte tokenizer (BOS, EOS and PAD set in its config), weights drawn from `seed`."""
     tokenizer = build_byte_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -115,7 +120,7 @@ def build_embedded_model(name: str = "default", seed: int = 0) -> LoadedModel:
     model.eval()
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return LoadedModel(model, tokenizer, f"swarm-embedded-{name}-seed{seed}", weights_hash(model))
+    return LoadedModel(model, tokenizer, model_id, weights_hash(model))
 
 
 def weights_hash(model: torch.nn.Module) -> str:

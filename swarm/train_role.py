@@ -26,18 +26,6 @@ log = logging.getLogger(__name__)
 DISCOVERY_WAIT_S = 6.0  # how long to listen for other training peers before starting a DHT alone
 
 
-def byte_tokenizer_files() -> dict[str, bytes]:
-    """The embedded byte-level tokenizer's files (bytes are ids 0-255, as in training), so that every checkpoint
-    directory is one `swarm join --roles serve --model DIR` can serve."""
-    import tempfile
-
-    from serving.model import build_byte_tokenizer
-
-    with tempfile.TemporaryDirectory() as tmp:
-        build_byte_tokenizer().save_pretrained(tmp)
-        return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
-
-
 class AveragerRestarts:
     """Starts a dead averaging process again (it is killed when it misses a deadline, and may crash), so the peer
     rejoins its group rather than training alone. A dead process is restarted at once; a failed start is retried
@@ -125,6 +113,7 @@ class TrainRole(Role):
         from comms.averaging import HivemindAverager, averaging_host_maddrs
         from comms.pnet import read_swarm_key
         from training.data import TokenData, load_corpus, shard_for_peer
+        from training.model import load_tokenizer
         from training.trainer import TrainingPeer, averaging_settings
 
         cfg = self.config
@@ -132,7 +121,8 @@ class TrainRole(Role):
             cfg = cfg.model_copy(
                 update={"checkpoint_dir": Path.home() / ".cache" / "swarm" / "train" / self.node.peer_id}
             )
-        data = TokenData(load_corpus(cfg.data_path, cfg.max_corpus_bytes), cfg.eval_fraction, cfg.seq_len)
+        tokens = load_corpus(cfg.data_path, cfg.max_corpus_bytes, load_tokenizer(cfg.model))
+        data = TokenData(tokens, cfg.eval_fraction, cfg.seq_len)
         shards = cfg.data_shards
         shard = cfg.data_shard if cfg.data_shard is not None else shard_for_peer(self.node.peer_id, shards)
         peer = TrainingPeer(cfg, data, peer_id=self.node.peer_id, shard_index=shard, num_shards=shards,
@@ -148,7 +138,6 @@ class TrainRole(Role):
             settings = dataclasses.replace(settings, swarm_key_hex=read_swarm_key(network.swarm_key))
         if cfg.outer_optimizer == "noloco":  # pairs: a group of two forms without waiting for more peers
             settings = dataclasses.replace(settings, target_group_size=2)
-        peer.checkpoint_files = byte_tokenizer_files()
         averager = HivemindAverager(settings, [(peer.exchange_len,)], peer.model_hash)
         averager.start()
         peer.averager = averager

@@ -58,6 +58,19 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`tensors` on CPU, each in its own storage: safetensors refuses tensors that share one, as tied input and
+    output embeddings (small Qwen models) do; a copy of each keeps every name, so the weights load back by name."""
+    seen: set[int] = set()
+    out = {}
+    for name, t in tensors.items():
+        t = t.detach().contiguous().cpu()
+        ptr = t.untyped_storage().data_ptr()
+        out[name] = t.clone() if ptr in seen else t
+        seen.add(ptr)
+    return out
+
+
 def save_checkpoint(
     root: Path,
     *,
@@ -78,7 +91,7 @@ def save_checkpoint(
     tmp = root / f".tmp-round-{round_index:08d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.items()}, str(tmp / "model.safetensors"))
+    save_file(_unshared(model), str(tmp / "model.safetensors"))
     save_file(
         {f"outer.{i}": t.detach().contiguous().cpu() for i, t in enumerate(outer)}, str(tmp / "outer.safetensors")
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 OuterOptimizerName = Literal["diloco", "noloco", "streaming"]
 PrecisionName = Literal["auto", "fp32", "bf16"]
@@ -17,11 +17,11 @@ CodecName = Literal["fp32", "fp16", "bf16", "int8", "int4"]
 
 
 class ModelShape(BaseModel):
-    """Shape of the small Llama trained by default (built in code, seeded: every peer derives the same)."""
+    """Shape of the small Llama trained by default, built in code by serving's builder with its byte tokenizer
+    (vocabulary: the 256 bytes, then BOS, EOS and PAD), seeded: every peer derives the same weights."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    vocab_size: int = Field(256, ge=2, le=1_000_000)
     hidden_size: int = Field(64, ge=8, le=16384)
     intermediate_size: int = Field(176, ge=8, le=65536)
     num_layers: int = Field(2, ge=1, le=256)
@@ -41,7 +41,11 @@ class TrainingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: ModelShape = Field(default_factory=ModelShape)
+    model: ModelShape | str = Field(
+        default_factory=ModelShape,
+        description="a shape (built in code), an embedded model's name (default, tiny) or a local Hugging Face "
+        "checkpoint directory (Llama, Mistral, Qwen2, Qwen3) with its tokenizer, to continue or fine-tune",
+    )
     outer_optimizer: OuterOptimizerName = "diloco"
     # inner loop (AdamW with warm-up then cosine decay)
     inner_steps: int = Field(50, ge=1, le=1_000_000, description="H: inner steps per outer round")
@@ -90,14 +94,29 @@ class TrainingConfig(BaseModel):
     keep_checkpoints: int = Field(2, ge=1, le=1000)
     seed: int = Field(0, ge=0)
 
+    @field_validator("model")
+    @classmethod
+    def _model_source(cls, value: ModelShape | str) -> ModelShape | str:
+        if isinstance(value, str):
+            from training.model import check_model_source  # loads a tokenizer: only when a name or path is given
+
+            check_model_source(value)
+        return value
+
+    def context_length(self) -> int:
+        """Most positions the model takes (its config's max_position_embeddings)."""
+        if isinstance(self.model, ModelShape):
+            return self.model.max_position_embeddings
+        from training.model import source_context_length
+
+        return source_context_length(self.model)
+
     @model_validator(mode="after")
     def _consistent(self) -> TrainingConfig:
         if self.min_group_size > self.target_group_size:
             raise ValueError(f"min_group_size={self.min_group_size} exceeds target_group_size={self.target_group_size}")
-        if self.seq_len > self.model.max_position_embeddings:
-            raise ValueError(
-                f"seq_len={self.seq_len} exceeds model.max_position_embeddings={self.model.max_position_embeddings}"
-            )
+        if self.seq_len > (context := self.context_length()):
+            raise ValueError(f"seq_len={self.seq_len} exceeds model.max_position_embeddings={context}")
         if self.data_shard is not None and self.data_shard >= self.data_shards:
             raise ValueError(f"data_shard={self.data_shard} must be < data_shards={self.data_shards}")
         if self.inner_steps > self.total_steps:

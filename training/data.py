@@ -1,20 +1,25 @@
-"""Training text: the running interpreter's stdlib source (default) or files given by path, as byte ids.
+"""Training text: the running interpreter's stdlib source (default) or files given by path, as token ids.
 
-A fixed tail of the corpus is held out for eval; the rest is cut into contiguous shards, one per peer (chosen
-by rank, or derived from the peer id). Batches are random windows of a shard from a seeded generator. This
-module knows nothing about models or peers beyond a shard index.
+Each document (a file; in a .jsonl file each record: its "text", or its "prompt" then its "completion") is
+encoded as serving encodes a prompt (with the BOS the tokenizer adds, if any) and ended with EOS, so a trained
+model learns where documents end and can stop. A fixed tail of the corpus is held out for eval; the rest is cut
+into contiguous shards, one per peer (chosen by rank, or derived from the peer id). Batches are random windows
+of a shard from a seeded generator. This module knows nothing about models or peers beyond a tokenizer and a
+shard index.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import sysconfig
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
-
-from training.model import encode_text
 
 
 def _stdlib_files() -> list[Path]:
@@ -23,37 +28,63 @@ def _stdlib_files() -> list[Path]:
     return sorted(p for p in root.rglob("*.py") if not skip.intersection(p.relative_to(root).parts))
 
 
-def _read_text_file(path: Path) -> str:
+def _record_text(record: Any) -> str:
+    if isinstance(record, dict) and isinstance(record.get("text"), str):
+        return record["text"]
+    if isinstance(record, dict) and isinstance(record.get("prompt"), str) and isinstance(record.get("completion"), str):
+        return record["prompt"] + record["completion"]
+    return json.dumps(record)
+
+
+def _documents(path: Path) -> Iterator[str]:
     text = path.read_text(encoding="utf-8", errors="replace")
     if path.suffix != ".jsonl":
-        return text
-    parts = []
-    for line in text.splitlines():
+        yield text
+        return
+    for lineno, line in enumerate(text.splitlines(), 1):
         if line.strip():
-            record = json.loads(line)
-            parts.append(record["text"] if isinstance(record, dict) and "text" in record else json.dumps(record))
-    return "\n".join(parts)
+            try:
+                yield _record_text(json.loads(line))
+            except ValueError as err:
+                raise ValueError(f"{path}:{lineno} is not a JSON record ({err})") from None
 
 
-def load_corpus(data_path: Path | None, max_bytes: int) -> torch.Tensor:
-    """Byte ids of the corpus, at most `max_bytes` of them, in a deterministic file order."""
+def _files(data_path: Path | None) -> list[Path]:
     if data_path is None:
-        files = _stdlib_files()
-    elif Path(data_path).is_dir():
-        files = sorted(p for p in Path(data_path).rglob("*") if p.suffix in {".txt", ".jsonl", ".md", ".py"})
-    else:
-        files = [Path(data_path)]
+        return _stdlib_files()
+    if Path(data_path).is_dir():
+        return sorted(p for p in Path(data_path).rglob("*") if p.suffix in {".txt", ".jsonl", ".md", ".py"})
+    return [Path(data_path)]
+
+
+def load_corpus(data_path: Path | None, max_bytes: int, tokenizer: Any = None) -> torch.Tensor:
+    """Token ids of the corpus's documents (at most `max_bytes` of text, in a deterministic file order), each
+    ended by EOS; `tokenizer` defaults to the embedded byte tokenizer."""
+    if tokenizer is None:
+        from serving.model import build_byte_tokenizer
+
+        tokenizer = build_byte_tokenizer()
+    files = _files(data_path)
     if not files:
         raise FileNotFoundError(f"no text files under {data_path}")
-    chunks: list[bytes] = []
+    docs: list[str] = []
+    whole = 0  # documents kept whole (a cut last one gets no EOS: it did not end there)
     total = 0
-    for path in files:
-        data = _read_text_file(path).encode("utf-8")
-        chunks.append(data[: max_bytes - total])
-        total += len(chunks[-1])
+    for doc in itertools.chain.from_iterable(_documents(p) for p in files):
+        data = doc.encode("utf-8")
+        kept = data[: max_bytes - total]
+        docs.append(kept.decode("utf-8", errors="ignore"))
+        whole += len(kept) == len(data)
+        total += len(kept)
         if total >= max_bytes:
             break
-    return encode_text(b"".join(chunks)).to(torch.int64)
+    eos = tokenizer.eos_token_id
+    encoded = tokenizer(docs, add_special_tokens=True, verbose=False)["input_ids"]
+    for i in range(whole):
+        if eos is not None and (not encoded[i] or encoded[i][-1] != eos):
+            encoded[i] = [*encoded[i], eos]
+    count = sum(len(ids) for ids in encoded)
+    return torch.from_numpy(np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int64, count=count))
 
 
 def shard_for_peer(peer_id: str, num_shards: int) -> int:

@@ -26,10 +26,12 @@ def lr_factor(step: int, cfg: TrainingConfig) -> float:
 
 
 class InnerLoop:
-    """Owns the accelerator, the (prepared) model, AdamW and the schedule."""
+    """Owns the accelerator, the (prepared) model, AdamW and the schedule. `ignored_label` (PAD) is never a
+    target."""
 
-    def __init__(self, model: torch.nn.Module, cfg: TrainingConfig) -> None:
+    def __init__(self, model: torch.nn.Module, cfg: TrainingConfig, ignored_label: int | None = None) -> None:
         self.cfg = cfg
+        self.ignored_label = ignored_label
         use_cuda = torch.cuda.is_available()
         bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and use_cuda)
         self.accelerator = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if bf16 else "no")
@@ -56,12 +58,15 @@ class InnerLoop:
     def params(self) -> list[torch.nn.Parameter]:
         return list(self.model.parameters())
 
+    def _labels(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch if self.ignored_label is None else batch.masked_fill(batch == self.ignored_label, -100)
+
     def backward(self, batch: torch.Tensor) -> float:
         """Forward and backward on `batch` (ids, shape [B, T]); returns the loss; gradients stay in .grad."""
         self.model.train()
         batch = batch.to(self.accelerator.device)
         with self.accelerator.autocast():
-            loss = self.model(input_ids=batch, labels=batch).loss
+            loss = self.model(input_ids=batch, labels=self._labels(batch)).loss
         self.accelerator.backward(loss)
         return float(loss.detach())
 
@@ -86,5 +91,5 @@ class InnerLoop:
         for batch in batches:
             batch = batch.to(self.accelerator.device)
             with self.accelerator.autocast():
-                total += float(self.model(input_ids=batch, labels=batch).loss)
+                total += float(self.model(input_ids=batch, labels=self._labels(batch)).loss)
         return total / len(batches)

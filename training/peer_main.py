@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from comms.averaging import HivemindAverager
 from training.config import TrainingConfig
 from training.data import TokenData, load_corpus
+from training.model import load_tokenizer
 from training.trainer import TrainingPeer, averaging_settings
 
 
@@ -34,7 +35,8 @@ def main() -> None:
     out = Path(spec["out_dir"])
     torch.set_num_threads(1)
     cfg = TrainingConfig.model_validate(spec["config"])
-    data = TokenData(load_corpus(cfg.data_path, cfg.max_corpus_bytes), cfg.eval_fraction, cfg.seq_len)
+    tokens = load_corpus(cfg.data_path, cfg.max_corpus_bytes, load_tokenizer(cfg.model))
+    data = TokenData(tokens, cfg.eval_fraction, cfg.seq_len)
     peer = TrainingPeer(
         cfg, data, peer_id=spec["peer_id"], shard_index=spec["shard_index"], num_shards=spec["num_shards"]
     )

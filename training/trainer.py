@@ -37,7 +37,7 @@ from training.consensus import (
 )
 from training.data import TokenData
 from training.inner import InnerLoop
-from training.model import build_model, llama_config, model_hash
+from training.model import load_train_model
 from training.outer import OuterOptimizer, make_outer
 
 log = logging.getLogger(__name__)
@@ -165,9 +165,10 @@ class TrainingPeer:
         self.peer_id = peer_id
         self.averager = averager
         self.peers = peers or (lambda: [peer_id])
-        model = build_model(cfg.model)
-        self.model_hash = model_hash(model, cfg.model)
-        self.inner = InnerLoop(model, cfg)
+        built = load_train_model(cfg.model)
+        self.model_hash = built.model_hash
+        self.tokenizer = built.tokenizer
+        self.inner = InnerLoop(built.model, cfg, ignored_label=built.ignored_label())
         self.outer = make_outer(self.inner.params, cfg)
         self.data = data
         self.shard = data.shard(shard_index, num_shards)
@@ -177,8 +178,8 @@ class TrainingPeer:
         self.exchange_len = exchange_length(self.outer)
         self._feedback = CodecFeedback(make_codec(cfg.codec, cfg.codec_block_size)) if cfg.error_feedback else None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exchange")
-        # Extra files for every checkpoint (the node adds its tokenizer so the serving engine loads the directory).
-        self.checkpoint_files: dict[str, bytes] = {}
+        # Config and tokenizer files in every checkpoint: the serving engine loads the directory as it is.
+        self.checkpoint_files: dict[str, bytes] = built.files()
         self._group_round: int | None = None  # the group's round when it is not this peer's (see _realign)
         self._reference: list[str] = []  # the members whose state to take after this round (any of them)
         self._members: dict[str, tuple[int, str]] = {}  # what the last round's members gathered
@@ -318,7 +319,7 @@ class TrainingPeer:
                 "scheduler": self.inner.scheduler.state_dict(),
             },
             extra={"peer_id": self.peer_id, "model_hash": self.model_hash},
-            files={"config.json": llama_config(self.cfg.model).to_json_string().encode(), **self.checkpoint_files},
+            files=self.checkpoint_files,
             keep=self.cfg.keep_checkpoints,
         )
 

@@ -16,7 +16,7 @@ import pytest
 from comms.pnet import write_swarm_key
 from tests.integration.nodes import wait_until
 from training.config import TrainingConfig
-from training.model import build_model
+from training.model import load_train_model
 
 pytestmark = [pytest.mark.multipeer, pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -75,7 +75,7 @@ def test_keyed_nodes_average_and_a_killed_averager_rejoins(start_node, tmp_path:
     wait_until(lambda: min(rounds(b)) >= start_round + 3, timeout_s=120, interval_s=1.0)
 
     # Two peers: each sends the other the half of the fp16 pseudo-gradient the other reduces, once per round.
-    numel = sum(p.numel() for p in build_model(TrainingConfig().model).parameters())
+    numel = sum(p.numel() for p in load_train_model(TrainingConfig().model).model.parameters())
     half_round_bytes = math.ceil(numel / 2) * 2
     assert metric(b.http, "swarm_bytes_out_total", 'channel="averaging"') - sent_at_restart >= half_round_bytes
     for node in (a, b):

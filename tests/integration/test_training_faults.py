@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.multipeer, pytest.mark.slow, pytest.mark.timeout(240)]
 
 def tiny_config(**update: Any) -> TrainingConfig:
     base = dict(
-        model={"hidden_size": 16, "intermediate_size": 32, "num_layers": 1, "num_heads": 2, "vocab_size": 256},
+        model={"hidden_size": 16, "intermediate_size": 32, "num_layers": 1, "num_heads": 2},
         inner_steps=4, batch_size=2, seq_len=16, warmup_steps=2, total_steps=400, max_corpus_bytes=200_000,
         codec="fp32", min_group_size=2, target_group_size=8, matchmaking_time_s=1.0, round_timeout_s=8.0,
         allreduce_timeout_s=6.0, request_timeout_s=2.0, eval_batches=1,

@@ -31,7 +31,7 @@ class ForgedAverager(HivemindAverager):
 
 def tiny_config(group_size: int) -> TrainingConfig:
     return TrainingConfig.model_validate(
-        {"model": {"hidden_size": 16, "intermediate_size": 32, "num_layers": 1, "num_heads": 2, "vocab_size": 256},
+        {"model": {"hidden_size": 16, "intermediate_size": 32, "num_layers": 1, "num_heads": 2},
          "inner_steps": 2, "batch_size": 2, "seq_len": 16, "warmup_steps": 2, "total_steps": 40, "codec": "fp32",
          "min_group_size": 3, "target_group_size": group_size, "matchmaking_time_s": 1.5, "round_timeout_s": 15.0,
          "allreduce_timeout_s": 8.0, "request_timeout_s": 3.0, "eval_batches": 1}
