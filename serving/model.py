@@ -32,7 +32,8 @@ BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 
 @dataclass(frozen=True)
 class EmbeddedSpec:
-    """Shape of an embedded model. `default` serves; `tiny` keeps tests fast."""
+    """Shape of an embedded model. `default` serves (with the shipped weights); `default-random` is the same
+    network with its seeded weights (benches and tests); `tiny` keeps tests fast."""
 
     hidden_size: int
     intermediate_size: int
@@ -44,6 +45,7 @@ class EmbeddedSpec:
 
 EMBEDDED_SPECS: dict[str, EmbeddedSpec] = {
     "default": EmbeddedSpec(384, 1024, 6, 6, 2, 4096),
+    "default-random": EmbeddedSpec(384, 1024, 6, 6, 2, 4096),
     "tiny": EmbeddedSpec(64, 128, 2, 4, 2, 1024),
 }
 

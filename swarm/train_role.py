@@ -23,8 +23,6 @@ from swarm.roles import Role
 
 log = logging.getLogger(__name__)
 
-DISCOVERY_WAIT_S = 6.0  # how long to listen for other training peers before starting a DHT alone
-
 
 class AveragerRestarts:
     """Starts a dead averaging process again (it is killed when it misses a deadline, and may crash), so the peer
@@ -101,13 +99,24 @@ class TrainRole(Role):
 
     async def _initial_peers(self) -> list[str]:
         """Hivemind addresses gossiped by training peers; waits a little for the first ones to show up."""
-        with trio.move_on_after(DISCOVERY_WAIT_S):
+        with trio.move_on_after(self.config.discovery_wait_s):
             while True:
                 found = self._gossiped_hivemind_addrs()
                 if found:
                     return found
                 await trio.sleep(0.25)
         return []
+
+    async def _await_peers(self) -> None:
+        """The first step waits (bounded) until `start_peers` other training peers are set up (they announce their
+        averaging addresses then), so that a swarm started together trains together from its first round."""
+        with trio.move_on_after(self.config.start_wait_s):
+            while True:
+                announces = [e.announce for e in self.node.membership.entries()]
+                ready = {a.peer_id for a in announces if "train" in a.roles and a.hivemind_addrs} - {self.node.peer_id}
+                if len(ready) >= self.config.start_peers:
+                    return
+                await trio.sleep(0.25)
 
     def _setup(self, initial_peers: list[str]) -> str:
         from comms.averaging import HivemindAverager, averaging_host_maddrs
@@ -186,6 +195,7 @@ class TrainRole(Role):
             log.info("training %s (%s, codec %s): %s", self.peer.model_hash[:12], self.config.outer_optimizer,
                      self.config.codec, how)  # fmt: skip
             task_status.started()
+            await self._await_peers()
             self._done.clear()
             await trio.to_thread.run_sync(self._train, abandon_on_cancel=True)
             log.info("training reached total_steps=%d; still sharing state with late joiners", self.config.total_steps)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,18 +74,38 @@ class TrainSwarm:
     def checkpoint_dir(self, k: int) -> Path:
         return self.workdir / f"ckpt-{k}"
 
-    def _args(self, k: int) -> list[str]:
+    def _args(self, k: int, bootstrap: str | None) -> list[str]:
         sets = {**self.settings, **self.per_node.get(k, {}), "training.checkpoint_dir": self.checkpoint_dir(k)}
         args = [*TRAIN_ARGS, *self.extra_args]
         for key, value in sets.items():
             args += ["--set", f"{key}={value}"]
-        if self.nodes:
-            args += ["--peer", self.nodes[-1].addr]
+        if bootstrap:
+            args += ["--peer", bootstrap]
         return args
+
+    def start_all(self, timeout_s: float) -> None:
+        """Start every node at once (`poll` notices when each listens). Each gets an identity and a free port
+        first, so node k can be given node k-1's address before that one listens (discovery retries). Node 0
+        starts its averaging DHT at once; the others wait for its address in gossip, so all join one DHT."""
+        from comms.identity import generate_identity, peer_id_of, write_identity
+
+        addrs = []
+        for k in range(self.num_nodes):
+            key = generate_identity()
+            write_identity(self.workdir / f"{self.name}-{k}.key", key)
+            addrs.append(f"/ip4/127.0.0.1/tcp/{_free_port()}/p2p/{peer_id_of(key)}")
+        for k, addr in enumerate(addrs):
+            key_file = self.workdir / f"{self.name}-{k}.key"
+            args = [*self._args(k, addrs[k - 1] if k else None), "--identity", str(key_file),
+                    "--set", f"training.discovery_wait_s={0.0 if k == 0 else timeout_s}"]  # fmt: skip
+            local = ("--listen", addr.rsplit("/p2p/", 1)[0], "--http", "127.0.0.1:0")
+            self.nodes.append(LocalPeer(self.workdir, f"{self.name}-{k}", args, local_args=local, env=THREADS_ENV))
+            self.progress.append(NodeProgress())
 
     def start_node(self, timeout_s: float) -> LocalPeer:
         k = len(self.nodes)
-        node = LocalPeer(self.workdir, f"{self.name}-{k}", self._args(k), env=THREADS_ENV)
+        bootstrap = self.nodes[-1].addr if self.nodes else None
+        node = LocalPeer(self.workdir, f"{self.name}-{k}", self._args(k, bootstrap), env=THREADS_ENV)
         self.nodes.append(node)
         self.progress.append(NodeProgress())
         return node.wait_ready(timeout_s)
@@ -93,13 +114,18 @@ class TrainSwarm:
         for node, progress in zip(self.nodes, self.progress, strict=True):
             if node.proc.poll() is not None:
                 raise RuntimeError(f"{node.name} exited with {node.proc.returncode}:\n{node.log_tail()}")
+            if not node.info:
+                if not node.info_file.exists():
+                    continue  # still setting up: it writes its info file once it listens
+                node.wait_ready(1.0)
             try:
                 progress.update(httpx.get(f"{node.http}/metrics", timeout=5.0).text)
             except httpx.HTTPError:
                 pass  # a busy node answers on the next poll
         return self.progress
 
-    def training(self, k: int) -> bool:
+    def set_up(self, k: int) -> bool:
+        """Node k built its model and evaluated it once (it announces its averaging addresses now)."""
         return self.progress[k].step > 0 or bool(self.progress[k].eval_by_round)
 
     @property
@@ -129,6 +155,12 @@ class TrainSwarm:
 
     def stop(self) -> list[int | None]:
         return stop_all(self.nodes, timeout_s=30.0)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def wait_until(predicate: Any, deadline: float, poll: Any, interval_s: float = 1.0) -> bool:

@@ -92,6 +92,14 @@ class TrainingConfig(BaseModel):
     eval_batches: int = Field(8, ge=1, le=100_000)
     checkpoint_dir: Path | None = None
     keep_checkpoints: int = Field(2, ge=1, le=1000)
+    discovery_wait_s: float = Field(
+        6.0,
+        ge=0.0,
+        le=86400.0,
+        description="listen this long for training peers' averaging addresses before starting alone",
+    )
+    start_peers: int = Field(0, ge=0, le=4096, description="before the first step, wait for this many other peers")
+    start_wait_s: float = Field(120.0, ge=0.0, le=86400.0, description="... for at most this long")
     seed: int = Field(0, ge=0)
 
     @field_validator("model")

@@ -9,6 +9,7 @@ knows nothing about peers or outer optimizers.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -34,7 +35,9 @@ class InnerLoop:
         self.ignored_label = ignored_label
         use_cuda = torch.cuda.is_available()
         bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and use_cuda)
-        self.accelerator = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if bf16 else "no")
+        self.accelerator = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if bf16 and use_cuda else "no")
+        # On CPU, torch's autocast directly: accelerate's precision is one per process, and tests mix them.
+        self.cpu_bf16 = bf16 and not use_cuda
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=cfg.inner_lr, weight_decay=cfg.inner_weight_decay, betas=(0.9, 0.95)
         )
@@ -54,6 +57,11 @@ class InnerLoop:
         scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         self.steps_done = step
 
+    def _autocast(self) -> Any:
+        if self.cpu_bf16:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return self.accelerator.autocast()
+
     @property
     def params(self) -> list[torch.nn.Parameter]:
         return list(self.model.parameters())
@@ -65,7 +73,7 @@ class InnerLoop:
         """Forward and backward on `batch` (ids, shape [B, T]); returns the loss; gradients stay in .grad."""
         self.model.train()
         batch = batch.to(self.accelerator.device)
-        with self.accelerator.autocast():
+        with self._autocast():
             loss = self.model(input_ids=batch, labels=self._labels(batch)).loss
         self.accelerator.backward(loss)
         return float(loss.detach())
@@ -90,6 +98,6 @@ class InnerLoop:
         total = 0.0
         for batch in batches:
             batch = batch.to(self.accelerator.device)
-            with self.accelerator.autocast():
+            with self._autocast():
                 total += float(self.model(input_ids=batch, labels=self._labels(batch)).loss)
         return total / len(batches)
