@@ -50,6 +50,10 @@ EMBEDDED_SPECS: dict[str, EmbeddedSpec] = {
 }
 
 
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+SHIPPED_WEIGHTS = {"default": "default.safetensors"}  # embedded models served with trained weights
+
+
 @dataclass
 class LoadedModel:
     """A causal LM ready for the runner, with its tokenizer and identity."""
@@ -84,10 +88,28 @@ def build_byte_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def build_embedded_model(name: str = "default", seed: int = 0) -> LoadedModel:
-    """Build the embedded model `name` with weights drawn from `seed` (same on every machine)."""
+    """Build the embedded model `name`: with the weights the package ships for it (`default`; `seed` unused), else
+    with weights drawn from `seed` (same on every machine)."""
     if name not in EMBEDDED_SPECS:
         raise ProtocolError(ErrorCode.NOT_FOUND, f"no embedded model {name!r}", field="model")
+    if name in SHIPPED_WEIGHTS:
+        return _load_shipped(name)
     return build_llama(EMBEDDED_SPECS[name], seed, f"swarm-embedded-{name}-seed{seed}")
+
+
+def _load_shipped(name: str) -> LoadedModel:
+    """The embedded network with the weights a swarm of ours trained (`swarm model train-default`), stored fp16."""
+    from safetensors.torch import load_file
+
+    path = WEIGHTS_DIR / SHIPPED_WEIGHTS[name]
+    if not path.is_file():
+        raise ProtocolError(ErrorCode.NOT_FOUND, f"the embedded {name!r} model's weights ({path}) are missing: "
+                            f"reinstall the package, or use {name}-random (seeded weights)", field="model")  # fmt: skip
+    loaded = build_llama(EMBEDDED_SPECS[name], 0, f"swarm-embedded-{name}")
+    weights = {key: t.to(torch.float32) for key, t in load_file(str(path)).items()}
+    loaded.hf_model.load_state_dict(weights, strict=True)
+    loaded.hf_model.eval()
+    return LoadedModel(loaded.hf_model, loaded.tokenizer, loaded.model_id, weights_hash(loaded.hf_model))
 
 
 def build_llama(spec: EmbeddedSpec, seed: int, model_id: str) -> LoadedModel:
@@ -154,7 +176,7 @@ def load_checkpoint(path: str) -> LoadedModel:
 
 
 def load_model(name_or_path: str, seed: int = 0) -> LoadedModel:
-    """`default` / `tiny` build the embedded model; anything else is a checkpoint directory."""
+    """`default` / `default-random` / `tiny` build the embedded model; anything else is a checkpoint directory."""
     if name_or_path in EMBEDDED_SPECS:
         return build_embedded_model(name_or_path, seed)
     return load_checkpoint(name_or_path)
