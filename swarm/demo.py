@@ -32,6 +32,7 @@ from swarm.train_swarm import THREADS_ENV, TrainSwarm
 
 NODE_ARGS = ("--heartbeat-s", "1", "--peer-timeout-s", "10")
 START_TIMEOUT_S = 180.0
+STOP_TIMEOUT_S = 60.0  # a node's clean exit (checkpoint, threads) can take long on a busy machine
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,8 @@ class DemoPlan:
                 "training.keep_checkpoints": 1, "training.start_peers": num_nodes - 1}  # fmt: skip
 
 
-FULL = DemoPlan("default-random", 120, 20, 8, 128, 2_000_000, 3e-3, 4, 64)
-QUICK = DemoPlan("tiny", 100, 50, 8, 64, 300_000, 1e-2, 2, 64)
+FULL = DemoPlan("default-random", 120, 20, 8, 128, 2_000_000, 3e-3, 3, 128)
+QUICK = DemoPlan("tiny", 100, 50, 8, 64, 300_000, 1e-2, 2, 128)
 # Lines a briefly trained byte model can finish: the answer is the rest of the line (stop at its end).
 PROMPTS = ("import os\nimport sys\nimport ", "from os import path\nfrom typing import ")
 STOP = ["\n"]
@@ -154,7 +155,7 @@ class Demo:
         from training.rl_warmstart import WarmStartSettings
 
         console = self.console
-        codes = stop_all(self.train.nodes, timeout_s=30.0)  # training is over; their CPU goes to RL
+        codes = stop_all(self.train.nodes, timeout_s=STOP_TIMEOUT_S)  # training is over; their CPU goes to RL
         self.summary.exit_codes += codes
         console.print(f"[bold]3. RL: {self.num_nodes} nodes share rollouts for {self.plan.rl_rounds} rounds[/]")
         rl_cfg = build_config({}).rl
@@ -197,7 +198,7 @@ class Demo:
 
     def close(self) -> None:
         nodes = [*self.train.nodes, *([self.server] if self.server else []), *self.rl_nodes]
-        codes = stop_all([n for n in nodes if n.proc.poll() is None], timeout_s=30.0)
+        codes = stop_all([n for n in nodes if n.proc.poll() is None], timeout_s=STOP_TIMEOUT_S)
         self.summary.exit_codes += codes
         self.summary.total_s = round(time.monotonic() - self.started, 1)
 

@@ -14,8 +14,9 @@ from typing import Any
 
 import httpx
 
-# Sampled, seeded: greedy decoding of a briefly trained byte model repeats itself and never reaches a line's end.
-TEMPERATURE = 0.7
+# Sampled from the model as it is (seeded): greedy decoding of a briefly trained byte model repeats itself and
+# never reaches a line's end, and a lower temperature makes the rarer newline rarer still.
+TEMPERATURE = 1.0
 SUCCESS = re.compile(r"^vllm:request_success_total\{[^}]*\} (\S+)$", re.MULTILINE)
 
 
