@@ -130,8 +130,10 @@ class Demo:
         self.server = LocalPeer(self.workdir, "server", ["--roles", "serve", "--model", str(checkpoint), *NODE_ARGS,
                                 "--peer", self.train.nodes[-1].addr, "--set", "serving.num_threads=1"],
                                 env=THREADS_ENV)  # fmt: skip
-        self.server.wait_ready(min(self._left(), START_TIMEOUT_S))
         gateway = self.train.nodes[0]
+        with _progress(console) as progress:
+            progress.add_task("the server loads the checkpoint and profiles this machine", total=None)
+            self.server.wait_ready(min(self._left(), START_TIMEOUT_S))
         with _progress(console) as progress:
             progress.add_task(f"{gateway.name} learns of the server's model through gossip", total=None)
             while not (models := model_ids(gateway.http)):
@@ -170,16 +172,9 @@ class Demo:
             warm, stats = cached_warm_start("tiny", 0, rl_cfg, settings, on_probe)
         console.print(f"  warm start: {stats['steps']} steps, probe reward {stats['probe']['mean']:.3f} ({warm})")
         logs = [RlProgress(self.workdir / f"rl-{k}.jsonl") for k in range(self.num_nodes)]
-        for k in range(self.num_nodes):
-            boot = self.rl_nodes[-1].addr if self.rl_nodes else self.server.addr
-            sets = {"rl.max_rounds": self.plan.rl_rounds, "rl.log_file": logs[k].path, "rl.start_peers":
-                    self.num_nodes - 1, "rl.checkpoint_dir": self.workdir / f"rl-ckpt-{k}", "rl.round_wait_s": 5.0,
-                    "serving.num_threads": 1, "serving.dtype": "float32"}  # fmt: skip
-            args = ["--roles", "rl", "--model", str(warm), *NODE_ARGS, "--peer", boot]
-            for key, value in sets.items():
-                args += ["--set", f"{key}={value}"]
-            self.rl_nodes.append(LocalPeer(self.workdir, f"rl-{k}", args, env=THREADS_ENV))
-            self.rl_nodes[-1].wait_ready(min(self._left(), START_TIMEOUT_S))
+        with _progress(console) as progress:
+            progress.add_task(f"starting {self.num_nodes} RL nodes (a chain from the server)", total=None)
+            self._start_rl_nodes(warm, logs)
         with _progress(console) as progress:
             task = progress.add_task("RL rounds (all nodes)", total=self.plan.rl_rounds * self.num_nodes)
             while any(len(log.rounds) < self.plan.rl_rounds for log in logs):
@@ -195,6 +190,18 @@ class Demo:
                 progress.update(task, completed=done, description=f"RL rounds (all nodes){last}")
                 time.sleep(0.5)
         self.summary.rl(logs)
+
+    def _start_rl_nodes(self, warm: Path, logs: list[RlProgress]) -> None:
+        for k in range(self.num_nodes):
+            boot = self.rl_nodes[-1].addr if self.rl_nodes else self.server.addr
+            sets = {"rl.max_rounds": self.plan.rl_rounds, "rl.log_file": logs[k].path, "rl.start_peers":
+                    self.num_nodes - 1, "rl.checkpoint_dir": self.workdir / f"rl-ckpt-{k}", "rl.round_wait_s": 5.0,
+                    "serving.num_threads": 1, "serving.dtype": "float32"}  # fmt: skip
+            args = ["--roles", "rl", "--model", str(warm), *NODE_ARGS, "--peer", boot]
+            for key, value in sets.items():
+                args += ["--set", f"{key}={value}"]
+            self.rl_nodes.append(LocalPeer(self.workdir, f"rl-{k}", args, env=THREADS_ENV))
+            self.rl_nodes[-1].wait_ready(min(self._left(), START_TIMEOUT_S))
 
     def close(self) -> None:
         nodes = [*self.train.nodes, *([self.server] if self.server else []), *self.rl_nodes]
