@@ -51,7 +51,7 @@ START_LOAD = 0.5
 class BenchSettings:
     """Sizes and knobs of one bench run (`for_size` gives the --quick and default sizes)."""
 
-    model: str = "default"
+    model: str = "default-random"  # the default network with seeded weights: answers run to their lengths
     device: str = "auto"
     dtype: str = "auto"
     threads: int | None = None

@@ -36,7 +36,8 @@ BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 
 @dataclass(frozen=True)
 class EmbeddedSpec:
-    """Shape of an embedded model. `default` serves; `tiny` keeps tests fast."""
+    """Shape of an embedded model. `default` serves (with the shipped weights); `default-random` is the same
+    network with its seeded weights (benches and tests); `tiny` keeps tests fast."""
 
     hidden_size: int
     intermediate_size: int
@@ -48,8 +49,13 @@ class EmbeddedSpec:
 
 EMBEDDED_SPECS: dict[str, EmbeddedSpec] = {
     "default": EmbeddedSpec(384, 1024, 6, 6, 2, 4096),
+    "default-random": EmbeddedSpec(384, 1024, 6, 6, 2, 4096),
     "tiny": EmbeddedSpec(64, 128, 2, 4, 2, 1024),
 }
+
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+SHIPPED_WEIGHTS = {"default": "default.safetensors"}  # embedded models served with trained weights
 
 
 @dataclass
@@ -86,12 +92,30 @@ def build_byte_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def build_embedded_model(name: str = "default", seed: int = 0, family: str = "llama") -> LoadedModel:
-    """Build the embedded model `name` with weights drawn from `seed` (same on every machine); `family` other
-    than llama gives a network of that family with the same shape (to try a family's checkpoints without one)."""
+    """Build the embedded model `name`: with the weights the package ships for it (`default`, a Llama; `seed`
+    unused), else with weights drawn from `seed` (same on every machine); `family` other than llama gives a network
+    of that family with the same shape (to try a family's checkpoints without one)."""
     if name not in EMBEDDED_SPECS:
         raise ProtocolError(ErrorCode.NOT_FOUND, f"no embedded model {name!r}", field="model")
+    if name in SHIPPED_WEIGHTS and family == "llama":
+        return _load_shipped(name)
     suffix = "" if family == "llama" else f"-{family}"
     return build_in_code(EMBEDDED_SPECS[name], seed, f"swarm-embedded-{name}{suffix}-seed{seed}", family)
+
+
+def _load_shipped(name: str) -> LoadedModel:
+    """The embedded network with the weights a swarm of ours trained (`swarm model train-default`), stored fp16."""
+    from safetensors.torch import load_file
+
+    path = WEIGHTS_DIR / SHIPPED_WEIGHTS[name]
+    if not path.is_file():
+        raise ProtocolError(ErrorCode.NOT_FOUND, f"the embedded {name!r} model's weights ({path}) are missing: "
+                            f"reinstall the package, or use {name}-random (seeded weights)", field="model")  # fmt: skip
+    loaded = build_in_code(EMBEDDED_SPECS[name], 0, f"swarm-embedded-{name}")
+    weights = {key: t.to(torch.float32) for key, t in load_file(str(path)).items()}
+    loaded.hf_model.load_state_dict(weights, strict=True)
+    loaded.hf_model.eval()
+    return LoadedModel(loaded.hf_model, loaded.tokenizer, loaded.model_id, weights_hash(loaded.hf_model))
 
 
 def _family_config(family: str, spec: EmbeddedSpec, **common: Any) -> PretrainedConfig:
@@ -175,7 +199,7 @@ def load_checkpoint(path: str) -> LoadedModel:
 
 
 def load_model(name_or_path: str, seed: int = 0) -> LoadedModel:
-    """`default` / `tiny` build the embedded model; anything else is a checkpoint directory."""
+    """`default` / `default-random` / `tiny` build the embedded model; anything else is a checkpoint directory."""
     if name_or_path in EMBEDDED_SPECS:
         return build_embedded_model(name_or_path, seed)
     return load_checkpoint(name_or_path)

@@ -168,7 +168,7 @@ def run_swarm_bench(
     load_fraction: float = 0.6,
     base_slowdown: float = 6.0,
     refusing_peers: bool = False,
-    model: str = "default",
+    model: str = "default-random",
     progress=None,
     requests: int | None = None,
     repeats: int | None = None,

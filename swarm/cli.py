@@ -16,13 +16,23 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 bench_app = typer.Typer(help="Benchmarks: each runs its baselines in the same run and reports ratios.")
-model_app = typer.Typer(help="Models: export the embedded default as a checkpoint directory.")
+model_app = typer.Typer(help="Models: export the embedded default as a checkpoint directory; train its weights.")
 app.add_typer(bench_app, name="bench")
 app.add_typer(model_app, name="model")
 
 
 def _register_all() -> None:
-    from swarm import cli_coschedule, cli_doctor, cli_node, cli_rl, cli_scale, cli_serving, cli_soak, cli_training
+    from swarm import (
+        cli_coschedule,
+        cli_doctor,
+        cli_model,
+        cli_node,
+        cli_rl,
+        cli_scale,
+        cli_serving,
+        cli_soak,
+        cli_training,
+    )
 
     cli_node.register(app, bench_app)
     cli_doctor.register(app)
@@ -32,6 +42,7 @@ def _register_all() -> None:
     cli_soak.register(bench_app)
     cli_coschedule.register(bench_app)
     cli_scale.register(bench_app)
+    cli_model.register(model_app)
 
 
 def main() -> None:

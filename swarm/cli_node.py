@@ -221,13 +221,16 @@ def status(
 
 
 def demo(
-    nodes: Annotated[int, typer.Option(help="How many nodes to start.", min=2, max=8)] = 3,
-    timeout_s: Annotated[float, typer.Option(help="Give up if not converged by then.", min=5)] = 60.0,
+    nodes: Annotated[int, typer.Option(help="How many nodes train (and then share rollouts).", min=2, max=8)] = 3,
+    timeout_s: Annotated[float, typer.Option(help="Give up (exit code 1) if not done by then.", min=5)] = 600.0,
+    quick: Annotated[bool, typer.Option("--quick", help="The tiny model and fewer steps (for tests).")] = False,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the summary JSON here.")] = None,
+    plot_path: Annotated[Path | None, typer.Option("--plot", help="PNG of the loss and reward curves.")] = None,
 ) -> None:
-    """Start a local swarm on 127.0.0.1, watch it converge, print a summary and shut it down."""
+    """The mission on this machine: nodes join, train together, serve the result, share RL rollouts; a summary."""
     from swarm.demo import run_demo
 
-    raise typer.Exit(run_demo(num_nodes=nodes, timeout_s=timeout_s))
+    raise typer.Exit(run_demo(nodes, timeout_s, quick=quick, json_path=json_path, plot_path=plot_path))
 
 
 def bench_comms(

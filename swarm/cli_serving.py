@@ -117,7 +117,9 @@ def bench_serve(
     quick: Annotated[bool, typer.Option("--quick", help="Small sizes: about 5 minutes on 2 quiet CPU cores.")] = False,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the result JSON here.")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write SLO attainment vs rate (PNG) here.")] = None,
-    model: Annotated[str, typer.Option(help='"default" (embedded) or a local HF checkpoint directory.')] = "default",
+    model: Annotated[
+        str, typer.Option(help='"default-random" (the default network, seeded weights) or a checkpoint directory.')
+    ] = "default-random",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda...")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 (every system runs in it)")] = "auto",
     threads: Annotated[

@@ -30,8 +30,10 @@ class LocalPeer:
         args: list[str],
         log_level: str = "INFO",
         local_args: tuple[str, ...] = LOCAL_ARGS,
+        env: dict[str, str] | None = None,
     ) -> None:
-        """`local_args`: where it listens (free ports by default; fixed ones let a restarted peer keep its address)."""
+        """`local_args`: where it listens (free ports by default; fixed ones let a restarted peer keep its address);
+        `env`: variables added to this process's environment (thread counts)."""
         self.name = name
         self.info_file = Path(workdir) / f"{name}.json"
         self.log_path = Path(workdir) / f"{name}.log"
@@ -39,7 +41,7 @@ class LocalPeer:
         cmd = [sys.executable, "-m", "swarm", "join", *local_args, "--info-file", str(self.info_file),
                "--log-level", log_level, *args]  # fmt: skip
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         self.info: dict[str, Any] = {}
 
     def wait_ready(self, timeout_s: float = 60.0) -> LocalPeer:

@@ -31,7 +31,8 @@ def serves_model(announce: PeerAnnounce, model: str | None) -> bool:
         return False
     if not model or announce.model_id == model:
         return True
-    return announce.model_id.startswith(f"{EMBEDDED_PREFIX}{model}-seed")
+    short = f"{EMBEDDED_PREFIX}{model}"  # shipped weights (the default), or seeded ones
+    return announce.model_id == short or announce.model_id.startswith(f"{short}-seed")
 
 
 @dataclass

@@ -23,9 +23,6 @@ from swarm.roles import Role
 
 log = logging.getLogger(__name__)
 
-NUM_DATA_SHARDS = 16  # a peer's shard is derived from its PeerID among these
-DISCOVERY_WAIT_S = 6.0  # how long to listen for other training peers before starting a DHT alone
-
 
 class AveragerRestarts:
     """Starts a dead averaging process again (it is killed when it misses a deadline, and may crash), so the peer
@@ -103,13 +100,24 @@ class TrainRole(Role):
 
     async def _initial_peers(self) -> list[str]:
         """Hivemind addresses gossiped by training peers; waits a little for the first ones to show up."""
-        with trio.move_on_after(DISCOVERY_WAIT_S):
+        with trio.move_on_after(self.config.discovery_wait_s):
             while True:
                 found = self._gossiped_hivemind_addrs()
                 if found:
                     return found
                 await trio.sleep(0.25)
         return []
+
+    async def _await_peers(self) -> None:
+        """The first step waits (bounded) until `start_peers` other training peers are set up (they announce their
+        averaging addresses then), so that a swarm started together trains together from its first round."""
+        with trio.move_on_after(self.config.start_wait_s):
+            while True:
+                announces = [e.announce for e in self.node.membership.entries()]
+                ready = {a.peer_id for a in announces if "train" in a.roles and a.hivemind_addrs} - {self.node.peer_id}
+                if len(ready) >= self.config.start_peers:
+                    return
+                await trio.sleep(0.25)
 
     def _setup(self, initial_peers: list[str]) -> str:
         from comms.averaging import HivemindAverager, averaging_host_maddrs
@@ -125,8 +133,9 @@ class TrainRole(Role):
             )
         tokens = load_corpus(cfg.data_path, cfg.max_corpus_bytes, load_tokenizer(cfg.model))
         data = TokenData(tokens, cfg.eval_fraction, cfg.seq_len)
-        shard = shard_for_peer(self.node.peer_id, NUM_DATA_SHARDS)
-        peer = TrainingPeer(cfg, data, peer_id=self.node.peer_id, shard_index=shard, num_shards=NUM_DATA_SHARDS,
+        shards = cfg.data_shards
+        shard = cfg.data_shard if cfg.data_shard is not None else shard_for_peer(self.node.peer_id, shards)
+        peer = TrainingPeer(cfg, data, peer_id=self.node.peer_id, shard_index=shard, num_shards=shards,
                             peers=self._train_peer_ids)  # fmt: skip
         network = self.node.config.network
         settings = averaging_settings(
@@ -145,6 +154,7 @@ class TrainRole(Role):
                                          max_failures=cfg.averager_max_restart_failures,
                                          backoff_s=cfg.averager_restart_backoff_s)  # fmt: skip
         how = peer.resume_or_join(join_timeout_s=20.0 if initial_peers else None)
+        peer.evaluate()  # where this peer starts: every later round's eval loss compares with it
         self.peer = peer
         self._coschedule(peer)
         return how
@@ -169,7 +179,8 @@ class TrainRole(Role):
             while not self._stop.is_set() and self.peer.status.step < self.config.total_steps:
                 if self.restarts is not None and not self._stop.is_set():  # the averager is closed on stop
                     self.restarts.check()
-                self.peer.run(1, should_stop=self._stop.is_set)
+                # eval loss of the held-out split at every round's end (the weights the group agreed on)
+                self.peer.run(1, eval_every=self.config.inner_steps, should_stop=self._stop.is_set)
         except TrainerStopped:  # the node stops while a micro-step waits for its grant: the step is dropped
             pass
         finally:
@@ -203,6 +214,7 @@ class TrainRole(Role):
             log.info("training %s (%s, codec %s): %s", self.peer.model_hash[:12], self.config.outer_optimizer,
                      self.config.codec, how)  # fmt: skip
             task_status.started()
+            await self._await_peers()
             self._done.clear()
             await trio.to_thread.run_sync(self._train, abandon_on_cancel=True)
             log.info("training reached total_steps=%d; still sharing state with late joiners", self.config.total_steps)

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 OuterOptimizerName = Literal["diloco", "noloco", "streaming"]
+PrecisionName = Literal["auto", "fp32", "bf16"]
 CodecName = Literal["fp32", "fp16", "bf16", "int8", "int4", "int2"]
 
 
@@ -68,6 +69,7 @@ class TrainingConfig(BaseModel):
     num_fragments: int = Field(4, ge=1, le=1024, description="P: strided fragments for streaming DiLoCo")
     overlap_steps: int = Field(1, ge=0, le=1_000_000, description="tau: inner steps that overlap an exchange")
     merge_alpha: float = Field(0.5, ge=0.0, le=1.0, description="streaming: weight of the synced fragment")
+    precision: PrecisionName = Field("auto", description="auto: bf16 autocast on CUDA, fp32 elsewhere")
     # exchange
     codec: CodecName = "fp16"
     codec_block_size: int = Field(64, ge=8, le=1 << 20, description="values per block (int8/int4/int2)")
@@ -87,10 +89,20 @@ class TrainingConfig(BaseModel):
     # data and checkpoints
     data_path: Path | None = Field(None, description="text or jsonl file/dir; default: interpreter's stdlib")
     max_corpus_bytes: int = Field(4_000_000, ge=1024, le=1 << 40)
+    data_shards: int = Field(16, ge=1, le=1_000_000, description="shards the train split is cut into")
+    data_shard: int | None = Field(None, ge=0, description="this peer's shard (None: derived from its PeerID)")
     eval_fraction: float = Field(0.05, gt=0.0, lt=0.5)
     eval_batches: int = Field(8, ge=1, le=100_000)
     checkpoint_dir: Path | None = None
     keep_checkpoints: int = Field(2, ge=1, le=1000)
+    discovery_wait_s: float = Field(
+        6.0,
+        ge=0.0,
+        le=86400.0,
+        description="listen this long for training peers' averaging addresses before starting alone",
+    )
+    start_peers: int = Field(0, ge=0, le=4096, description="before the first step, wait for this many other peers")
+    start_wait_s: float = Field(120.0, ge=0.0, le=86400.0, description="... for at most this long")
     seed: int = Field(0, ge=0)
 
     @field_validator("model")
@@ -116,6 +128,8 @@ class TrainingConfig(BaseModel):
             raise ValueError(f"min_group_size={self.min_group_size} exceeds target_group_size={self.target_group_size}")
         if self.seq_len > (context := self.context_length()):
             raise ValueError(f"seq_len={self.seq_len} exceeds model.max_position_embeddings={context}")
+        if self.data_shard is not None and self.data_shard >= self.data_shards:
+            raise ValueError(f"data_shard={self.data_shard} must be < data_shards={self.data_shards}")
         if self.inner_steps > self.total_steps:
             raise ValueError(
                 f"inner_steps={self.inner_steps} exceeds total_steps={self.total_steps}: no outer round would complete"

@@ -1,6 +1,7 @@
 """Inner loop: accelerate-prepared model and AdamW with linear warm-up, cosine decay and grad clipping.
 
-bf16 autocast is used when a CUDA device is present, fp32 on CPU. `step` is one optimizer step on one batch;
+bf16 autocast is used when a CUDA device is present or `precision` asks for it (fast on CPUs with AMX), fp32
+otherwise; weights and optimizer state stay fp32. `step` is one optimizer step on one batch;
 `backward` + `apply` split it for a data-parallel baseline that all-reduces gradients in between. This module
 knows nothing about peers or outer optimizers.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -33,7 +35,10 @@ class InnerLoop:
         self.cfg = cfg
         self.ignored_label = ignored_label
         use_cuda = torch.cuda.is_available() and cfg.device != "cpu"
-        self.accelerator = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if use_cuda else "no")
+        bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and use_cuda)
+        self.accelerator = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if bf16 and use_cuda else "no")
+        # On CPU, torch's autocast directly: accelerate's precision is one per process, and tests mix them.
+        self.cpu_bf16 = bf16 and not use_cuda
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=cfg.inner_lr, weight_decay=cfg.inner_weight_decay, betas=(0.9, 0.95)
         )
@@ -53,6 +58,11 @@ class InnerLoop:
         scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         self.steps_done = step
 
+    def _autocast(self) -> Any:
+        if self.cpu_bf16:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return self.accelerator.autocast()
+
     @property
     def params(self) -> list[torch.nn.Parameter]:
         return list(self.model.parameters())
@@ -65,7 +75,7 @@ class InnerLoop:
         add up in .grad."""
         self.model.train()
         batch = batch.to(self.accelerator.device)
-        with self.accelerator.autocast():
+        with self._autocast():
             loss = self.model(input_ids=batch, labels=self._labels(batch)).loss
         self.accelerator.backward(loss * scale if scale != 1.0 else loss)
         return float(loss.detach())
@@ -110,6 +120,6 @@ class InnerLoop:
         total = 0.0
         for batch in batches:
             batch = batch.to(self.accelerator.device)
-            with self.accelerator.autocast():
+            with self._autocast():
                 total += float(self.model(input_ids=batch, labels=self._labels(batch)).loss)
         return total / len(batches)

@@ -9,18 +9,35 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.multipeer, pytest.mark.slow, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.multipeer, pytest.mark.slow]
 
 
-def test_demo_converges_and_exits_zero() -> None:
+@pytest.mark.timeout(660)
+def test_demo_runs_the_mission_and_reports_it(tmp_path: Path) -> None:
+    """The reduced demo (tiny model, fewer steps): nodes train together, a node serves what they trained, RL nodes
+    share rollouts; the JSON holds what each phase measured, and the exit code says every check passed."""
+    out, png = tmp_path / "demo.json", tmp_path / "demo.png"
     result = subprocess.run(
-        [sys.executable, "-m", "swarm", "demo", "--timeout-s", "60"], capture_output=True, text=True, timeout=150
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "converged" in result.stdout
-    assert "shutdown exit codes: [0, 0, 0]" in result.stdout
+        [sys.executable, "-m", "swarm", "demo", "--quick", "--timeout-s", "600", "--json", str(out),
+         "--plot", str(png)], capture_output=True, text=True, timeout=640,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["converged_s"] > 0 and data["num_nodes"] == 3
+    assert data["train_rounds"] == data["plan"]["total_steps"] // data["plan"]["inner_steps"]
+    assert {"0", str(data["train_rounds"])} <= set(data["eval_loss_by_round"])  # before training, after the last
+    assert data["eval_loss_end"] <= 0.9 * data["eval_loss_start"]
+    assert data["served_requests"] >= 2
+    assert [a["via"] for a in data["answers"]] == list(data["ttft_ms"])
+    assert all(a["finish_reason"] == "stop" and a["ttft_ms"] > 0 for a in data["answers"])
+    assert data["rl_rounds"] == data["plan"]["rl_rounds"]
+    assert len(data["rl_reward_by_round"]) >= data["rl_rounds"]
+    assert data["rl_groups_shared"] >= data["rl_groups_used"] >= 0
+    assert data["exit_codes"] and all(code == 0 for code in data["exit_codes"])
+    assert png.read_bytes().startswith(b"\x89PNG")
 
 
+@pytest.mark.timeout(180)
 def test_bench_comms_writes_measured_json(tmp_path: Path) -> None:
     out = tmp_path / "comms.json"
     result = subprocess.run(

@@ -24,6 +24,12 @@ def test_model_matching() -> None:
     assert not serves_model(a, "tiny") and not serves_model(a, "other")
     assert not serves_model(server("c", 1, roles=("client",)), "")
     assert serves_model(server("q", 1, model="qwen3-tiny"), "qwen3-tiny")
+    shipped, seeded = (
+        server("d", 1, model="swarm-embedded-default"),
+        server("r", 1, model="swarm-embedded-default-random-seed0"),
+    )
+    assert serves_model(shipped, "default") and not serves_model(shipped, "default-random")
+    assert serves_model(seeded, "default-random") and not serves_model(seeded, "default")
 
 
 def test_best_predicted_ttft_first_and_own_queue_counts() -> None:
