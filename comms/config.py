@@ -45,7 +45,7 @@ class NetworkConfig(BaseModel):
     dial_timeout_s: float = Field(5.0, gt=0, le=300)
     request_timeout_s: float = Field(10.0, gt=0, le=3600, description="Deadline of one request on a stream.")
     max_dial_peers: int = Field(16, ge=0, le=1024, description="Dial announced peers until this many connections.")
-    # Membership at scale (swarm/membership.py, swarm/gossip_policy.py): bounded tables, adaptive periods.
+    # Membership at scale (swarm/runtime/membership.py, gossip_policy.py): bounded tables, adaptive periods.
     max_peers: int = Field(2048, ge=8, le=1_000_000, description="Bound of the membership table (entries).")
     max_peers_per_model: int = Field(256, ge=4, le=1_000_000, description="Bound of the serving peers kept per model.")
     status_budget_msgs_s: float = Field(

@@ -28,8 +28,7 @@ from typing import Any
 import trio
 
 from protocols import PeerAnnounce
-from swarm.config import NodeConfig, build_config
-from swarm.dispatch import (
+from swarm.gateway.dispatch import (
     GeneratedChoice,
     GenerationRefused,
     GenerationResult,
@@ -39,6 +38,7 @@ from swarm.dispatch import (
     SwarmGenerator,
     TokenDelta,
 )
+from swarm.runtime.config import NodeConfig, build_config
 
 __all__ = ["AsyncClient", "Client", "GeneratedChoice", "GenerationRefused", "GenerationResult", "NoPeerAvailable",
            "ResumeUnavailable", "TokenDelta"]  # fmt: skip
@@ -68,7 +68,7 @@ class AsyncClient:
     ) -> None:
         """``tokenizer``: a checkpoint directory (or a loaded tokenizer) to decode answers of a model that is not
         embedded; without one, such answers keep the serving peers' own text."""
-        from swarm.node import Node
+        from swarm.runtime.node import Node
 
         if isinstance(tokenizer, str | Path):
             from transformers import AutoTokenizer

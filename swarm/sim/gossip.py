@@ -1,6 +1,6 @@
 """Gossip at scale: how long a joining node takes to be known by 99% of the swarm, and how many gossip bytes a
-node receives per second, with the node's real period policy (swarm/gossip_policy.py) and real membership tables
-(swarm/membership.py) on the virtual clock.
+node receives per second, with the node's real period policy (swarm/runtime/gossip_policy.py) and real membership tables
+(swarm/runtime/membership.py) on the virtual clock.
 
 Hot set / cold tail: `hot` nodes hold a real `Membership` fed, in time order, every announce and status that
 reaches them (arrival = publish time + the mesh's shortest hop path, swarm/sim/network.py); the other nodes only
@@ -19,13 +19,13 @@ from dataclasses import dataclass
 
 from protocols import Load, PeerAnnounce, TrainingState
 from protocols.status import PeerStatus
-from swarm.gossip_policy import announce_period_s, status_period_s
-from swarm.membership import Membership
+from swarm.runtime.gossip_policy import announce_period_s, status_period_s
+from swarm.runtime.membership import Membership
 from swarm.sim.clock import EventLoop
 from swarm.sim.network import GOSSIP_DEGREE, GOSSIP_HEARTBEAT_S, Network
 
 GOSSIP_FIRST_HEARTBEAT_S = 0.1  # py-libp2p's heartbeat_initial_delay
-ANNOUNCE_POLL_S = 0.25  # swarm/node.py checks for its first mesh link this often
+ANNOUNCE_POLL_S = 0.25  # swarm/runtime/node.py checks for its first mesh link this often
 IHAVE_ID_BYTES = 50  # a gossipsub message id (origin + seqno) in an IHAVE
 IHAVE_WINDOW = 3  # heartbeats of message ids gossiped (py-libp2p's gossip window)
 
@@ -47,8 +47,8 @@ def join_times(net: Network, joins: int, size_bytes: int, rng: random.Random) ->
 
     A joiner dials one bootstrap peer (TCP + noise + yamux + peer exchange: `handshake_s` plus 2.5 round trips),
     exchanges subscriptions (half a round trip), grafts up to D mesh peers at its first gossipsub heartbeat after
-    that (0.1 s after start, then every second), publishes its announce within one poll of swarm/node.py, and the
-    announce floods the mesh."""
+    that (0.1 s after start, then every second), publishes its announce within one poll of
+    swarm/runtime/node.py, and the announce floods the mesh."""
     out = []
     n = net.n
     for _ in range(joins):

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from protocols import Load, PeerAnnounce
 from protocols.messages import LOAD_PROBE_PROMPT_TOKENS
 from serving.latency import LatencyModel
-from swarm.route_sample import sample_candidates
-from swarm.routing import RouteState, rank_peers
+from swarm.gateway.route_sample import sample_candidates
+from swarm.gateway.routing import RouteState, rank_peers
 from swarm.sim.clock import EventLoop
 
 # The step-time profile of the embedded default model on this machine's CPU, 2 threads (serving/latency.py

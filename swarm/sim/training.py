@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 
-from swarm.gossip_policy import STATUS_MISSES
+from swarm.runtime.gossip_policy import STATUS_MISSES
 from training.outer import noloco_bucket, noloco_group_bits, noloco_num_groups
 
 CHECKED_PEERS = 16  # peers whose keys are recomputed from an explicit id list of their view's size

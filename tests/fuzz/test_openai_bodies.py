@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocols import GenerateRequest, decode, encode
-from swarm.openai_request import HONOURED, NEUTRAL, ApiError, build_request
+from swarm.web.openai_request import HONOURED, NEUTRAL, ApiError, build_request
 
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import trio
 
-from swarm.config import load_config
-from swarm.node import Node
+from swarm.runtime.config import load_config
+from swarm.runtime.node import Node
 
 # Each would set window.__pwned if a page ever turned it into markup or script.
 SCRIPT_MODEL_ID = "<script>window.__pwned='model'</script>"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 
-from swarm.local_swarm import LocalPeer
+from swarm.bench.local_swarm import LocalPeer
 
 
 class NodeProcess(LocalPeer):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from comms.averaging import AveragingError, AveragingResult, AveragingSettings, HivemindAverager
-from swarm.train_role import AveragerRestarts
+from swarm.runtime.train_role import AveragerRestarts
 from tests.integration.averager_pair import started_pair, step_both
 
 pytestmark = [pytest.mark.multipeer, pytest.mark.slow, pytest.mark.timeout(180)]

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from serving.bench import BenchSettings
 from serving.bench_workload import Mix
-from swarm import cli_serving
-from swarm.bench_http import HttpServer, run_http_trace, salted
+from swarm.bench.bench_http import HttpServer, run_http_trace, salted
+from swarm.cli import serving as cli_serving
 from tests.integration.nodes import NodeProcess, wait_until
 
 pytestmark = [pytest.mark.multipeer, pytest.mark.slow, pytest.mark.timeout(240)]

@@ -14,8 +14,8 @@ import trio
 from comms.identity import generate_identity
 from serving.request import GenerateParams
 from swarm.client import AsyncClient
-from swarm.config import build_config
-from swarm.node import Node
+from swarm.runtime.config import build_config
+from swarm.runtime.node import Node
 
 pytestmark = [pytest.mark.multipeer, pytest.mark.slow, pytest.mark.timeout(180)]
 

@@ -16,9 +16,9 @@ from protocols import encode, encode_frame
 from protocols.errors import ErrorCode
 from protocols.ids import LOAD_PROTOCOL
 from protocols.status import LOAD_LIMITS, PeerStatus
-from swarm.config import build_config
-from swarm.node import Node
-from swarm.routing import RouteState
+from swarm.gateway.routing import RouteState
+from swarm.runtime.config import build_config
+from swarm.runtime.node import Node
 
 pytestmark = [pytest.mark.multipeer, pytest.mark.slow, pytest.mark.timeout(120)]
 TINY_ID = "swarm-embedded-tiny-seed0"

@@ -15,8 +15,8 @@ from comms.host import P2PHost
 from comms.identity import generate_identity
 from protocols import STREAM_LIMITS, ErrorCode, GenerateRejected, GenerateRequest
 from protocols.ids import GENERATE_PROTOCOL
-from swarm.config import load_config
-from swarm.node import Node
+from swarm.runtime.config import load_config
+from swarm.runtime.node import Node
 
 pytestmark = [pytest.mark.multipeer, pytest.mark.timeout(120)]
 

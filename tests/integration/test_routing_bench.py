@@ -7,7 +7,7 @@ import json
 import pytest
 
 from serving.bench_workload import Mix
-from swarm.bench_swarm import POLICIES, run_swarm_bench
+from swarm.bench.bench_swarm import POLICIES, run_swarm_bench
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from protocols.ids import GENERATE_PROTOCOL, PEERS_PROTOCOL
-from swarm.bench_soak import SoakSettings, run_soak
+from swarm.bench.bench_soak import SoakSettings, run_soak
 
 pytestmark = [pytest.mark.multipeer, pytest.mark.slow, pytest.mark.timeout(240)]
 

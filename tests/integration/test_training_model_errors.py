@@ -12,7 +12,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from swarm import cli_node
+from swarm.cli import node as cli_node
 from tests.integration.tiny_checkpoints import bpe_tokenizer, save_tiny_qwen3
 
 pytestmark = [pytest.mark.timeout(180)]

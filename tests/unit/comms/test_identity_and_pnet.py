@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from comms.errors import IdentityError, SwarmKeyError
 from comms.identity import load_or_create_identity, peer_id_of, read_identity
 from comms.pnet import format_swarm_key, parse_swarm_key
-from swarm.cli import _register_all, app
+from swarm.cli.commands import _register_all, app
 
 _register_all()
 

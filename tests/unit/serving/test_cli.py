@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from typer.testing import CliRunner
 
-from swarm import cli_serving
+from swarm.cli import serving as cli_serving
 
 
 def make_app() -> typer.Typer:

@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from serving.slack import Slack
-from swarm.arbiter import Arbiter, CoscheduleConfig, Gate, TrainerStopped, decide, micro_batch_for
+from swarm.runtime.arbiter import Arbiter, CoscheduleConfig, Gate, TrainerStopped, decide, micro_batch_for
 
 TAU = 0.006
 
@@ -103,7 +103,7 @@ def test_micro_batch_is_the_largest_divisor_that_fits_tau() -> None:
 
 def test_the_trainer_runs_at_the_lowest_os_priority() -> None:
     code = (
-        "import os; from swarm.arbiter import lower_priority; got = lower_priority(); "
+        "import os; from swarm.runtime.arbiter import lower_priority; got = lower_priority(); "
         "idle = os.sched_getscheduler(0) == os.SCHED_IDLE if hasattr(os, 'SCHED_IDLE') else False; "
         "print(got, idle, os.nice(0))"
     )
@@ -120,7 +120,7 @@ def test_the_trainer_runs_at_the_lowest_os_priority() -> None:
 def test_micro_stepped_training_is_the_same_whatever_the_grants(tmp_path) -> None:
     """Two trainer processes on the same spec, one granted throughout, one granted and revoked in turns: the same
     steps see the same batches and reach the same eval loss (the bench's train_loss_ratio, as logic)."""
-    from swarm.micro_trainer import TrainerProcess, TrainerSpec
+    from swarm.runtime.micro_trainer import TrainerProcess, TrainerSpec
     from training.config import ModelShape, TrainingConfig
 
     cfg = TrainingConfig(model=ModelShape(hidden_size=32, intermediate_size=64, num_layers=1), batch_size=4,

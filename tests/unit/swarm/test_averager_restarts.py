@@ -7,7 +7,7 @@ import pytest
 
 from comms.averaging import AveragingCounters, AveragingError
 from protocols.errors import ErrorCode
-from swarm.train_role import AveragerRestarts
+from swarm.runtime.train_role import AveragerRestarts
 
 
 class FakeAverager:

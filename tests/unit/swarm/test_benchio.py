@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from swarm.benchio import BenchProgress
+from swarm.bench.benchio import BenchProgress
 
 
 def _console() -> tuple[Console, io.StringIO]:

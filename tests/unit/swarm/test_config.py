@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from swarm.cli_node import JOIN_FLAG_FIELDS
-from swarm.config import CONFIGS_DIR, ConfigError, NodeConfig, load_config
+from swarm.cli.node import JOIN_FLAG_FIELDS
+from swarm.runtime.config import CONFIGS_DIR, ConfigError, NodeConfig, load_config
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")))

@@ -7,7 +7,7 @@ import json
 from types import SimpleNamespace
 
 from serving.stats import ServingStats
-from swarm.dashboard import MAX_CURVES, MAX_LIST, MAX_PEERS, TEXT_CHARS, CurveHistory, DashboardState
+from swarm.web.dashboard import MAX_CURVES, MAX_LIST, MAX_PEERS, TEXT_CHARS, CurveHistory, DashboardState
 from tests.unit.swarm.test_role_metrics import FakeEngine
 
 

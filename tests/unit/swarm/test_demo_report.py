@@ -7,9 +7,9 @@ import json
 import math
 from pathlib import Path
 
-from swarm.demo_report import Summary
-from swarm.demo_serve import Answer, RlProgress, reward_curve
-from swarm.train_swarm import NodeProgress
+from swarm.bench.demo_report import Summary
+from swarm.bench.demo_serve import Answer, RlProgress, reward_curve
+from swarm.bench.train_swarm import NodeProgress
 
 
 def metrics(round_: int, step: int, eval_loss: float | None) -> str:

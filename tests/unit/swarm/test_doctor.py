@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import socket
 
-from swarm.config import load_config
-from swarm.doctor import SKEW_FAIL_S, SKEW_WARN_S, Endpoint, check_ports, failed, judge_skew
+from swarm.runtime.config import load_config
+from swarm.runtime.doctor import SKEW_FAIL_S, SKEW_WARN_S, Endpoint, check_ports, failed, judge_skew
 
 PEER = "12D3KooWD49UDAZMZq8aXpB9zfjCV6t1szvenRf4SWJrdgy4WAgq"
 

@@ -14,8 +14,8 @@ import trio
 from protocols import GenerateAccepted, GenerateDone, GenerateRequest, Load, PeerAnnounce, TokenChunk
 from serving.detokenizer import IncrementalDetokenizer
 from serving.model import build_byte_tokenizer
-from swarm.answer_text import AnswerText
-from swarm.dispatch import Progress, ResumeUnavailable, SwarmGenerator
+from swarm.gateway.answer_text import AnswerText
+from swarm.gateway.dispatch import Progress, ResumeUnavailable, SwarmGenerator
 
 MODEL = "swarm-embedded-tiny-seed0"
 PROMPT = "say:"

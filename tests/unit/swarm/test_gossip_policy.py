@@ -8,7 +8,7 @@ import random
 import pytest
 
 from protocols.status import MAX_STATUS_PERIOD_S
-from swarm.gossip_policy import SizeEstimate, announce_period_s, expiry_s, status_period_s
+from swarm.runtime.gossip_policy import SizeEstimate, announce_period_s, expiry_s, status_period_s
 
 
 def test_status_period_is_the_heartbeat_while_small_and_n_over_budget_past_that() -> None:

@@ -12,8 +12,8 @@ from types import SimpleNamespace
 from prometheus_client import CollectorRegistry, generate_latest
 
 from comms.metrics import NetMetrics
-from swarm.http_api import _NodeCollector
-from swarm.role_metrics import RoleCollector
+from swarm.runtime.role_metrics import RoleCollector
+from swarm.web.http_api import _NodeCollector
 from tests.unit.swarm.test_role_metrics import FakeEngine, FakeRlRole, _serve_role, _train_role
 
 DASHBOARD = Path(__file__).parents[3] / "docs" / "grafana" / "swarm-dashboard.json"

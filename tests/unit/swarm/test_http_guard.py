@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import trio
 
-from swarm.http_guard import HttpGuard, read_api_keys
+from swarm.web.http_guard import HttpGuard, read_api_keys
 
 KEYS = ["sk-first", "sk-second"]
 LIMIT = 1000

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from protocols import PeerAnnounce
-from swarm.membership import Membership
+from swarm.runtime.membership import Membership
 
 
 class Clock:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from protocols import Load, PeerAnnounce, TrainingState
 from protocols.status import PeerStatus
-from swarm.membership import Membership
+from swarm.runtime.membership import Membership
 
 
 class Clock:

@@ -10,9 +10,9 @@ import pytest
 from starlette.applications import Starlette
 
 from protocols import GenerateRequest, PeerAnnounce
-from swarm.config import build_config
-from swarm.dispatch import GenerationResult
-from swarm.openai_api import ApiError, OpenAIApi, build_request
+from swarm.gateway.dispatch import GenerationResult
+from swarm.runtime.config import build_config
+from swarm.web.openai_api import ApiError, OpenAIApi, build_request
 
 BASE = {"model": "tiny", "prompt": "x"}
 

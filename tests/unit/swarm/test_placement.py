@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from protocols import Device
-from swarm.config import ConfigError
-from swarm.hardware import device_specs, system_memory_bytes
-from swarm.placement import DeviceSpec, place
+from swarm.runtime.config import ConfigError
+from swarm.runtime.hardware import device_specs, system_memory_bytes
+from swarm.runtime.placement import DeviceSpec, place
 
 GIB = 2**30
 CPU = DeviceSpec("cpu", "cpu", 64 * GIB, 300.0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from swarm.rl_bench import merge_seeds, ratios
+from swarm.bench.rl_bench import merge_seeds, ratios
 
 
 def _run(cum: float, curve: list[float], *, eval_acc: float | None, forged: int = 0, used: int = 0) -> dict:

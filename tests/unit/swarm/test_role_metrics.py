@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from serving.engine import LoadStats
 from serving.stats import ServingStats
-from swarm.role_metrics import RlCounters, RoleCollector, StatusLine
+from swarm.runtime.role_metrics import RlCounters, RoleCollector, StatusLine
 
 
 class FakeEngine:

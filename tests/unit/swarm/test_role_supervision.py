@@ -7,9 +7,9 @@ import pytest
 import trio
 
 from comms.identity import generate_identity
-from swarm.config import load_config
-from swarm.node import Node
-from swarm.roles import Role, RoleFailed
+from swarm.runtime.config import load_config
+from swarm.runtime.node import Node
+from swarm.runtime.roles import Role, RoleFailed
 
 
 class FakeRole(Role):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import random
 
 from protocols import Load, PeerAnnounce
-from swarm.route_sample import is_stale, sample_candidates
-from swarm.routing import RouteState, rank_peers
+from swarm.gateway.route_sample import is_stale, sample_candidates
+from swarm.gateway.routing import RouteState, rank_peers
 
 
 def server(peer: str, ttft_ms: float, model: str = "m") -> PeerAnnounce:

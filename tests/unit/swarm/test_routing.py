@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from protocols import Load, PeerAnnounce
-from swarm.routing import RouteState, rank_peers, serves_model
+from swarm.gateway.routing import RouteState, rank_peers, serves_model
 
 
 def server(

@@ -8,7 +8,7 @@ import pytest
 
 from protocols import Load, PeerAnnounce
 from protocols.messages import LOAD_PROBE_PROMPT_TOKENS
-from swarm.routing import RouteState, predicted_ttft_ms, prompt_tokens_of, rank_peers
+from swarm.gateway.routing import RouteState, predicted_ttft_ms, prompt_tokens_of, rank_peers
 
 
 def server(peer: str, ttft_ms: float, prefill_tok_s: float = 0.0) -> PeerAnnounce:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import math
 
 from protocols import Device, PeerAnnounce
-from swarm.roles import ServeRole
-from swarm.routing import MIN_HEADROOM, RouteState, predicted_ttft_ms, rank_peers
+from swarm.gateway.routing import MIN_HEADROOM, RouteState, predicted_ttft_ms, rank_peers
+from swarm.runtime.roles import ServeRole
 from tests.unit.serving.helpers import tiny_config
 
 PROMPT_TOKENS = 128

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from swarm.soak_nodes import SoakNode, all_down_during
-from swarm.soak_report import RequestLog, memory_growth, score_requests, token_errors
+from swarm.bench.soak_nodes import SoakNode, all_down_during
+from swarm.bench.soak_report import RequestLog, memory_growth, score_requests, token_errors
 
 
 def test_token_errors_count_missing_and_extra_tokens() -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from protocols import encode
 from protocols.rollouts import RolloutBatch, RolloutGroup, TaskRefRecord
-from swarm.config import ConfigError, build_config
+from swarm.runtime.config import ConfigError, build_config
 from training.rl_config import RLConfig
 from training.rl_select import Candidate, Reputation, RLCounters, RolloutGate, select_external, verify_batch
 from training.rl_tasks import EVAL_BASE, INDEX_SPACE, TaskSet, derive_slot, spec_digest
