@@ -22,17 +22,15 @@ app.add_typer(model_app, name="model")
 
 
 def _register_all() -> None:
-    from swarm import (
-        cli_coschedule,
-        cli_doctor,
-        cli_model,
-        cli_node,
-        cli_rl,
-        cli_scale,
-        cli_serving,
-        cli_soak,
-        cli_training,
-    )
+    from swarm.cli import coschedule as cli_coschedule
+    from swarm.cli import doctor as cli_doctor
+    from swarm.cli import model as cli_model
+    from swarm.cli import node as cli_node
+    from swarm.cli import rl as cli_rl
+    from swarm.cli import scale as cli_scale
+    from swarm.cli import serving as cli_serving
+    from swarm.cli import soak as cli_soak
+    from swarm.cli import training as cli_training
 
     cli_node.register(app, bench_app)
     cli_doctor.register(app)
