@@ -22,7 +22,8 @@ from comms.identity import generate_identity
 from comms.metrics import NetMetrics
 from protocols import GOSSIP_LIMITS, PeerAnnounce, ProtocolError, decode_as
 from protocols.errors import describe_error
-from protocols.ids import ANNOUNCE_TOPIC, topic
+from protocols.ids import ANNOUNCE_TOPIC, STATUS_TOPIC, topic
+from protocols.status import PeerStatus
 from swarm.runtime.config import NodeConfig
 from swarm.runtime.discovery import Discovery
 from swarm.runtime.membership import Membership
@@ -231,20 +232,28 @@ class Doctor:
             self.add("swarm key", "warn", f"this node is in {where}; no bootstrap peer answered to compare with")
 
     async def _check_clock(self, host: P2PHost) -> None:
+        """Each peer's clock from the timestamp of its first status or announce heard: statuses come every status
+        period, while a peer refreshes its full announce only every few periods (older peers announce instead)."""
         net = self.config.network
         wait_s = max(5 * net.heartbeat_s, 10.0)  # the wait ends as soon as every peer dialled is heard
         skews: dict[str, float] = {}
-        async with host.subscribe(topic(net.swarm_id, ANNOUNCE_TOPIC)) as announces:
-            with trio.move_on_after(wait_s):
-                async for origin, data in announces:
+
+        async def listen(topic_name: str, kind: type, done: trio.CancelScope) -> None:
+            async with host.subscribe(topic(net.swarm_id, topic_name)) as messages:
+                async for origin, data in messages:
                     try:
-                        announce = decode_as(data, PeerAnnounce, limits=GOSSIP_LIMITS)
+                        message = decode_as(data, kind, limits=GOSSIP_LIMITS)
                     except ProtocolError:
                         continue
-                    if announce.peer_id == origin:
-                        skews[origin] = announce.timestamp_ms / 1000 - self.clock()
+                    if message.peer_id == origin and origin not in skews:
+                        skews[origin] = message.timestamp_ms / 1000 - self.clock()
                     if host.connected_peers() <= set(skews):  # every peer dialled has been heard
-                        break
+                        done.cancel()
+
+        with trio.move_on_after(wait_s) as done:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(listen, ANNOUNCE_TOPIC, PeerAnnounce, done)
+                nursery.start_soon(listen, STATUS_TOPIC, PeerStatus, done)
         self.findings.append(judge_skew(skews, wait_s))
 
     async def _check_averaging(self, listen: list[str]) -> None:

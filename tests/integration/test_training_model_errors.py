@@ -41,7 +41,7 @@ def test_directories_that_are_no_supported_checkpoint_exit_naming_why(tmp_path: 
     (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     (tmp_path / "empty").mkdir()
     for model, why in [
-        (tmp_path / "missing", "is neither an embedded model (default, tiny) nor a checkpoint directory"),
+        (tmp_path / "missing", "nor a checkpoint directory"),
         (tmp_path / "empty", "is not a Hugging Face checkpoint: no readable config.json"),
         (gpt2, "model_type 'gpt2' in config.json is not supported (supported: llama, mistral, qwen2, qwen3)"),
     ]:
