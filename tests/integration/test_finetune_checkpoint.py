@@ -23,7 +23,7 @@ from tests.integration.tiny_checkpoints import bpe_tokenizer, save_tiny_qwen3
 pytestmark = [pytest.mark.multipeer, pytest.mark.slow, pytest.mark.timeout(240)]
 
 EXAMPLES = [("Q: What is the capital of France?\nA:", " Paris."), ("Q: What is two plus two?\nA:", " Four.")]
-TOTAL_STEPS = 40
+TOTAL_STEPS = 80  # enough for both answers to be learnt whatever rounds the averaging timing cuts short
 
 
 def fine_tune_args(base: Path, data: Path, ckpt: Path) -> tuple[str, ...]:
