@@ -8,6 +8,7 @@ honest-only run from the same seeds, up to the order of fp32 sums; and every hon
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import threading
 import time
 from typing import Any
@@ -60,7 +61,9 @@ def run_swarm(with_forged: bool) -> tuple[dict[str, TrainingPeer], int]:
     peers: dict[str, TrainingPeer] = {}
     try:
         for i, name in enumerate(names):
-            peer = TrainingPeer(cfg, data, peer_id=name, shard_index=i, num_shards=4)  # same shards in both runs
+            # same shards in both runs; a round clock that counts its reads instead of seconds, so no round is cut
+            # at a pace deadline in one run and not in the other (every step reads it equally often)
+            peer = TrainingPeer(cfg, data, peer_id=name, shard_index=i, num_shards=4, clock=itertools.count().__next__)
             first = next(iter(peers.values()), None)
             settings = averaging_settings(
                 cfg, prefix="forged", initial_peers=tuple(first.averager.visible_maddrs) if first else ()
