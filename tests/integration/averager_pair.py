@@ -29,13 +29,17 @@ def started_pair(
             av.close()
 
 
-def step_both(pair: list[HivemindAverager], data: list[torch.Tensor]) -> list[AveragingResult | Exception]:
-    """One round of both peers at once: peer i contributes `data[i]`; an AveragingError is returned, not raised."""
+def step_both(
+    pair: list[HivemindAverager], data: list[torch.Tensor], round_index: int = 0, per_peer: list[dict] | None = None
+) -> list[AveragingResult | Exception]:
+    """One round of both peers at once: peer i contributes `data[i]` with the step arguments `per_peer[i]` (weight,
+    pace...); an AveragingError is returned, not raised."""
     out: list[AveragingResult | Exception] = [RuntimeError("not run")] * 2
+    extra = per_peer or [{}, {}]
 
     def run(i: int) -> None:
         try:
-            out[i] = pair[i].step([data[i]], round_index=0, timeout_s=20.0)
+            out[i] = pair[i].step([data[i]], round_index=round_index, timeout_s=20.0, **extra[i])
         except AveragingError as err:
             out[i] = err
 

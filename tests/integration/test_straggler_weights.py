@@ -3,13 +3,11 @@ steps sends weight 1/3, and both peers get the weighted mean (bitwise the same) 
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 
-from comms.averaging import AveragingError, AveragingResult, AveragingSettings
-from tests.integration.averager_pair import started_pair
+from comms.averaging import AveragingResult, AveragingSettings
+from tests.integration.averager_pair import started_pair, step_both
 
 pytestmark = [pytest.mark.multipeer, pytest.mark.slow, pytest.mark.timeout(120)]
 SHAPES = [(48,)]
@@ -24,19 +22,8 @@ def test_a_straggler_s_part_counts_by_the_share_of_steps_it_did() -> None:
     data = [torch.linspace(1.0, 2.0, 48), torch.linspace(2.0, 4.0, 48)]  # norms within the reducers' 4x bound
     weights, paces = [1.0, 1 / 3], [0.25, 0.75]
     with started_pair(settings, SHAPES) as pair:
-        out: list[AveragingResult | Exception] = [RuntimeError("not run")] * 2
-
-        def run(i: int) -> None:
-            try:
-                out[i] = pair[i].step([data[i]], round_index=3, timeout_s=20.0, weight=weights[i], pace_s=paces[i])
-            except AveragingError as err:
-                out[i] = err
-
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=60)
+        per_peer = [{"weight": w, "pace_s": p} for w, p in zip(weights, paces, strict=True)]
+        out = step_both(pair, data, round_index=3, per_peer=per_peer)
         ids = [av.peer_id for av in pair]
     want = (data[0] * weights[0] + data[1] * weights[1]) / sum(weights)
     for res in out:
