@@ -57,6 +57,14 @@ EMBEDDED_SPECS: dict[str, EmbeddedSpec] = {
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SHIPPED_WEIGHTS = {"default": "default.safetensors"}  # embedded models served with trained weights
 
+# Sampling a model recommends for callers that do not choose their own (as a checkpoint's generation_config.json
+# does). The shipped default is a small byte-level model: its single most likely byte after an indent is yet another
+# space, so greedy decoding runs into whitespace; sampling with a light frequency penalty writes its Python.
+RECOMMENDED_SAMPLING: dict[str, dict[str, float]] = {
+    "default": {"temperature": 0.7, "top_p": 0.9, "frequency_penalty": 0.2},
+}
+GENERATION_CONFIG_KEYS = ("temperature", "top_k", "top_p", "repetition_penalty")
+
 
 @dataclass
 class LoadedModel:
@@ -203,6 +211,21 @@ def load_model(name_or_path: str, seed: int = 0) -> LoadedModel:
     if name_or_path in EMBEDDED_SPECS:
         return build_embedded_model(name_or_path, seed)
     return load_checkpoint(name_or_path)
+
+
+def recommended_sampling(name_or_path: str) -> dict[str, float]:
+    """The sampling `name_or_path` recommends: the embedded table, else the checkpoint's generation_config.json
+    (its temperature, top_k, top_p and repetition_penalty when it samples); {} means greedy."""
+    if name_or_path in EMBEDDED_SPECS:
+        return dict(RECOMMENDED_SAMPLING.get(name_or_path, {}))
+    path = Path(name_or_path) / "generation_config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(config, dict) or not config.get("do_sample"):
+        return {}
+    return {k: float(config[k]) for k in GENERATION_CONFIG_KEYS if isinstance(config.get(k), int | float)}
 
 
 def save_model(loaded: LoadedModel, directory: str | Path) -> Path:

@@ -14,9 +14,9 @@ def train_default(
     out: Annotated[Path, typer.Option(help="Where default.safetensors and default.json go.")] = DEFAULT_OUT,
     plot: Annotated[Path | None, typer.Option(help="PNG of the eval loss per round.")] = None,
     nodes: Annotated[int, typer.Option(min=1, max=16, help="Training nodes (each on its own shard).")] = 2,
-    total_steps: Annotated[int, typer.Option(min=1, help="Inner steps per node.")] = 300,
-    inner_steps: Annotated[int, typer.Option(min=1, help="H: inner steps per DiLoCo round.")] = 30,
-    max_minutes: Annotated[float, typer.Option(min=0.1, help="Stop and export the newest weights after this.")] = 50.0,
+    total_steps: Annotated[int, typer.Option(min=1, help="Inner steps per node.")] = 3000,
+    inner_steps: Annotated[int, typer.Option(min=1, help="H: inner steps per DiLoCo round.")] = 100,
+    max_minutes: Annotated[float, typer.Option(min=0.1, help="Stop and export the newest weights after this.")] = 90.0,
     workdir: Annotated[Path | None, typer.Option(help="Logs and checkpoints (default: a new temp dir).")] = None,
 ) -> None:
     """Train the embedded default's weights with a local swarm (DiLoCo on the bundled corpus) and export them."""

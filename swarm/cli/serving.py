@@ -23,13 +23,13 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def generate_local(prompt: str, model: str, max_new_tokens: int, temperature: float, seed: int | None, device: str):
+def generate_local(prompt: str, model: str, device: str, **sampling: Any):
     """Run the engine in this process for one prompt; returns a `serving.request.GenerateResult`."""
     from serving.config import ServingConfig
     from serving.engine import Engine
     from serving.request import GenerateParams
 
-    params = GenerateParams(prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    params = GenerateParams(prompt=prompt, **sampling)
     with Engine(ServingConfig(model=model, device=device)) as engine:
         return engine.generate(params)
 
@@ -55,7 +55,9 @@ def generate(
     prompt: Annotated[str, typer.Argument(help="Prompt text.")],
     model: Annotated[str, typer.Option(help='"default" (embedded) or a local HF checkpoint directory.')] = "default",
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 64,
-    temperature: Annotated[float, typer.Option(help="0 is greedy.")] = 0.0,
+    temperature: Annotated[
+        float | None, typer.Option(help="0 is greedy; unset: the model's recommended sampling, else greedy.")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Sampling seed (reproducible output).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1... (in-process engine only)")] = "auto",
     peer: Annotated[
@@ -69,14 +71,18 @@ def generate(
         _fail("--stream needs --peer (the in-process engine prints the whole answer)")
     if stream and json_out:
         _fail("--stream and --json do not go together")
+    from serving.model import recommended_sampling
+
+    # The model's recommendation (its generation config) unless the caller chose a temperature.
+    sampling: dict[str, Any] = recommended_sampling(model) if temperature is None else {"temperature": temperature}
+    sampling.update(max_new_tokens=max_new_tokens, seed=seed)
     try:
         if peer:
-            sampling = {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
             result = generate_remote(prompt, peer, model, stream, **sampling)
             if result is None:
                 return
         else:
-            result = generate_local(prompt, model, max_new_tokens, temperature, seed, device)
+            result = generate_local(prompt, model, device, **sampling)
     except SwarmError as err:
         _fail(str(err))
     if json_out:

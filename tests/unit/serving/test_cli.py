@@ -53,3 +53,36 @@ def test_routing_bench_flags_are_checked_before_anything_runs() -> None:
     ):
         result = CliRunner().invoke(make_app(), args)
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_generate_without_temperature_samples_as_the_model_recommends(tmp_path, monkeypatch):
+    """Unset --temperature: the shipped default's recommended sampling, a checkpoint's sampling generation config,
+    else greedy; an explicit temperature wins."""
+    from swarm.cli import serving as cli_serving
+
+    seen: list[dict] = []
+    monkeypatch.setattr(cli_serving, "generate_local", lambda prompt, model, device, **s: seen.append(s) or _Result())
+    sampling_ckpt = tmp_path / "sampling"
+    sampling_ckpt.mkdir()
+    sampling = {"do_sample": True, "temperature": 0.6, "top_p": 0.9}
+    (sampling_ckpt / "generation_config.json").write_text(json.dumps(sampling))
+    greedy_ckpt = tmp_path / "greedy"
+    greedy_ckpt.mkdir()
+    (greedy_ckpt / "generation_config.json").write_text(json.dumps({"do_sample": False, "temperature": 0.6}))
+    runner = CliRunner()
+    for args in (["--model", "default"], ["--model", "default", "--temperature", "0"], ["--model", "tiny"],
+                 ["--model", str(sampling_ckpt)], ["--model", str(greedy_ckpt)]):  # fmt: skip
+        result = runner.invoke(make_app(), ["generate", "x", "--max-new-tokens", "3", *args])
+        assert result.exit_code == 0, result.output
+    assert [{k: v for k, v in s.items() if k not in ("max_new_tokens", "seed")} for s in seen] == [
+        {"temperature": 0.7, "top_p": 0.9, "frequency_penalty": 0.2},
+        {"temperature": 0.0},
+        {},
+        {"temperature": 0.6, "top_p": 0.9},
+        {},
+    ]
+    assert all(s["max_new_tokens"] == 3 for s in seen)
+
+
+class _Result:
+    text, token_ids, finish_reason, timings = "", [], "length", {}
