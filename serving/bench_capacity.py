@@ -21,6 +21,11 @@ MAX_HALVINGS = 5  # below start / 2**5 nothing passing means the system cannot s
 DEFINITIONS = {"with_stalls": "slo_attainment_with_stalls", "mean_tpot": "slo_attainment_mean_tpot"}
 
 
+def misses_to_fail(requests: int) -> int:
+    """Fewest misses among `requests` that put attainment below `TARGET_ATTAINMENT` whatever the rest do."""
+    return requests - math.ceil(TARGET_ATTAINMENT * requests - 1e-9) + 1
+
+
 class CapacitySearch:
     """Bracket, then bisect (geometric midpoint) until `hi / lo <= 1 + tolerance` and `hi` failed twice. Driven
     one probe at a time, so the searches of several systems can interleave."""

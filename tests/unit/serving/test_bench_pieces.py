@@ -6,9 +6,10 @@ import math
 
 import pytest
 
-from serving.bench_capacity import MAX_HALVINGS, TARGET_ATTAINMENT, SystemSearch, capacity_search
-from serving.bench_drivers import ServiceTime, replay_sequential
+from serving.bench_capacity import MAX_HALVINGS, TARGET_ATTAINMENT, SystemSearch, capacity_search, misses_to_fail
+from serving.bench_drivers import ServiceTime, replay_sequential, run_engine_trace, ttft_misses
 from serving.bench_workload import LONG_PROMPT, RequestRecord, make_requests, percentiles, summarize, ttft_prediction
+from serving.errors import OverloadedError
 
 
 def test_requests_are_seeded_and_rate_only_scales_arrivals() -> None:
@@ -151,3 +152,36 @@ def test_a_bounded_search_probes_nothing_below_its_floor() -> None:
     assert min(rates) == pytest.approx(0.3)  # 1, 0.5, then the floor itself rather than 0.25
     assert rates == sorted(rates, reverse=True) and len(rates) == 3
     assert search.capacities() == {"with_stalls": 0.0, "mean_tpot": 0.0}
+
+
+class _RefusingEngine:
+    """An engine that refuses every request (SLO admission at a rate far over capacity)."""
+
+    def __init__(self) -> None:
+        self.submitted = 0
+
+    def submit(self, params, sink) -> None:
+        self.submitted += 1
+        raise OverloadedError("over capacity", retry_after_ms=10)
+
+    def cancel(self, request_id: str, reason: str) -> bool:
+        return False
+
+
+def test_misses_to_fail_is_the_first_count_that_sinks_attainment_below_target() -> None:
+    for n in (10, 24, 30, 41):
+        m = misses_to_fail(n)
+        assert (n - m) / n < TARGET_ATTAINMENT <= (n - m + 1) / n
+
+
+def test_a_trace_stops_once_it_has_failed_and_what_it_did_not_finish_is_a_miss() -> None:
+    engine = _RefusingEngine()
+    reqs = make_requests(LONG_PROMPT, 24, 20.0, seed=0, vocab=256)
+    give_up = misses_to_fail(len(reqs))
+    records, _ = run_engine_trace(engine, reqs, 0.5, 0.05, timeout_s=60.0, give_up_after=give_up)
+    assert engine.submitted == give_up  # nothing was sent after the third refusal
+    assert sum(r.refused for r in records) == give_up
+    assert all(r.abandoned for r in records[give_up:])
+    summary = summarize(records, 1.0, 0.5, 0.05)
+    assert summary["slo_attainment_mean_tpot"] == 0.0 and summary["abandoned"] == len(reqs) - give_up
+    assert ttft_misses(records, len(reqs), 0.5, now=0.0) == give_up  # unsent requests are not TTFT misses
