@@ -84,7 +84,7 @@ class BenchSettings:
                 hf_generate_requests=8,
                 goodput_requests=24,
                 probe_arrival_s=8.0,
-                probes_per_system=8,
+                probes_per_system=11,
                 search_halvings=3,
                 prefix_requests=6,
                 hf_batch_rates=0,

@@ -51,12 +51,16 @@ def test_the_step_margin_is_a_high_quantile_of_mixed_steps_errors_within_bounds(
     for _ in range(100):
         model.observe(DECODE, 3 * _machine(DECODE, 1.0, 1.0))  # decode-only steps never size the margin
     assert model.step_margin() == MARGIN_BOUNDS[0]
-    model = LatencyModel(coefficients=list(PROFILE))
-    # A mixed step's error is taken against what the model predicted before learning from it: every tenth step
-    # runs 1.4x as long as the others (another process took the core for a while).
+    # A mixed step's error is taken against what the model predicted before learning from it. One step in ten
+    # running 1.4x long (another process took the core for a while) is a stall no chunk size avoids: it does not
+    # shrink every chunk. One in three is how this machine runs mixed steps now: the margin covers it.
+    rare, common = LatencyModel(coefficients=list(PROFILE)), LatencyModel(coefficients=list(PROFILE))
     for i in range(MARGIN_WINDOW):
-        model.observe(CHUNK, _machine(CHUNK, 1.0, 1.0) * (1.4 if i % 10 == 0 else 1.0))
-    assert 1.2 < model.step_margin() <= 1.45
+        rare.observe(CHUNK, _machine(CHUNK, 1.0, 1.0) * (1.4 if i % 10 == 0 else 1.0))
+        common.observe(CHUNK, _machine(CHUNK, 1.0, 1.0) * (1.4 if i % 3 == 0 else 1.0))
+    assert rare.step_margin() < 1.1
+    assert 1.2 < common.step_margin() <= 1.45
+    model = common
     for _ in range(MARGIN_WINDOW):
         model.observe(CHUNK, 100 * _machine(CHUNK, 1.0, 1.0))  # seconds-long stalls: the margin stays bounded
     assert model.step_margin() == MARGIN_BOUNDS[1]
