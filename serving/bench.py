@@ -65,7 +65,8 @@ class BenchSettings:
     goodput_requests: int = 40  # fewest requests per capacity probe
     probe_arrival_s: float = 20.0  # and at least this long a stretch of arrivals: a short burst never queues up
     count_stalls: bool = True  # TPOT check: mean and stalls (True) or the mean alone (see RequestRecord.meets)
-    probes_per_system: int = 14  # most probes per system; a search ends once its bracket is within 10%
+    probes_per_system: int = 20  # most probes per system; a search ends once its bracket is within 10%
+    probes_per_definition: int = 14  # most probes one definition's search may ask for (the other gets the rest)
     search_halvings: int = 5  # a bounded search: no probe below start rate / 2**this (capacity reported as 0)
     prefix_requests: int = 12  # shared-prefix requests, each served with the prefix cache on and off
     hf_curve: bool = True  # HF generate attainment curve on the long-prompt mix (replayed service times)
@@ -84,7 +85,8 @@ class BenchSettings:
                 hf_generate_requests=8,
                 goodput_requests=24,
                 probe_arrival_s=8.0,
-                probes_per_system=11,
+                probes_per_system=16,
+                probes_per_definition=11,
                 search_halvings=3,
                 prefix_requests=6,
                 hf_batch_rates=0,
@@ -219,7 +221,11 @@ def goodput(settings: BenchSettings, slo_engine: Engine, fcfs_engine: Engine, hf
     probes: list[dict] = []
     systems = {"engine": slo_engine, "engine_fcfs": fcfs_engine}
     floor = start_rate / 2**settings.search_halvings
-    searches = {name: SystemSearch(start_rate, settings.probes_per_system, min_rate=floor) for name in systems}
+    searches = {
+        name: SystemSearch(start_rate, settings.probes_per_system, min_rate=floor,
+                           max_per_definition=settings.probes_per_definition)
+        for name in systems
+    }  # fmt: skip
     while True:  # A B A B: both systems see the machine in the same state
         pending = {name: search.next_rate() for name, search in searches.items()}
         if all(rate is None for rate in pending.values()):

@@ -185,3 +185,24 @@ def test_a_trace_stops_once_it_has_failed_and_what_it_did_not_finish_is_a_miss()
     summary = summarize(records, 1.0, 0.5, 0.05)
     assert summary["slo_attainment_mean_tpot"] == 0.0 and summary["abandoned"] == len(reqs) - give_up
     assert ttft_misses(records, len(reqs), 0.5, now=0.0) == give_up  # unsent requests are not TTFT misses
+
+
+def test_a_noisy_search_under_one_definition_leaves_probes_for_the_other() -> None:
+    # Under stalls this system's verdicts flip between probes at the same rates (a shared machine), which reopens
+    # that search's bracket again and again; under the mean alone it passes up to 4.5 req/s.
+    def run(max_probes: int, max_per_definition: int | None) -> SystemSearch:
+        script = {2.74: [0.71, 0.75], 1.94: [0.83, 0.92], 3.88: [0.66], 2.3: [0.71], 2.11: [0.79, 0.88]}
+        search = SystemSearch(2.74, max_probes, max_per_definition=max_per_definition)
+        while (rate := search.next_rate()) is not None:
+            verdicts = script.get(round(rate, 2), [])
+            stalls = verdicts.pop(0) if verdicts else (1.0 if rate <= 1.9 else 0.5)
+            search.record(rate, {"slo_attainment_with_stalls": stalls, "slo_attainment_mean_tpot": float(rate <= 4.5)})
+        return search
+
+    shared = run(11, None)
+    assert shared.asked == {"with_stalls": 11, "mean_tpot": 0}  # the stall search spent every probe
+    assert shared.brackets()["mean_tpot"][1] is None  # the mean-TPOT capacity is only a lower bound
+    bounded = run(20, 11)
+    assert bounded.asked["with_stalls"] == 11 and bounded.asked["mean_tpot"] > 0
+    lo, hi = bounded.brackets()["mean_tpot"]
+    assert 4.5 / 1.1 <= lo <= 4.5 < hi <= lo * 1.1  # its bracket closed on the probes left to it
