@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import math
 import statistics
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
-from serving.bench_capacity import SystemSearch
+from serving.bench_capacity import SystemSearch, misses_to_fail
 from serving.bench_drivers import (
     measure_hf_generate,
     replay_sequential,
@@ -63,7 +65,8 @@ class BenchSettings:
     goodput_requests: int = 40  # fewest requests per capacity probe
     probe_arrival_s: float = 20.0  # and at least this long a stretch of arrivals: a short burst never queues up
     count_stalls: bool = True  # TPOT check: mean and stalls (True) or the mean alone (see RequestRecord.meets)
-    probes_per_system: int = 14  # most probes per system; a search ends once its bracket is within 10%
+    probes_per_system: int = 20  # most probes per system; a search ends once its bracket is within 10%
+    probes_per_definition: int = 14  # most probes one definition's search may ask for (the other gets the rest)
     search_halvings: int = 5  # a bounded search: no probe below start rate / 2**this (capacity reported as 0)
     prefix_requests: int = 12  # shared-prefix requests, each served with the prefix cache on and off
     hf_curve: bool = True  # HF generate attainment curve on the long-prompt mix (replayed service times)
@@ -82,7 +85,8 @@ class BenchSettings:
                 hf_generate_requests=8,
                 goodput_requests=24,
                 probe_arrival_s=8.0,
-                probes_per_system=8,
+                probes_per_system=16,
+                probes_per_definition=11,
                 search_halvings=3,
                 prefix_requests=6,
                 hf_batch_rates=0,
@@ -91,8 +95,9 @@ class BenchSettings:
         size.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**size)
 
-    def engine_config(self, slo: bool) -> ServingConfig:
+    def engine_config(self, slo: bool, latency_profile_path: str | None = None) -> ServingConfig:
         return ServingConfig(
+            latency_profile_path=latency_profile_path,
             model=self.model,
             device=self.device,
             dtype=self.dtype,
@@ -141,12 +146,27 @@ def _engine_probe(engine: Engine, settings: BenchSettings, slo: Slo, log: list[d
         # Far over capacity the queue drains for long after the last arrival: the probe is a failure by then.
         timeout = reqs[-1].arrival_s + 2 * settings.probe_arrival_s
         engine.reset_prefix_cache()  # probes reuse prompts: no probe may find an earlier one's in the cache
-        records, wall = run_engine_trace(engine, reqs, slo.ttft_s, slo.tpot_s, timeout)
+        # Once enough requests missed their TTFT target the probe has failed under both definitions: it stops
+        # there (what it did not finish is abandoned, a miss), so a rate far over capacity costs little time.
+        records, wall = run_engine_trace(engine, reqs, slo.ttft_s, slo.tpot_s, timeout, misses_to_fail(len(reqs)))
         summary = summarize(records, wall, slo.ttft_s, slo.tpot_s, settings.count_stalls)
-        log.append({"system": name, "rate_req_s": rate, **summary})
+        log.append({"system": name, "rate_req_s": rate, **summary, "steps": step_errors(engine)})
         return summary
 
     return probe
+
+
+def step_errors(engine: Engine) -> dict:
+    """How the engine's recent mixed steps (decodes beside a prefill chunk) compared with their predicted time,
+    and the margin its step budgets divide the TPOT target by now."""
+    errors = sorted(engine.latency.step_errors)
+    if not errors:
+        return {"recent_mixed_steps": 0, "margin": engine.latency.step_margin()}
+    return {
+        "recent_mixed_steps": len(errors),
+        "measured_over_predicted": {"p50": errors[len(errors) // 2], "p90": errors[int(0.9 * len(errors))]},
+        "margin": engine.latency.step_margin(),
+    }
 
 
 def _saturation_requests(settings: BenchSettings) -> list[BenchRequest]:
@@ -201,7 +221,11 @@ def goodput(settings: BenchSettings, slo_engine: Engine, fcfs_engine: Engine, hf
     probes: list[dict] = []
     systems = {"engine": slo_engine, "engine_fcfs": fcfs_engine}
     floor = start_rate / 2**settings.search_halvings
-    searches = {name: SystemSearch(start_rate, settings.probes_per_system, min_rate=floor) for name in systems}
+    searches = {
+        name: SystemSearch(start_rate, settings.probes_per_system, min_rate=floor,
+                           max_per_definition=settings.probes_per_definition)
+        for name in systems
+    }  # fmt: skip
     while True:  # A B A B: both systems see the machine in the same state
         pending = {name: search.next_rate() for name, search in searches.items()}
         if all(rate is None for rate in pending.values()):
@@ -264,7 +288,13 @@ def run_serving_bench(settings: BenchSettings, plot_path=None) -> dict:
     if settings.threads:
         torch.set_num_threads(settings.threads)
     hf_model = load_model(settings.model).hf_model
-    with Engine(settings.engine_config(slo=True)) as slo_engine, Engine(settings.engine_config(False)) as fcfs:
+    # A latency profile (and dtype choice) taken now, on this machine in its present state, for both engines: a
+    # cached one may come from a quieter or a busier hour, and the online calibration would spend the first
+    # probes correcting it.
+    profile_dir = tempfile.TemporaryDirectory(prefix="swarm-bench-latency-")
+    profile_path = str(Path(profile_dir.name) / "latency.json")
+    slo_config, fcfs_config = settings.engine_config(True, profile_path), settings.engine_config(False, profile_path)
+    with profile_dir, Engine(slo_config) as slo_engine, Engine(fcfs_config) as fcfs:
         # Baselines run in the engine's dtype (bf16 where the CPU has it natively): same arithmetic for all.
         hf_model = hf_model.to(device=slo_engine.device, dtype=slo_engine.dtype)
         eos = sorted(slo_engine.eos_token_ids) or [-1]
@@ -279,6 +309,12 @@ def run_serving_bench(settings: BenchSettings, plot_path=None) -> dict:
         dtype_choice = asdict(slo_engine.dtype_choice) if slo_engine.dtype_choice else None
         model_id, model_hash, device = slo_engine.model_id, slo_engine.model_hash, str(slo_engine.device)
         dtype = str(slo_engine.dtype).removeprefix("torch.")
+        latency = slo_engine.latency
+        latency_model = {
+            "profiled_coefficients": latency.coefficients,
+            "factors_at_end": latency.factors,
+            "step_margin_at_end": latency.step_margin(),
+        }
     ratios = _ratios(sat, good)
     ratios["prefix_cache_ttft_gain"] = prefix["prefix_cache_ttft_gain"]
     ratios["fraction_of_compute_limit"] = sat["engine"]["output_tok_s"] / limit["tokens_per_s"]
@@ -286,6 +322,7 @@ def run_serving_bench(settings: BenchSettings, plot_path=None) -> dict:
     config.update(model_id=model_id, model_hash=model_hash, device=device, dtype=dtype, slo_targets=good["slo"])
     config["dtype_choice"] = dtype_choice
     results = {"saturation": sat, "goodput": good, "prefix_cache": prefix, "compute_limit": limit}
+    results["latency_model"] = latency_model
     result = {
         "bench": "serve",
         "config": config,

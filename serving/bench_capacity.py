@@ -21,6 +21,11 @@ MAX_HALVINGS = 5  # below start / 2**5 nothing passing means the system cannot s
 DEFINITIONS = {"with_stalls": "slo_attainment_with_stalls", "mean_tpot": "slo_attainment_mean_tpot"}
 
 
+def misses_to_fail(requests: int) -> int:
+    """Fewest misses among `requests` that put attainment below `TARGET_ATTAINMENT` whatever the rest do."""
+    return requests - math.ceil(TARGET_ATTAINMENT * requests - 1e-9) + 1
+
+
 class CapacitySearch:
     """Bracket, then bisect (geometric midpoint) until `hi / lo <= 1 + tolerance` and `hi` failed twice. Driven
     one probe at a time, so the searches of several systems can interleave."""
@@ -93,19 +98,39 @@ def capacity_search(
 class SystemSearch:
     """The searches of one system under both definitions, sharing probes: every probe's summary is folded into
     both, whichever asked for it. `next_rate()` names the next rate to probe (None: both done, or out of probes);
-    `record(rate, summary)` feeds a probe's summary to both."""
+    `record(rate, summary)` feeds a probe's summary to both. At most `max_probes` in all, and at most
+    `max_per_definition` asked for by one search (default: no bound of its own), so a noisy search under one
+    definition cannot spend every probe before the other one's bracket closes."""
 
-    def __init__(self, start_rate: float, max_probes: int, tolerance: float = TOLERANCE, min_rate: float = 0.0) -> None:
+    def __init__(
+        self,
+        start_rate: float,
+        max_probes: int,
+        tolerance: float = TOLERANCE,
+        min_rate: float = 0.0,
+        max_per_definition: int | None = None,
+    ) -> None:
         self.searches = {name: CapacitySearch(start_rate, tolerance, min_rate) for name in DEFINITIONS}
         self.results: list[tuple[float, dict]] = []
         self.max_probes = max_probes
+        self.max_per_definition = max_probes if max_per_definition is None else max_per_definition
+        self.asked = dict.fromkeys(DEFINITIONS, 0)  # probes each search asked for
+        self._asker: str | None = None
 
     def next_rate(self) -> float | None:
+        self._asker = None
         if len(self.results) >= self.max_probes:
             return None
-        return next((search.rate for search in self.searches.values() if not search.done), None)
+        for name, search in self.searches.items():
+            if not search.done and self.asked[name] < self.max_per_definition:
+                self._asker = name
+                return search.rate
+        return None
 
     def record(self, rate: float, summary: dict) -> None:
+        if self._asker is not None:
+            self.asked[self._asker] += 1
+            self._asker = None
         self.results.append((rate, summary))
         for name, search in self.searches.items():
             search.record(summary[DEFINITIONS[name]], rate)

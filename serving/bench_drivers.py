@@ -21,6 +21,7 @@ from serving.errors import OverloadedError
 from serving.request import DoneEvent, EngineEvent, GenerateParams, TokenEvent
 
 POLL_S = 0.002
+GIVE_UP_POLL_S = 0.05  # while waiting for the next arrival: how often a run checks whether it has failed
 
 
 class _TraceSink:
@@ -29,6 +30,7 @@ class _TraceSink:
     def __init__(self, records: list[RequestRecord]) -> None:
         self.records = records
         self.done = 0
+        self.finished: set[int] = set()
         self.lock = threading.Lock()
 
     def for_request(self, index: int):
@@ -46,8 +48,19 @@ class _TraceSink:
                 record.predicted_ttft_s = None if predicted_ms is None else predicted_ms / 1000
                 with self.lock:
                     self.done += 1
+                    self.finished.add(index)
 
         return sink
+
+
+def ttft_misses(records: list[RequestRecord], sent: int, ttft_slo_s: float, now: float) -> int:
+    """Requests among the first `sent` that have already missed their TTFT target whatever happens next:
+    refused, first token late, or no first token yet past the target."""
+    missed = 0
+    for r in records[:sent]:
+        if r.refused or (r.ttft_s if r.ttft_s is not None else now - r.start_s) > ttft_slo_s:
+            missed += 1
+    return missed
 
 
 def run_engine_trace(
@@ -56,17 +69,27 @@ def run_engine_trace(
     ttft_slo_s: float | None,
     tpot_slo_s: float | None,
     timeout_s: float,
+    give_up_after: int | None = None,
 ) -> tuple[list[RequestRecord], float]:
     """Send each request at its arrival time with its SLOs (None: no target); wait for all; returns records
-    and wall time."""
+    and wall time. `give_up_after`: stop sending and cancel what is in flight once this many requests have
+    missed their TTFT target (`ttft_misses`): the run has failed by then, and the requests it did not finish
+    count as misses: they are marked abandoned, sent or not."""
     records = [RequestRecord() for _ in requests]
     sink = _TraceSink(records)
     start = time.perf_counter()
     expected = 0
+
+    def failed(sent: int) -> bool:
+        if give_up_after is None or ttft_slo_s is None:
+            return False
+        return ttft_misses(records, sent, ttft_slo_s, time.perf_counter()) >= give_up_after
+
     for i, req in enumerate(requests):
-        delay = start + req.arrival_s - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
+        while (delay := start + req.arrival_s - time.perf_counter()) > 0 and not failed(i):
+            time.sleep(min(delay, GIVE_UP_POLL_S))
+        if failed(i):
+            break
         records[i].start_s = time.perf_counter()
         params = GenerateParams(
             prompt_token_ids=req.prompt_ids,
@@ -81,10 +104,16 @@ def run_engine_trace(
         except OverloadedError:
             records[i].refused = True
     deadline = start + timeout_s
-    while sink.done < expected and time.perf_counter() < deadline:
+    sent = sum(r.start_s > 0 for r in records)
+    while sink.done < expected and time.perf_counter() < deadline and not failed(sent):
         time.sleep(POLL_S)
+    gave_up = failed(sent)
     for i in range(len(requests)):
         engine.cancel(f"bench-{i}", "bench deadline")
+    with sink.lock:
+        for i, record in enumerate(records):
+            if gave_up and i not in sink.finished and not record.refused:
+                record.abandoned = True
     ends = [r.token_times_s[-1] for r in records if r.token_times_s]
     return records, (max(ends) if ends else time.perf_counter()) - start
 

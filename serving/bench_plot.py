@@ -22,6 +22,7 @@ LABELS = {
 
 def plot_attainment(probes: list[dict], capacities: dict[str, float], path: str | Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2))
+    any_stopped = False
     for system, label in LABELS.items():
         points = sorted((p["rate_req_s"], p["slo_attainment"]) for p in probes if p["system"] == system)
         if not points:
@@ -29,7 +30,15 @@ def plot_attainment(probes: list[dict], capacities: dict[str, float], path: str 
         xs, ys = zip(*points, strict=True)
         cap = capacities.get(system)
         suffix = f" - capacity {cap:.2f} req/s" if cap else ""
-        ax.plot(xs, [100 * y for y in ys], marker="o", label=label + suffix)
+        (line,) = ax.plot(xs, [100 * y for y in ys], marker="o", label=label + suffix)
+        # Probes stopped once they had failed: their attainment counts what they did not finish as missed.
+        mine = [p for p in probes if p["system"] == system]
+        stopped = [(p["rate_req_s"], 100 * p["slo_attainment"]) for p in mine if p.get("abandoned")]
+        if stopped:
+            ax.scatter(*zip(*stopped, strict=True), marker="x", s=60, color=line.get_color(), zorder=3)
+            any_stopped = True
+    if any_stopped:
+        ax.scatter([], [], marker="x", color="black", label="probe stopped once failed (unfinished counted as missed)")
     ax.axhline(90, color="grey", linestyle="--", linewidth=1)
     ax.set_xlabel("Poisson request rate (req/s), long-prompt mix")
     ax.set_ylabel("requests meeting TTFT and TPOT SLO (%)")

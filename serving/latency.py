@@ -1,11 +1,16 @@
 """Latency model of this hardware: predicted step time from what a step computes, profiled and cached on disk.
 
-step_s = c0 + c1 * tokens + c2 * requests + c3 * attention_work, where attention_work sums, over the step's
-chunks, chunk tokens x context length. The coefficients come from timing real runner steps on synthetic plans.
+step_s = c0 + c1 * tokens + c2 * requests + c3 * attention_work + c4 * kv_read, where attention_work sums, over
+the step's chunks, chunk tokens x context length, and kv_read sums the context read back from the paged cache
+(every decode's, and every chunk's after a prompt's first: gathering it costs per context token, whatever the
+chunk's size, so a small chunk late in a long prompt costs more than its attention work says). The coefficients
+come from timing real runner steps on synthetic plans.
 Online, every measured step recalibrates two factors, one on the per-step and per-request overhead (c0, c2) and
-one on the compute (c1, c3), by exponentially forgetting least squares on relative error: a machine that gets
+one on the compute (c1, c3, c4), by exponentially forgetting least squares on relative error: a machine that gets
 busier or quieter, or a profile taken under other load, is followed for decode-only steps and prefill chunks
-alike (one scalar would learn the decode steps, which are most steps, and misjudge every chunk).
+alike (one scalar would learn the decode steps, which are most steps, and misjudge every chunk). What is left,
+the noise of a shared machine, is measured too: a high quantile of recent measured / predicted ratios of steps
+that carry a prefill chunk beside decodes (`step_margin`), which step budgets divide their limit by.
 TTFT predictions are calibrated against the TTFTs achieved: the ratios achieved / predicted of recent admitted
 requests give the expected TTFT (their median) and a low quantile, the most favourable error seen often enough
 that a prediction still over target after it is a miss with confidence (`ttft_refusal_factor`).
@@ -26,23 +31,33 @@ from pathlib import Path
 import torch
 
 StepShape = Sequence[tuple[int, int]]  # (chunk tokens, context length after the chunk) per request
-FEATURE_SCALE = (1.0, 1e-3, 1e-2, 1e-6)  # keeps the least-squares columns comparable
+FEATURE_SCALE = (1.0, 1e-3, 1e-2, 1e-6, 1e-3)  # keeps the least-squares columns comparable
+NUM_FEATURES = len(FEATURE_SCALE)
 TTFT_WINDOW = 64  # recent admitted requests whose achieved / predicted TTFT calibrates the predictions
 TTFT_MIN_SAMPLES = 8  # fewer ratios than this: no quantile yet, refuse only what the best ratio seen makes late
 # Refuse a request only when at least this share of recent ratios would make it late: a refusal is a sure miss,
 # and at the load where 90% of requests must meet their targets it sheds nothing that saves another request.
 MISS_CONFIDENCE = 0.97
 RATIO_BOUNDS = (0.05, 20.0)  # one absurd sample (a stalled machine) must not decide the quantiles alone
-OVERHEAD, COMPUTE = (0, 2), (1, 3)  # feature columns of the two calibrated parts of a step
+OVERHEAD, COMPUTE = (0, 2), (1, 3, 4)  # feature columns of the two calibrated parts of a step
 FACTOR_BOUNDS = (0.2, 5.0)  # how far the measured steps may move the profile, either way
 CALIBRATION_DECAY = 0.995  # per measured step: about the last 200 steps decide the factors
 CALIBRATION_PRIOR = 2.0  # in steps: pulls a part no recent step exercised toward the other's factor
+MARGIN_WINDOW = 64  # recent mixed steps (decodes and a prefill chunk) whose prediction error sizes the margin
+MARGIN_MIN_SAMPLES = 8  # fewer than this: the largest error seen so far (within bounds)
+# A mixed step over its limit is a late token for every decode in it. Plan for the error three in four recent mixed
+# steps stayed within: a higher quantile chases the seconds-long stalls of a shared machine, which no chunk size
+# avoids, and shrinks every chunk (more steps beside each decode, each one a chance to be late, and later TTFTs);
+# the share of the target left unplanned (`tpot_budget_share`) absorbs the rest.
+MARGIN_QUANTILE = 0.75
+MARGIN_BOUNDS = (1.0, 2.0)
 
 
 def features(shape: StepShape) -> list[float]:
     tokens = sum(n for n, _ in shape)
     work = sum(n * ctx for n, ctx in shape)
-    raw = [1.0, float(tokens), float(len(shape)), float(work)]
+    kv_read = sum(ctx for n, ctx in shape if ctx > n)  # chunks that start past 0 read their context back
+    raw = [1.0, float(tokens), float(len(shape)), float(work), float(kv_read)]
     return [r * s for r, s in zip(raw, FEATURE_SCALE, strict=True)]
 
 
@@ -58,6 +73,11 @@ class LatencyModel:
     factors: list[float] = field(default_factory=lambda: [1.0, 1.0])  # (overhead, compute) measured / profiled
     _normal: list[float] = field(default_factory=lambda: [0.0] * 5)  # decayed sums xx', xy, yy', x1, y1
     ttft_ratios: deque[float] = field(default_factory=lambda: deque(maxlen=TTFT_WINDOW))  # achieved / predicted
+    step_errors: deque[float] = field(default_factory=lambda: deque(maxlen=MARGIN_WINDOW))  # mixed: measured / pred
+
+    def __post_init__(self) -> None:
+        # Profiles of an older, shorter feature set have no term for what they did not measure.
+        self.coefficients = [*self.coefficients, *[0.0] * (NUM_FEATURES - len(self.coefficients))]
 
     def step_s(self, shape: StepShape) -> float:
         """Predicted seconds of one step computing `shape`."""
@@ -92,10 +112,14 @@ class LatencyModel:
         joined = (len(prefills) - 1) / 2
         dec_count = len(decodes) + joined
         dec_work = sum(ctx for _, ctx in decodes) + joined * sum(n + s for n, s in prefills) / len(prefills)
-        per_step = [1.0, dec_count, 1.0 + dec_count, dec_work]
+        per_step = [1.0, dec_count, 1.0 + dec_count, dec_work, dec_work]
         total = [steps * f for f in per_step]
         total[1] += pending
         total[3] += work
+        # Every chunk but a prompt's first reads its context back: about the prompt's middle plus half a chunk.
+        for n, start in prefills:
+            k = math.ceil(n / chunk)
+            total[4] += k * (start + (n + min(chunk, n)) / 2) - (min(chunk, n) if start == 0 else 0)
         return self._calibrated([f * k for f, k in zip(total, FEATURE_SCALE, strict=True)]) * self.slowdown
 
     def decode_step_s(self, num_decodes: int, mean_context: int) -> float:
@@ -117,6 +141,8 @@ class LatencyModel:
         whole steps, and the two factors (see the module's docstring). One outlier moves neither far: the ratio
         is clamped, and the factors are a least-squares fit over many steps, within `FACTOR_BOUNDS`."""
         ratio = min(max(measured_s / self.profiled_step_s(shape), 0.25), 8.0)
+        if any(n > 1 for n, _ in shape) and any(n == 1 and ctx > 1 for n, ctx in shape):
+            self.step_errors.append(measured_s / self._calibrated(features(shape)))
         self.correction = min(max((1 - weight) * self.correction + weight * ratio, 0.25), 8.0)
         overhead, compute = self._parts(features(shape))
         total = overhead + compute
@@ -142,6 +168,15 @@ class LatencyModel:
             return [prior, prior]
         lo, hi = FACTOR_BOUNDS
         return [min(max((b1 * a22 - b2 * a12) / det, lo), hi), min(max((a11 * b2 - a12 * b1) / det, lo), hi)]
+
+    def step_margin(self) -> float:
+        """What step budgets divide their limit by: the `MARGIN_QUANTILE` of recent mixed steps' measured /
+        predicted (before each one was learnt from), within `MARGIN_BOUNDS`; 1 before any mixed step."""
+        errors = sorted(self.step_errors)
+        if not errors:
+            return MARGIN_BOUNDS[0]
+        pick = errors[-1] if len(errors) < MARGIN_MIN_SAMPLES else errors[int(MARGIN_QUANTILE * len(errors))]
+        return min(max(pick, MARGIN_BOUNDS[0]), MARGIN_BOUNDS[1])
 
     def observe_ttft(self, predicted_s: float, actual_s: float) -> None:
         """Record one admitted request's raw predicted TTFT against its achieved TTFT: the queue model ignores
@@ -194,9 +229,11 @@ def fit(samples: list[tuple[StepShape, float]], key: str = "") -> LatencyModel:
 
 
 def profile_shapes(max_batch_tokens: int, max_context: int) -> list[StepShape]:
-    """Synthetic step shapes covering decode batches, prefill chunks and mixes of both."""
+    """Synthetic step shapes covering decode batches, prefill chunks and mixes of both, including the small chunks
+    deep into long prompts that step budgets cut (they separate the context read from the attention work)."""
     ctx_hi = min(512, max_context - 1)
     ctx_lo = min(64, ctx_hi)
+    ctx_long = min(1024, max_context - 1)
     shapes: list[StepShape] = []
     for batch in (1, 8, 32):
         for ctx in (ctx_lo, ctx_hi):
@@ -206,6 +243,11 @@ def profile_shapes(max_batch_tokens: int, max_context: int) -> list[StepShape]:
         shapes.append([(chunk, chunk)])
         shapes.append([(chunk, min(chunk + ctx_hi, max_context))])
         shapes.append([(1, ctx_lo)] * 8 + [(chunk, chunk)])
+    for chunk in (16, 64):
+        chunk = min(chunk, max_batch_tokens, ctx_long)
+        shapes.append([(chunk, ctx_long)])
+        shapes.append([(1, ctx_hi)] * 8 + [(chunk, ctx_long)])
+    shapes.append([(1, ctx_long)] * 8)
     return shapes
 
 
@@ -232,7 +274,7 @@ def load_cached(path: Path, key: str) -> LatencyModel | None:
         model = LatencyModel.from_json(data)
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if model.key != key or len(model.coefficients) != 4 or not all(map(math.isfinite, model.coefficients)):
+    if model.key != key or len(data["coefficients"]) != NUM_FEATURES or not all(map(math.isfinite, model.coefficients)):
         return None
     return model
 

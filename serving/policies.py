@@ -75,9 +75,10 @@ class SloBudget(TokenBudgetPolicy):
 
     Every step is a gap between two tokens of each decoding request, so a step that fits the target keeps
     every gap within it: long prompts go in target-sized chunks beside the decodes (Sarathi-Serve's stall-free
-    batches) instead of stalling them for a whole prefill. `tpot_budget_share` of the target is planned for;
-    the rest absorbs prediction error and machine noise. Prefilling requests have no TPOT yet; their TTFT is
-    the admission policy's business.
+    batches) instead of stalling them for a whole prefill. `tpot_budget_share` of the target is planned for,
+    divided by the latency model's step margin (the error of recent mixed steps' predictions, high quantile):
+    on a noisy machine chunks shrink until nearly every mixed step fits. Prefilling requests have no TPOT yet;
+    their TTFT is the admission policy's business.
     """
 
     def __init__(self, latency: LatencyModel, config: ServingConfig) -> None:
@@ -109,6 +110,7 @@ class SloBudget(TokenBudgetPolicy):
         decodes = [(1, r.num_tokens) for r in decoders]
         prefilling = [r for r in running if r.num_pending_tokens > 1]
         chunk_ctx = prefilling[0].num_computed_tokens if prefilling else 0
+        limit_s /= self.latency.step_margin()
         room = self.latency.max_prefill_tokens(limit_s, decodes, chunk_ctx, max(cap - len(decodes), 0))
         return max(len(decodes) + max(room, self.config.min_chunk_tokens), 1)
 

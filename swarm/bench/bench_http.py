@@ -176,7 +176,9 @@ def http_capacity(server: HttpServer, settings: BenchSettings, slo: Slo, name: s
     )
     start_rate = START_LOAD / demand_s
     floor = start_rate / 2**settings.search_halvings
-    search = SystemSearch(start_rate, settings.probes_per_system, min_rate=floor)
+    search = SystemSearch(
+        start_rate, settings.probes_per_system, min_rate=floor, max_per_definition=settings.probes_per_definition
+    )
     probes: list[dict] = []
     while (rate := search.next_rate()) is not None:
         reqs = salted(probe_requests(settings, rate), 11 + len(probes))

@@ -6,9 +6,10 @@ import math
 
 import pytest
 
-from serving.bench_capacity import MAX_HALVINGS, TARGET_ATTAINMENT, SystemSearch, capacity_search
-from serving.bench_drivers import ServiceTime, replay_sequential
+from serving.bench_capacity import MAX_HALVINGS, TARGET_ATTAINMENT, SystemSearch, capacity_search, misses_to_fail
+from serving.bench_drivers import ServiceTime, replay_sequential, run_engine_trace, ttft_misses
 from serving.bench_workload import LONG_PROMPT, RequestRecord, make_requests, percentiles, summarize, ttft_prediction
+from serving.errors import OverloadedError
 
 
 def test_requests_are_seeded_and_rate_only_scales_arrivals() -> None:
@@ -151,3 +152,57 @@ def test_a_bounded_search_probes_nothing_below_its_floor() -> None:
     assert min(rates) == pytest.approx(0.3)  # 1, 0.5, then the floor itself rather than 0.25
     assert rates == sorted(rates, reverse=True) and len(rates) == 3
     assert search.capacities() == {"with_stalls": 0.0, "mean_tpot": 0.0}
+
+
+class _RefusingEngine:
+    """An engine that refuses every request (SLO admission at a rate far over capacity)."""
+
+    def __init__(self) -> None:
+        self.submitted = 0
+
+    def submit(self, params, sink) -> None:
+        self.submitted += 1
+        raise OverloadedError("over capacity", retry_after_ms=10)
+
+    def cancel(self, request_id: str, reason: str) -> bool:
+        return False
+
+
+def test_misses_to_fail_is_the_first_count_that_sinks_attainment_below_target() -> None:
+    for n in (10, 24, 30, 41):
+        m = misses_to_fail(n)
+        assert (n - m) / n < TARGET_ATTAINMENT <= (n - m + 1) / n
+
+
+def test_a_trace_stops_once_it_has_failed_and_what_it_did_not_finish_is_a_miss() -> None:
+    engine = _RefusingEngine()
+    reqs = make_requests(LONG_PROMPT, 24, 20.0, seed=0, vocab=256)
+    give_up = misses_to_fail(len(reqs))
+    records, _ = run_engine_trace(engine, reqs, 0.5, 0.05, timeout_s=60.0, give_up_after=give_up)
+    assert engine.submitted == give_up  # nothing was sent after the third refusal
+    assert sum(r.refused for r in records) == give_up
+    assert all(r.abandoned for r in records[give_up:])
+    summary = summarize(records, 1.0, 0.5, 0.05)
+    assert summary["slo_attainment_mean_tpot"] == 0.0 and summary["abandoned"] == len(reqs) - give_up
+    assert ttft_misses(records, len(reqs), 0.5, now=0.0) == give_up  # unsent requests are not TTFT misses
+
+
+def test_a_noisy_search_under_one_definition_leaves_probes_for_the_other() -> None:
+    # Under stalls this system's verdicts flip between probes at the same rates (a shared machine), which reopens
+    # that search's bracket again and again; under the mean alone it passes up to 4.5 req/s.
+    def run(max_probes: int, max_per_definition: int | None) -> SystemSearch:
+        script = {2.74: [0.71, 0.75], 1.94: [0.83, 0.92], 3.88: [0.66], 2.3: [0.71], 2.11: [0.79, 0.88]}
+        search = SystemSearch(2.74, max_probes, max_per_definition=max_per_definition)
+        while (rate := search.next_rate()) is not None:
+            verdicts = script.get(round(rate, 2), [])
+            stalls = verdicts.pop(0) if verdicts else (1.0 if rate <= 1.9 else 0.5)
+            search.record(rate, {"slo_attainment_with_stalls": stalls, "slo_attainment_mean_tpot": float(rate <= 4.5)})
+        return search
+
+    shared = run(11, None)
+    assert shared.asked == {"with_stalls": 11, "mean_tpot": 0}  # the stall search spent every probe
+    assert shared.brackets()["mean_tpot"][1] is None  # the mean-TPOT capacity is only a lower bound
+    bounded = run(20, 11)
+    assert bounded.asked["with_stalls"] == 11 and bounded.asked["mean_tpot"] > 0
+    lo, hi = bounded.brackets()["mean_tpot"]
+    assert 4.5 / 1.1 <= lo <= 4.5 < hi <= lo * 1.1  # its bracket closed on the probes left to it

@@ -45,6 +45,8 @@ def test_bench_runs_every_system_and_reports_ratios(tmp_path: Path) -> None:
         assert set(good["capacity_req_s_by_definition"][system]) == {"with_stalls", "mean_tpot"}
         assert sum(p["system"] == system for p in good["probes"]) <= 2  # the probe bound holds
     assert good["ttft_prediction"]["requests"] > 0  # the engine predicted TTFTs and they were compared
+    engine_probes = [p for p in good["probes"] if p["system"] in ("engine", "engine_fcfs")]
+    assert all(p["steps"]["margin"] >= 1.0 for p in engine_probes)  # each probe says how steps met predictions
     assert result["results"]["prefix_cache"]["prompt_tokens_cached"]["off"] == 0
     systems = {p["system"] for p in result["results"]["goodput"]["probes"]}
     assert systems == {"engine", "engine_fcfs", "hf_generate", "hf_generate_batch"}

@@ -52,3 +52,19 @@ def test_slo_admission_refuses_a_predicted_miss_unless_told_to_queue_it() -> Non
     queueing = refusing.model_copy(update={"slo_refuse": False})
     predicted = SloAdmission(queueing, LATENCY, SloBudget(LATENCY, queueing)).check(late, [], waiting)
     assert predicted is not None and predicted * 1000 > 1.0  # admitted, and the prediction still says late
+
+
+def test_budget_shrinks_by_the_step_margin_the_measured_mixed_steps_call_for() -> None:
+    config = ServingConfig(max_batch_tokens=4096, tpot_budget_share=0.8)
+    latency = LatencyModel(coefficients=list(LATENCY.coefficients))
+    decoders = [request(f"d{i}", 100, 100 + i, outputs=i + 1, tpot_ms=20.0) for i in range(4)]
+    prompt = request("p", 3000, 0)
+    calm = SloBudget(latency, config).budget([*decoders, prompt])
+    mixed = [(1, d.num_tokens) for d in decoders] + [(calm - 4, calm - 4)]
+    for _ in range(20):  # the machine runs mixed steps 1.5x slower than predicted, and the factors lag behind
+        latency.step_errors.append(1.5)
+    assert latency.step_margin() == pytest.approx(1.5)
+    noisy = SloBudget(latency, config).budget([*decoders, prompt])
+    assert noisy < calm
+    chunk = noisy - len(decoders)
+    assert 1.5 * latency.step_s([*mixed[:4], (chunk, chunk)]) <= 0.8 * 0.020
