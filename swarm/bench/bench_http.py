@@ -96,6 +96,20 @@ class HttpServer:
             del record.token_times_s[max(usage_tokens, 1) :]
 
 
+def llama_cpp_server(base_url: str, eos_token_ids: list[int]) -> tuple[HttpServer, str]:
+    """An `HttpServer` for a llama.cpp server at `base_url`, and which kind it is. llama.cpp's own `llama-server`
+    (it answers `GET /props`) takes token-id prompts and `ignore_eos` and batches requests in its slots, so it gets
+    the same bodies as any server; llama-cpp-python's server takes text only and has no `ignore_eos`."""
+    root = base_url.rstrip("/").removesuffix("/v1")
+    try:
+        native = httpx.get(root + "/props", timeout=CONNECT_TIMEOUT_S).status_code == 200
+    except httpx.HTTPError:
+        native = False
+    if native:
+        return HttpServer(base_url, "default"), "llama-server"
+    return HttpServer(base_url, "default", text_prompts=True, avoid_token_ids=eos_token_ids), "llama-cpp-python"
+
+
 def _ascii(token_ids: list[int]) -> str:
     """One printable ASCII character per token id (95 of them: space to tilde)."""
     return "".join(chr(32 + t % 95) for t in token_ids)

@@ -199,17 +199,16 @@ def bench_serve(
 def _bench_one_node(settings, json_path: Path | None, plot: Path | None, llama_cpp_server: str | None) -> None:
     """The single-node serving bench (and llama.cpp's server beside it, when given): run, print, write."""
     from serving.bench import Slo, run_serving_bench
-    from swarm.bench.bench_http import HttpServer, add_comparison, run_http_bench
+    from swarm.bench.bench_http import add_comparison, run_http_bench
+    from swarm.bench.bench_http import llama_cpp_server as llama_cpp_endpoint
 
     result = run_serving_bench(settings, plot_path=plot)
     if llama_cpp_server:
         from serving.model import load_model
 
-        # llama-cpp-python's server takes text prompts only and has no ignore_eos: ASCII prompts of the same
-        # lengths, and a logit bias against the model's EOS tokens.
         eos = load_model(settings.model).tokenizer.eos_token_id
-        avoid = [] if eos is None else [eos]
-        server = HttpServer(llama_cpp_server, "default", text_prompts=True, avoid_token_ids=avoid)
+        server, kind = llama_cpp_endpoint(llama_cpp_server, [] if eos is None else [eos])
+        result["config"]["llama_cpp_server_kind"] = kind
         slo = Slo(**result["results"]["goodput"]["slo"])
         other = run_http_bench(server, settings, "llama_cpp", slo)
         add_comparison(result, other, "llama_cpp")
