@@ -282,12 +282,16 @@ class HivemindAverager:
         group_bits: str | None = None,
         digest: str = "",
         pace_s: float | None = None,
+        lead_delay_s: float | None = None,
     ) -> AveragingResult:
         """Average `tensors` with a group of peers; raise `AveragingError` if no round completed in time.
         `weight` (in (0, max_weight]) is this peer's share in the group's weighted mean (a peer that did part of a
         round's steps sends that fraction). `group_bits` ('0'/'1' string) pins the group key, so peers given the
         same bits average together; `digest` (of the caller's state) is gathered with `round_index` and comes back
-        in `members`, and `pace_s` (seconds per inner step) in `paces`."""
+        in `members`, and `pace_s` (seconds per inner step) in `paces`. `lead_delay_s` (in [0, matchmaking period])
+        is added to the time this peer declares it will start: a peer joins a leader that declared an earlier start,
+        so delays drawn per round reorder who leads and who pairs with whom among peers that arrive together
+        (otherwise their arrival order, the same round after round, decides it)."""
         arrays = [t.detach().to(torch.float32).cpu().contiguous().numpy() for t in tensors]
         if [a.shape for a in arrays] != self.shapes:
             raise AveragingError(ErrorCode.BAD_REQUEST, "tensor shapes differ from the averager's")
@@ -304,6 +308,13 @@ class HivemindAverager:
             "digest": digest,
             "pace_s": pace_s,
         }
+        if lead_delay_s is not None:
+            if not (isinstance(lead_delay_s, float) and 0.0 <= lead_delay_s <= self.settings.matchmaking_time_s):
+                raise AveragingError(
+                    ErrorCode.BAD_REQUEST,
+                    f"lead_delay_s {lead_delay_s} is not in [0, {self.settings.matchmaking_time_s}]",
+                )
+            req["lead_delay_s"] = lead_delay_s
         req["timeout_s"] = timeout_s
         try:
             reply = self._call(req, timeout_s=timeout_s + self.settings.allreduce_timeout_s + 15.0)

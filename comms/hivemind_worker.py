@@ -278,6 +278,7 @@ class Worker:
             allow_state_sharing=False,  # declared a donor (a DHT store to every replica) once it has a state
         )
         self.shapes = [tuple(s) for s in init["shapes"]]
+        self.matchmaking_time_s = float(init["matchmaking_time_s"])
 
     def counters(self) -> dict[str, int]:
         """The codec's byte and refusal counts, and the RPCs refused for want of the swarm key (by the DHT's and
@@ -301,11 +302,15 @@ class Worker:
         if req.get("group_bits") is not None:
             self.averager.set_group_bits(req["group_bits"])
         started = time.monotonic()
+        scheduled = None  # hivemind's default: now + the matchmaking period
+        if req.get("lead_delay_s") is not None:
+            scheduled = get_dht_time() + self.matchmaking_time_s + float(req["lead_delay_s"])
         try:
             gathered = self.averager.step(
                 gather={"round": req["round"], "digest": req.get("digest", ""), "pace_s": req.get("pace_s")},
                 weight=req["weight"],
                 timeout=req["timeout_s"],
+                scheduled_time=scheduled,
             )
         except Exception as err:  # hivemind raises many kinds (matchmaking, allreduce, timeouts)
             return {

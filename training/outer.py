@@ -49,6 +49,10 @@ class OuterOptimizer(ABC):
         """Group key bits that choose who averages with whom this round (None: everyone together)."""
         return None
 
+    def lead_delay_s(self, round_index: int, me: str) -> float | None:
+        """Seconds this peer adds to the start it declares in matchmaking this round (None: none added)."""
+        return None
+
     def outgoing_shapes(self, f: int) -> list[torch.Size]:
         return [self.slow[i].shape for i in self.fragment(f)]
 
@@ -119,6 +123,12 @@ class NolocoOuter(OuterOptimizer):
     def group_bits(self, round_index: int, peers: list[str], me: str) -> str | None:
         return noloco_group_bits(round_index, peers, me, self.cfg.seed, self.cfg.target_group_size)
 
+    def lead_delay_s(self, round_index: int, me: str) -> float | None:
+        """A delay drawn from (seed, round, peer id) in [0, matchmaking period): within a bucket hivemind groups a
+        peer with a leader that declared an earlier start, so without it the peers' arrival order, much the same
+        every round, makes the same pairs every round, where NoLoCo needs a new partner each round."""
+        return noloco_lead_fraction(round_index, me, self.cfg.seed) * self.cfg.matchmaking_time_s
+
     def incoming(self, f: int, averaged: list[torch.Tensor] | None) -> None:
         idx = self.fragment(f)
         if averaged is None:
@@ -147,6 +157,12 @@ def noloco_bucket(round_index: int, me: str, seed: int, num_groups: int) -> int:
     absence (a peer that left, one that just joined, a view that lags) moves it."""
     digest = hashlib.sha256(f"noloco:{seed}:{round_index}:{me}".encode()).digest()
     return int.from_bytes(digest[:8], "big") % num_groups
+
+
+def noloco_lead_fraction(round_index: int, me: str, seed: int) -> float:
+    """A number in [0, 1) drawn from (seed, round, peer id) alone, independent of the bucket's draw."""
+    digest = hashlib.sha256(f"noloco-lead:{seed}:{round_index}:{me}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def noloco_group_bits(round_index: int, peers: list[str], me: str, seed: int = 0, group_size: int = 2) -> str:

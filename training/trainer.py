@@ -59,6 +59,7 @@ class Averager(Protocol):
         group_bits: str | None = None,
         digest: str = "",
         pace_s: float | None = None,
+        lead_delay_s: float | None = None,
     ) -> AveragingResult: ...
 
     def share_state(self, metadata: dict[str, Any], tensors: list[torch.Tensor]) -> None: ...
@@ -366,6 +367,7 @@ class TrainingPeer:
                 group_bits=bits,
                 digest=digest,
                 pace_s=self.deadline.pace_s(),
+                lead_delay_s=self.outer.lead_delay_s(round_index, self.peer_id),
             )
         except AveragingError as err:
             log.warning("round %d fragment %d: no average (%s); applying the local update", round_index, f, err)

@@ -58,8 +58,7 @@ def test_systems_share_everything_but_the_exchange(quick: bool) -> None:
     configs, steps = bench_configs(quick)
     assert set(configs) == {"ddp", "local_only", "diloco", "noloco", "streaming_int4"}
     for name, cfg in configs.items():
-        assert (cfg.batch_size, cfg.seq_len, cfg.inner_lr, cfg.model) == (
-            configs["ddp"].batch_size, configs["ddp"].seq_len, configs["ddp"].inner_lr, configs["ddp"].model,
-        ), name  # fmt: skip
+        shared = ("batch_size", "seq_len", "inner_lr", "warmup_steps", "total_steps", "min_lr_ratio", "model")
+        assert [getattr(cfg, k) for k in shared] == [getattr(configs["ddp"], k) for k in shared], name
     assert steps % configs["diloco"].inner_steps == 0 and steps % configs["noloco"].inner_steps == 0
     assert configs["streaming_int4"].codec == "int4"

@@ -12,6 +12,7 @@ from training.outer import (
     balanced_fragments,
     make_outer,
     noloco_group_bits,
+    noloco_lead_fraction,
     noloco_num_groups,
 )
 
@@ -94,6 +95,23 @@ def test_noloco_buckets_depend_only_on_the_peer_the_round_and_the_seed() -> None
     # a new round or another seed reshuffles the buckets
     assert any(noloco_group_bits(6, peers, p, seed=3)[2:] != bits[p][2:] for p in peers)
     assert any(noloco_group_bits(5, peers, p, seed=4) != bits[p] for p in peers)
+
+
+def test_noloco_lead_delays_reorder_the_peers_every_round() -> None:
+    cfg = TrainingConfig(outer_optimizer="noloco", matchmaking_time_s=2.0, seed=3, total_steps=100, inner_steps=10)
+    outer = NolocoOuter(params([1.0]), cfg)
+    peers = [f"rank-{i}" for i in range(4)]
+    delays = {r: {p: outer.lead_delay_s(r, p) for p in peers} for r in range(12)}
+    assert all(0.0 <= d < 2.0 for per in delays.values() for d in per.values())
+    assert delays[3]["rank-1"] == 2.0 * noloco_lead_fraction(3, "rank-1", 3)  # the peer, the round, the seed alone
+    assert noloco_lead_fraction(3, "rank-1", 4) != noloco_lead_fraction(3, "rank-1", 3)
+    # peers that arrive together pair in the order of their declared starts: first two, last two
+    pairings = set()
+    for per in delays.values():
+        order = sorted(peers, key=per.__getitem__)
+        pairings.add(frozenset({frozenset(order[:2]), frozenset(order[2:])}))
+    assert len(pairings) == 3  # every pairing of four peers occurs in 12 rounds
+    assert DilocoOuter(params([1.0]), TrainingConfig(total_steps=100, inner_steps=10)).lead_delay_s(3, "a") is None
 
 
 def test_noloco_bucket_count_is_a_coarse_power_of_two() -> None:
