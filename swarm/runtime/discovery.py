@@ -87,7 +87,9 @@ class Discovery:
             log.debug("dial %s failed: %s", addr, err)
             return None
         try:
-            for record in await self.exchange_with(remote):
+            records = await self.exchange_with(remote)
+            self.membership.answered(remote)
+            for record in records:
                 self.note_peer(record.peer_id, [a for a in record.addrs if a.endswith(record.peer_id)])
                 announce = record.announce
                 if announce is not None and self.membership.observe(announce, hearsay=True):

@@ -279,11 +279,13 @@ class Node:
                     break
 
     async def _expire_loop(self) -> None:
+        """Drop peers neither heard from nor connected for their expiry: an open connection vouches for a peer whose
+        gossip a busy swarm delays (swarm/runtime/membership.py)."""
         period = min(self.config.network.heartbeat_s, 1.0)
         while True:
             await trio.sleep(period)
-            for peer_id in self.membership.expire():
-                log.info("peer left: %s (silent for %.1f s)", peer_id, self.config.network.peer_timeout_s)
+            for peer_id in self.membership.expire(connected=self.host.connected_peers()):
+                log.info("peer left: %s (neither heard from nor connected for its expiry)", peer_id)
                 self.discovery.forget(peer_id)
 
     # ------------------------------------------------------------------ views
