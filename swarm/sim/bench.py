@@ -109,7 +109,9 @@ def _real_point(real: dict[str, Any], seed: int, progress) -> dict[str, Any] | N
     size = int(res["gossip_message_bytes_mean"])
     roles = ["serve"] * int(cfg["serving"]) + ["relay"] * (n - int(cfg["serving"]))
     mix = SwarmMix(roles, {"serve": size, "relay": size}, {"serve": size, "relay": size})
-    params = GossipParams(heartbeat_s=float(cfg["heartbeat_s"]), peer_timeout_s=float(cfg["peer_timeout_s"]))
+    budget = float(cfg.get("status_budget_msgs_s", GossipParams.status_budget_msgs_s))
+    params = GossipParams(heartbeat_s=float(cfg["heartbeat_s"]), peer_timeout_s=float(cfg["peer_timeout_s"]),
+                          status_budget_msgs_s=budget)  # fmt: skip
     point = run_size(n, profile, mix, seed, joins=200, progress=progress, params=params)
     return {"sim": point, "real": {"convergence_s": res["convergence_s"],
                                    "gossip_bytes_per_node_s": res["gossip_bytes_per_node_s"]},

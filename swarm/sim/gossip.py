@@ -124,21 +124,26 @@ def steady_state(net: Network, mix: SwarmMix, params: GossipParams, hot: int, wi
             seqs[origin] += 1
             tables[h].observe_status(_status(ids[origin], role, seqs[origin], status_p))
 
-    def publish(origin: int, period: float, phase: float, full: bool) -> None:
-        t = phase
+    every = max(round(announce_p / status_p), 1)
+
+    def publish(origin: int, phase: float, first_full: int) -> None:
+        """As swarm/runtime/node.py's heartbeat: one message per status period, the full announce in place of the
+        status every `every` periods."""
+        t, k = phase, first_full
         while t < window_s:
+            full = k % every == 0
             for h in hot_nodes:
                 arrive = t + (0.0 if h == origin else dist[h][origin])
                 if arrive < window_s:
                     loop.at(arrive, lambda h=h, o=origin, f=full: deliver(h, o, f))
-            t += period
+            t += status_p
+            k += 1
 
     for origin in range(n):
-        publish(origin, status_p, rng.uniform(0, status_p), False)
-        publish(origin, announce_p, rng.uniform(0, announce_p), True)
+        publish(origin, rng.uniform(0, status_p), rng.randrange(every))
     loop.run_until(window_s)
     per_node = [received[h] / window_s for h in hot_nodes]
-    delivered_msgs_s = n / status_p + n / announce_p
+    delivered_msgs_s = n / status_p
     wire = statistics.mean(per_node) * max(net.mean_degree() - 1, 1.0)
     wire += GOSSIP_DEGREE * delivered_msgs_s * IHAVE_WINDOW * IHAVE_ID_BYTES / GOSSIP_HEARTBEAT_S
     return {
