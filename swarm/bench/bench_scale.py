@@ -6,8 +6,9 @@ Serving nodes run the embedded `tiny` model on one thread; the rest relay (no ro
 thread of numerical work, and nodes start one at a time, each once the one before listens. The swarm's gossip is
 sized by its own knob: `network.status_budget_msgs_s` (the statuses a node expects to receive per second; the status
 period is N / budget past the heartbeat) is set for 32 processes to share 2 cores, as a deployment sets it for what
-its nodes can spend. Times come from the nodes' own log lines (one clock: this machine's): "listening on",
-"announced to a gossip mesh", "connected to bootstrap peer(s)", "peer joined: <id> (<roles>...)" and "peer left".
+its nodes can spend. Times come from the nodes' own log lines (one clock: this machine's): "host up" (the
+libp2p host listens), "linked to bootstrap peer" (a joiner's first link), "announcing to a gossip mesh" (its join
+announce), "peer joined: <id> (<roles>...)" and "peer left".
 Knows processes, logs and /metrics text.
 """
 
@@ -41,6 +42,7 @@ NODE_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREAD
 SERVE_ARGS = ["--roles", "serve", "--model", "tiny", "--set", "serving.num_threads=1",
               "--set", "serving.max_batch_tokens=256", "--set", "serving.kv_cache_bytes=8000000"]  # fmt: skip
 RELAY_ARGS = ["--roles", ""]
+HOST_UP = "host up: joining the swarm"
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 
 
@@ -117,10 +119,11 @@ def _join_one(workdir: Path, name: str, peers: list[LocalPeer], rng: random.Rand
     joiner.wait_ready(300)
     need = int(0.99 * len(others) + 0.999)
     _wait(lambda: sum(joiner.peer_id in _joined(p) for p in others) >= need, JOIN_TIMEOUT_S, 0.25)
-    listen = _first(joiner, "listening on")
+    _wait(lambda: _first(joiner, "linked to bootstrap") and _first(joiner, "announcing to a gossip mesh"), 10.0)
+    listen = _first(joiner, HOST_UP)
     known = sorted(_joined(p)[joiner.peer_id][0] for p in others if joiner.peer_id in _joined(p))
-    published = _first(joiner, "announced to a gossip mesh")
-    connected = _first(joiner, "connected to bootstrap peer")
+    published = _first(joiner, "announcing to a gossip mesh")
+    connected = _first(joiner, "linked to bootstrap peer")
     sample = {
         "name": name,
         "known_by": len(known),
@@ -135,7 +138,7 @@ def _join_one(workdir: Path, name: str, peers: list[LocalPeer], rng: random.Rand
 
 def _serving_found(peers: list[LocalPeer], serving: set[str]) -> list[float]:
     """Per node: seconds from when it could first know 3 serving peers (it listens and 3 others do) to when it did."""
-    listen = {p.peer_id: _first(p, "listening on") or 0.0 for p in peers}
+    listen = {p.peer_id: _first(p, HOST_UP) or 0.0 for p in peers}
     out = []
     for p in peers:
         others = sorted(listen[s] for s in serving if s != p.peer_id)

@@ -86,12 +86,14 @@ class Discovery:
             self._known_addrs[peer_id] = list(addrs)
             self._wakeup.set()
 
-    async def _dial_and_exchange(self, addr: str) -> str | None:
+    async def _dial_and_exchange(self, addr: str, *, bootstrap: bool = False) -> str | None:
         try:
             remote = await self.host.connect(addr)
         except CommsError as err:
             log.debug("dial %s failed: %s", addr, err)
             return None
+        if bootstrap:
+            log.info("linked to bootstrap peer %s", remote[-8:])
         try:
             records = await self.exchange_with(remote)
             self.membership.answered(remote)
@@ -141,7 +143,7 @@ class Discovery:
                     isolated_since, reasks = now, reasks + 1
                 results = []
                 for addr in self.bootstrap:
-                    results.append(await self._dial_and_exchange(addr))
+                    results.append(await self._dial_and_exchange(addr, bootstrap=True))
                 if any(results):
                     log.info("connected to bootstrap peer(s): %s", ", ".join(r[-8:] for r in results if r))
                     attempt = 1

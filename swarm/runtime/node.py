@@ -82,6 +82,7 @@ class Node:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.host.run)
+            log.info("host up: joining the swarm as %s", self.peer_id)  # benches time a join from here
             self.host.set_topic_validator(self.announce_topic, self._validate_announce)
             self.host.set_topic_validator(self.status_topic, self._validate_status)
             async with (
@@ -271,9 +272,9 @@ class Node:
             full = static != last_static or (has_mesh and not announced_with_mesh) or now >= next_announce
             try:
                 if full:
+                    if has_mesh and not announced_with_mesh:  # the join announce: benches time its spread from here
+                        log.info("announcing to a gossip mesh of %d", self.host.mesh_size(self.announce_topic))
                     await self.host.publish(self.announce_topic, encode(announce))
-                    if has_mesh and not announced_with_mesh:  # the join announce: benches time the swarm from here
-                        log.info("announced to a gossip mesh of %d", self.host.mesh_size(self.announce_topic))
                     last_static, announced_with_mesh = static, has_mesh
                     estimate = self.membership.size.estimate()
                     next_announce = now + announce_period_s(estimate, net.heartbeat_s, net.status_budget_msgs_s)

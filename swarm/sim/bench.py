@@ -137,8 +137,8 @@ def run_sim_bench(sizes: list[int], real: dict[str, Any] | None, seed: int = 0, 
         ratios["convergence_growth_100_to_10000"] = big["convergence_s"] / small["convergence_s"]
     comparison = _real_point(real, seed, progress) if real is not None else None
     if comparison is None and real is not None:
-        comparison = {"skipped": "the real run measured no convergence time or calibration (its swarm did not "
-                                 "converge), so there is nothing to compare the N = 32 point with"}  # fmt: skip
+        comparison = {"skipped": "the real run measured no convergence time (its swarm did not converge) or no "
+                                 "calibration, so there is nothing to compare the N = 32 point with"}  # fmt: skip
     elif comparison is not None:
         sim, actual = comparison["sim"], comparison["real"]
         ratios["sim_vs_real_convergence_32"] = sim["convergence_s"] / actual["convergence_s"]
