@@ -33,13 +33,15 @@ def test_arrival_over_a_line_is_the_sum_of_its_hops() -> None:
     assert net.arrival_s(0, 100) == pytest.approx([0.0, hop, 2 * hop, 3 * hop])
 
 
-def test_the_mesh_has_gossip_degree_and_joins_wait_for_a_heartbeat() -> None:
+def test_the_mesh_has_gossip_degree_and_joins_announce_at_the_poll_after_their_first_link() -> None:
     net = Network(300, WAN, seed=1)
     assert 4.5 <= net.mean_degree() <= 7
     assert all(len(a) >= 1 for a in net.adj)
     times = join_times(net, 5, 500, random.Random(2))
-    # the mesh forms at the first gossipsub heartbeat after the handshake: 0.1 s, or 1.1 s when that one is missed
-    assert all(0.1 <= t < 3.0 for t in times) and any(t >= 1.1 for t in times)
+    # the first link grafts on the bootstrap peer's subscription; the announce leaves at the node's next 0.25 s poll
+    assert all(0.25 <= t < 3.0 for t in times)
+    slow = Network(30, loopback(relay_s=0.01, handshake_s=0.3), seed=1)
+    assert all(0.5 <= t < 0.5 + 0.2 for t in join_times(slow, 5, 500, random.Random(2)))
 
 
 def test_steady_state_bytes_follow_the_period_policy() -> None:
