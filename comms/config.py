@@ -41,7 +41,10 @@ class NetworkConfig(BaseModel):
     swarm_key: Path | None = Field(None, description="Pre-shared key file (libp2p pnet swarm.key format).")
     identity: Path | None = Field(None, description="Ed25519 identity file; created when missing.")
     heartbeat_s: float = Field(2.0, gt=0, le=3600, description="Period of the PeerAnnounce.")
-    peer_timeout_s: float = Field(10.0, gt=0, le=86_400, description="Drop a peer not heard from for this long.")
+    peer_timeout_s: float = Field(
+        10.0, gt=0, le=86_400, description="Shortest expiry of a peer: it is dropped once neither heard from, nor "
+        "answering, nor connected for this long or 3 of its status periods (stretched to the gaps observed), if longer."
+    )  # fmt: skip
     dial_timeout_s: float = Field(5.0, gt=0, le=300)
     request_timeout_s: float = Field(10.0, gt=0, le=3600, description="Deadline of one request on a stream.")
     max_dial_peers: int = Field(16, ge=0, le=1024, description="Dial announced peers until this many connections.")

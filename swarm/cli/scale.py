@@ -18,11 +18,11 @@ def bench_scale(
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results JSON here.")] = None,
 ) -> None:
     """Time to be known by 99%, gossip bytes and CPU per node, serving peers found: real nodes, real counters."""
-    from swarm.bench.bench_scale import JOINERS, run_scale_bench
+    from swarm.bench.bench_scale import run_scale_bench
     from swarm.bench.benchio import BenchProgress, finish_bench, machine_info
 
     console = Console()
-    with BenchProgress("scale bench", nodes - JOINERS + 3 + JOINERS, console) as progress:
+    with BenchProgress("scale bench", nodes + 2, console) as progress:
         result = run_scale_bench(num_nodes=nodes, num_serving=serving, progress=progress)
     result["machine"] = machine_info()
     finish_bench(result, json_path, console)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 
 import trio
 
@@ -23,6 +24,7 @@ from swarm.runtime.membership import Membership
 log = logging.getLogger(__name__)
 
 BOOTSTRAP_BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
+ISOLATED_REASK_S = (4.0, 8.0, 15.0, 30.0)  # connected without a gossip mesh link this long: ask bootstrap again
 
 
 class Discovery:
@@ -35,8 +37,12 @@ class Discovery:
         bootstrap: list[str],
         max_dial_peers: int,
         request_timeout_s: float,
+        gossip_isolated: Callable[[], bool] = lambda: False,
     ) -> None:
+        """``gossip_isolated``: True while this node has no gossip mesh link; while it also has connections (its
+        subscriptions met nobody's, or its mesh peers left), bootstrap is dialled and asked for peers again."""
         self.host = host
+        self.gossip_isolated = gossip_isolated
         self.membership = membership
         self.bootstrap = list(bootstrap)
         self.max_dial_peers = max_dial_peers
@@ -80,14 +86,18 @@ class Discovery:
             self._known_addrs[peer_id] = list(addrs)
             self._wakeup.set()
 
-    async def _dial_and_exchange(self, addr: str) -> str | None:
+    async def _dial_and_exchange(self, addr: str, *, bootstrap: bool = False) -> str | None:
         try:
             remote = await self.host.connect(addr)
         except CommsError as err:
             log.debug("dial %s failed: %s", addr, err)
             return None
+        if bootstrap:
+            log.info("linked to bootstrap peer %s", remote[-8:])
         try:
-            for record in await self.exchange_with(remote):
+            records = await self.exchange_with(remote)
+            self.membership.answered(remote)
+            for record in records:
                 self.note_peer(record.peer_id, [a for a in record.addrs if a.endswith(record.peer_id)])
                 announce = record.announce
                 if announce is not None and self.membership.observe(announce, hearsay=True):
@@ -111,15 +121,29 @@ class Discovery:
     # --------------------------------------------------------------- services
 
     async def run_bootstrap(self) -> None:
-        """Dial every bootstrap peer until connected, retrying with back-off; re-dial whenever all links drop."""
+        """Dial every bootstrap peer until connected, retrying with back-off; dial and ask them again whenever all
+        links drop, or while links stay up without a single gossip mesh link (`ISOLATED_REASK_S`, backing off)."""
         if not self.bootstrap:
             return
         attempt = 0
+        isolated_since: float | None = None
+        reasks = 0
         while True:
-            if not self.host.connected_peers() or attempt == 0:
+            now = trio.current_time()
+            connected = bool(self.host.connected_peers())
+            if connected and self.gossip_isolated():
+                isolated_since = now if isolated_since is None else isolated_since
+            else:
+                isolated_since, reasks = None, 0
+            wait_s = ISOLATED_REASK_S[min(reasks, len(ISOLATED_REASK_S) - 1)]
+            reask = isolated_since is not None and now - isolated_since >= wait_s
+            if not connected or attempt == 0 or reask:
+                if reask:
+                    log.info("connected but no gossip mesh link for %.0f s: asking the bootstrap peers again", wait_s)
+                    isolated_since, reasks = now, reasks + 1
                 results = []
                 for addr in self.bootstrap:
-                    results.append(await self._dial_and_exchange(addr))
+                    results.append(await self._dial_and_exchange(addr, bootstrap=True))
                 if any(results):
                     log.info("connected to bootstrap peer(s): %s", ", ".join(r[-8:] for r in results if r))
                     attempt = 1

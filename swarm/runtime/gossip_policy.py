@@ -18,6 +18,7 @@ from protocols.status import MAX_STATUS_PERIOD_S
 
 SIZE_SKETCH_K = 256  # ids kept by the size estimate: relative error about 1 / sqrt(K) = 6% once N > K
 STATUS_MISSES = 3  # a peer is dropped after this many of its status periods of silence
+GAP_DECAY = 0.75  # the observed gap between a peer's messages falls back this much per message after a slow one
 ANNOUNCE_EVERY_STATUS = 5  # the full announce is refreshed every this many status periods (and on every change)
 MAX_SWARM_ESTIMATE = 10_000_000
 
@@ -32,10 +33,22 @@ def announce_period_s(n_est: float, heartbeat_s: float, budget_msgs_s: float) ->
     return ANNOUNCE_EVERY_STATUS * status_period_s(n_est, heartbeat_s, budget_msgs_s)
 
 
-def expiry_s(peer_period_s: float, floor_s: float) -> float:
-    """How long a peer announcing ``peer_period_s`` may stay silent: `STATUS_MISSES` periods, at least the
-    configured ``peer_timeout_s`` (a period past the bound was refused at decoding)."""
-    return max(floor_s, STATUS_MISSES * min(peer_period_s, MAX_STATUS_PERIOD_S))
+def expiry_s(peer_period_s: float, floor_s: float, observed_gap_s: float = 0.0) -> float:
+    """How long a peer may stay silent: `STATUS_MISSES` of its periods, at least the configured ``peer_timeout_s``.
+    The period is the one it announces or, when its messages reach this node further apart than that (a busy
+    sender, a slow mesh, queues on the way), the gap this node observes: expiry adapts to the delivery the swarm
+    actually achieves. Both are capped by `MAX_STATUS_PERIOD_S` (a longer announced period is refused at decoding),
+    so no peer lives longer than it could by announcing the longest period allowed."""
+    period = min(max(peer_period_s, observed_gap_s), MAX_STATUS_PERIOD_S)
+    return max(floor_s, STATUS_MISSES * period)
+
+
+def next_gap_s(previous_gap_s: float, gap_s: float, expiry_now_s: float) -> float:
+    """The observed gap after a message ``gap_s`` after the previous one: a slow delivery lifts it at once, and it
+    decays by `GAP_DECAY` per message once deliveries are regular again. A gap counts up to the expiry in force
+    (a longer silence was bridged by the transport's liveness, not by gossip), so one message can lift the expiry
+    by at most `STATUS_MISSES` times."""
+    return max(min(gap_s, expiry_now_s), previous_gap_s * GAP_DECAY)
 
 
 class SizeEstimate:

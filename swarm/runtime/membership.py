@@ -1,6 +1,14 @@
 """Who is in the swarm: a bounded table of live peers, each the latest PeerAnnounce (the rarely-changing record)
 merged with its latest PeerStatus (load, training and RL progress), expired after a few of its status periods.
 
+Liveness comes from the peer's own gossip and from the transport, passed in by the node: an answer the peer gave
+to a request of ours, or an open connection to it. A peer is expired only when all have been silent for its
+expiry, so a busy machine that delays gossip does not lose peers it is still talking to; expiry itself is
+measured in the peer's periods, stretched to the gaps this node actually observes between its messages
+(swarm/runtime/gossip_policy.py). None lets a peer outlive its reachability: hearsay never refreshes an entry, an
+answer vouches for one expiry, and an open connection (which a frozen process keeps open) for at most
+`CONNECTED_GRACE_EXPIRIES` expiries past the peer's last message or answer.
+
 Knows announces, statuses and a clock; nothing about sockets. Gossip announces are checked against their signed
 origin before they reach this table; announces heard second-hand (peer exchange) are kept as hearsay: they fill
 the table for a joiner but never replace what the peer said itself.
@@ -16,26 +24,38 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from protocols import PeerAnnounce
 from protocols.status import PeerStatus
-from swarm.runtime.gossip_policy import SizeEstimate, expiry_s
+from swarm.runtime.gossip_policy import SizeEstimate, expiry_s, next_gap_s
+
+CONNECTED_GRACE_EXPIRIES = 3.0  # an open connection alone keeps a silent peer this many expiries, then one more
 
 
 @dataclass
 class PeerEntry:
     announce: PeerAnnounce
     first_seen: float
-    last_seen: float
+    last_seen: float  # when the peer's own gossip last reached us (or the entry was made)
     timeout_s: float = 0.0  # silence after which the peer is dropped
     hearsay: bool = False  # heard from a third party, not (yet) from the peer itself
     status_seq: int = -1
     load_at: float = 0.0  # when the load in `announce` was measured (our clock)
+    period_s: float = 0.0  # the status period the peer announces (0 until its first status)
+    gap_s: float = 0.0  # observed gap between its messages reaching us (decaying max)
+    answered_at: float = float("-inf")  # when it last answered a request of ours
+    connected_at: float = float("-inf")  # when a connection to it was last seen open
 
     def age_s(self, now: float) -> float:
         return max(now - self.last_seen, 0.0)
+
+    def live_at(self, timeout_s: float) -> float:
+        """When we last had evidence the peer is there: its gossip, an answer, or an open connection (that one
+        counts only up to `CONNECTED_GRACE_EXPIRIES` expiries past the others)."""
+        heard = max(self.last_seen, self.answered_at)
+        return max(heard, min(self.connected_at, heard + CONNECTED_GRACE_EXPIRIES * timeout_s))
 
 
 def _serving_key(announce: PeerAnnounce) -> str | None:
@@ -81,8 +101,8 @@ class Membership:
         if now - self._full_since.get(model, -1e18) < 1.0:
             return False  # scanned a moment ago: a flood of newcomers costs one scan per second, not one each
         pool = [e for e in self._peers.values() if model is None or _serving_key(e.announce) == model]
-        stalest = min(pool, key=lambda e: e.last_seen, default=None)
-        if stalest is None or now - stalest.last_seen < 0.5 * self._timeout(stalest):
+        stalest = min(pool, key=lambda e: e.live_at(self._timeout(e)), default=None)
+        if stalest is None or now - stalest.live_at(self._timeout(stalest)) < 0.5 * self._timeout(stalest):
             self._full_since[model] = now
             return False
         self.remove(stalest.announce.peer_id)
@@ -124,9 +144,16 @@ class Membership:
             self._replace(entry, announce)
             entry.load_at = now
             if not hearsay:
-                entry.last_seen = now
-                entry.hearsay = False
+                self._heard(entry, now)
         return False
+
+    def _heard(self, entry: PeerEntry, now: float) -> None:
+        """The peer's own message reached us: refresh it, and measure the gap since its previous one."""
+        if not entry.hearsay:
+            entry.gap_s = next_gap_s(entry.gap_s, now - entry.last_seen, self._timeout(entry))
+            entry.timeout_s = expiry_s(entry.period_s, self.peer_timeout_s, entry.gap_s)
+        entry.last_seen = now
+        entry.hearsay = False
 
     def _replace(self, entry: PeerEntry, announce: PeerAnnounce) -> None:
         old, new = _serving_key(entry.announce), _serving_key(announce)
@@ -148,8 +175,8 @@ class Membership:
         if entry is None or status.seq <= entry.status_seq:
             return False
         entry.status_seq = status.seq
-        entry.last_seen = now
-        entry.timeout_s = expiry_s(status.period_s, self.peer_timeout_s)
+        entry.period_s = status.period_s
+        self._heard(entry, now)
         changes: dict = {}
         if status.load is not None:
             changes["load"] = status.load
@@ -163,16 +190,30 @@ class Membership:
         return True
 
     def update_load(self, peer_id: str, load: object) -> None:
-        """A load the peer gave when asked directly (routing's sample)."""
+        """A load the peer gave when asked directly (routing's sample); the answer also vouches for it."""
         entry = self._peers.get(peer_id)
         if entry is not None:
             entry.announce = replace(entry.announce, load=load)
-            entry.load_at = self._clock()
+            entry.load_at = entry.answered_at = self._clock()
 
-    def expire(self) -> list[str]:
-        """Drop peers silent for longer than their expiry; return their ids."""
+    def answered(self, peer_id: str) -> bool:
+        """The peer answered a request of ours just now: reachable, whatever its gossip says. Changes nothing else;
+        False when the peer is not in the table (an answer never makes an entry)."""
+        entry = self._peers.get(peer_id)
+        if entry is None:
+            return False
+        entry.answered_at = self._clock()
+        return True
+
+    def expire(self, connected: Iterable[str] = ()) -> list[str]:
+        """Drop peers with no evidence of life for longer than their expiry; ``connected``: the peers a connection
+        is open to now. Returns the ids dropped."""
         now = self._clock()
-        gone = [pid for pid, e in self._peers.items() if now - e.last_seen > self._timeout(e)]
+        for peer_id in connected:
+            entry = self._peers.get(peer_id)
+            if entry is not None:
+                entry.connected_at = now
+        gone = [pid for pid, e in self._peers.items() if now - e.live_at(self._timeout(e)) > self._timeout(e)]
         for pid in gone:
             self.remove(pid)
         self.size.expire(now, max((self._timeout(e) for e in self._peers.values()), default=self.peer_timeout_s))

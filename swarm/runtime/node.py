@@ -53,10 +53,13 @@ class Node:
         self.membership = Membership(
             self.peer_id, net.peer_timeout_s, max_peers=net.max_peers, max_per_model=net.max_peers_per_model
         )
-        self.discovery = Discovery(self.host, self.membership, net.peers, net.max_dial_peers, net.request_timeout_s)
+        self.announce_topic = topic(net.swarm_id, ANNOUNCE_TOPIC)
+        self.discovery = Discovery(
+            self.host, self.membership, net.peers, net.max_dial_peers, net.request_timeout_s,
+            gossip_isolated=lambda: self.host.mesh_size(self.announce_topic) == 0,
+        )  # fmt: skip
         self.hardware = detect_hardware()
         self.devices = detect_devices()
-        self.announce_topic = topic(net.swarm_id, ANNOUNCE_TOPIC)
         self.status_topic = topic(net.swarm_id, STATUS_TOPIC)
         self.load_probe = LoadProbe(self)
         self.roles = [] if client_only else build_roles(config, self)
@@ -66,8 +69,9 @@ class Node:
         self.started_at = time.monotonic()
         self._seq = 0
         self._nursery: trio.Nursery | None = None
-        # announces the gossip validator decoded, by message bytes, for the consumer to take without decoding again
+        # messages the gossip validators decoded, by message bytes, for the consumers to take without decoding again
         self._validated: OrderedDict[bytes, PeerAnnounce] = OrderedDict()
+        self._validated_status: OrderedDict[bytes, PeerStatus] = OrderedDict()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -78,6 +82,7 @@ class Node:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.host.run)
+            log.info("host up: joining the swarm as %s", self.peer_id)  # benches time a join from here
             self.host.set_topic_validator(self.announce_topic, self._validate_announce)
             self.host.set_topic_validator(self.status_topic, self._validate_status)
             async with (
@@ -208,22 +213,28 @@ class Node:
         if status.peer_id != origin:
             self.metrics.refuse(ErrorCode.BAD_REQUEST)
             return False
+        self._validated_status[data] = status
+        while len(self._validated_status) > VALIDATED_KEPT:
+            self._validated_status.popitem(last=False)
         return True
 
     async def _consume_statuses(self, statuses: trio.MemoryReceiveChannel[tuple[str, bytes]]) -> None:
         async for origin, data in statuses:
+            status = self._validated_status.pop(data, None)
             if origin == self.peer_id:
                 continue
-            try:
-                self.membership.observe_status(decode_as(data, PeerStatus, limits=GOSSIP_LIMITS))
-            except ProtocolError:
-                continue  # already refused and counted by the validator
+            if status is None:
+                try:
+                    status = decode_as(data, PeerStatus, limits=GOSSIP_LIMITS)
+                except ProtocolError:
+                    continue  # already refused and counted by the validator
+            self.membership.observe_status(status)
 
     async def _consume_announces(self, announces: trio.MemoryReceiveChannel[tuple[str, bytes]]) -> None:
         async for origin, data in announces:
+            announce = self._validated.pop(data, None)
             if origin == self.peer_id:
                 continue
-            announce = self._validated.pop(data, None)
             if announce is None:
                 try:
                     announce = decode_as(data, PeerAnnounce, limits=GOSSIP_LIMITS)
@@ -261,9 +272,9 @@ class Node:
             full = static != last_static or (has_mesh and not announced_with_mesh) or now >= next_announce
             try:
                 if full:
+                    if has_mesh and not announced_with_mesh:  # the join announce: benches time its spread from here
+                        log.info("announcing to a gossip mesh of %d", self.host.mesh_size(self.announce_topic))
                     await self.host.publish(self.announce_topic, encode(announce))
-                    if has_mesh and not announced_with_mesh:  # the join announce: benches time the swarm from here
-                        log.info("announced to a gossip mesh of %d", self.host.mesh_size(self.announce_topic))
                     last_static, announced_with_mesh = static, has_mesh
                     estimate = self.membership.size.estimate()
                     next_announce = now + announce_period_s(estimate, net.heartbeat_s, net.status_budget_msgs_s)
@@ -279,11 +290,13 @@ class Node:
                     break
 
     async def _expire_loop(self) -> None:
+        """Drop peers neither heard from nor connected for their expiry: an open connection vouches for a peer whose
+        gossip a busy swarm delays (swarm/runtime/membership.py)."""
         period = min(self.config.network.heartbeat_s, 1.0)
         while True:
             await trio.sleep(period)
-            for peer_id in self.membership.expire():
-                log.info("peer left: %s (silent for %.1f s)", peer_id, self.config.network.peer_timeout_s)
+            for peer_id in self.membership.expire(connected=self.host.connected_peers()):
+                log.info("peer left: %s (neither heard from nor connected for its expiry)", peer_id)
                 self.discovery.forget(peer_id)
 
     # ------------------------------------------------------------------ views

@@ -109,7 +109,9 @@ def _real_point(real: dict[str, Any], seed: int, progress) -> dict[str, Any] | N
     size = int(res["gossip_message_bytes_mean"])
     roles = ["serve"] * int(cfg["serving"]) + ["relay"] * (n - int(cfg["serving"]))
     mix = SwarmMix(roles, {"serve": size, "relay": size}, {"serve": size, "relay": size})
-    params = GossipParams(heartbeat_s=float(cfg["heartbeat_s"]), peer_timeout_s=float(cfg["peer_timeout_s"]))
+    budget = float(cfg.get("status_budget_msgs_s", GossipParams.status_budget_msgs_s))
+    params = GossipParams(heartbeat_s=float(cfg["heartbeat_s"]), peer_timeout_s=float(cfg["peer_timeout_s"]),
+                          status_budget_msgs_s=budget)  # fmt: skip
     point = run_size(n, profile, mix, seed, joins=200, progress=progress, params=params)
     return {"sim": point, "real": {"convergence_s": res["convergence_s"],
                                    "gossip_bytes_per_node_s": res["gossip_bytes_per_node_s"]},
@@ -135,8 +137,8 @@ def run_sim_bench(sizes: list[int], real: dict[str, Any] | None, seed: int = 0, 
         ratios["convergence_growth_100_to_10000"] = big["convergence_s"] / small["convergence_s"]
     comparison = _real_point(real, seed, progress) if real is not None else None
     if comparison is None and real is not None:
-        comparison = {"skipped": "the real run measured no convergence time or calibration (its swarm did not "
-                                 "converge), so there is nothing to compare the N = 32 point with"}  # fmt: skip
+        comparison = {"skipped": "the real run measured no convergence time (its swarm did not converge) or no "
+                                 "calibration, so there is nothing to compare the N = 32 point with"}  # fmt: skip
     elif comparison is not None:
         sim, actual = comparison["sim"], comparison["real"]
         ratios["sim_vs_real_convergence_32"] = sim["convergence_s"] / actual["convergence_s"]

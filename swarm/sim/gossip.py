@@ -13,6 +13,7 @@ IHAVE ids. Knows messages' sizes, not their bytes: real encoded sizes are passed
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 from dataclasses import dataclass
@@ -24,8 +25,7 @@ from swarm.runtime.membership import Membership
 from swarm.sim.clock import EventLoop
 from swarm.sim.network import GOSSIP_DEGREE, GOSSIP_HEARTBEAT_S, Network
 
-GOSSIP_FIRST_HEARTBEAT_S = 0.1  # py-libp2p's heartbeat_initial_delay
-ANNOUNCE_POLL_S = 0.25  # swarm/runtime/node.py checks for its first mesh link this often
+ANNOUNCE_POLL_S = 0.25  # swarm/runtime/node.py checks for its first mesh link this often, from its start
 IHAVE_ID_BYTES = 50  # a gossipsub message id (origin + seqno) in an IHAVE
 IHAVE_WINDOW = 3  # heartbeats of message ids gossiped (py-libp2p's gossip window)
 
@@ -45,21 +45,19 @@ class GossipParams:
 def join_times(net: Network, joins: int, size_bytes: int, rng: random.Random) -> list[float]:
     """For ``joins`` nodes joining at random places: seconds from listening to being known by 99% of the swarm.
 
-    A joiner dials one bootstrap peer (TCP + noise + yamux + peer exchange: `handshake_s` plus 2.5 round trips),
-    exchanges subscriptions (half a round trip), grafts up to D mesh peers at its first gossipsub heartbeat after
-    that (0.1 s after start, then every second), publishes its announce within one poll of
-    swarm/runtime/node.py, and the announce floods the mesh."""
+    A joiner dials one bootstrap peer (TCP + noise + yamux: `handshake_s` plus 3 round trips), grafts it into its
+    mesh as soon as its subscription arrives (half a round trip later: py-libp2p grafts on a subscription while the
+    mesh is below D_lo, without waiting for a heartbeat), publishes its announce at the next poll of
+    swarm/runtime/node.py (every `ANNOUNCE_POLL_S` from its start), and the announce floods the mesh; the joiner's
+    other mesh links (up to D) form as it dials the peers it learns of."""
     out = []
     n = net.n
     for _ in range(joins):
         me = rng.randrange(n)  # the joiner takes the place of a node: same region and uplink model
         boot = rng.choice([v for v in range(n) if v != me]) if n > 1 else me
         rtt = 2 * net.latency_s(me, boot)
-        connected = net.profile.handshake_s + 3.0 * rtt + net.profile.relay_s
-        beat = GOSSIP_FIRST_HEARTBEAT_S
-        while beat < connected:
-            beat += GOSSIP_HEARTBEAT_S
-        published = beat + rng.uniform(0.0, ANNOUNCE_POLL_S)
+        meshed = net.profile.handshake_s + 3.5 * rtt + net.profile.relay_s
+        published = math.ceil(meshed / ANNOUNCE_POLL_S) * ANNOUNCE_POLL_S
         others = [v for v in range(n) if v != me]
         mesh = [boot, *rng.sample([v for v in others if v != boot], min(GOSSIP_DEGREE - 1, max(len(others) - 1, 0)))]
         extra = {me: mesh}
@@ -124,21 +122,26 @@ def steady_state(net: Network, mix: SwarmMix, params: GossipParams, hot: int, wi
             seqs[origin] += 1
             tables[h].observe_status(_status(ids[origin], role, seqs[origin], status_p))
 
-    def publish(origin: int, period: float, phase: float, full: bool) -> None:
-        t = phase
+    every = max(round(announce_p / status_p), 1)
+
+    def publish(origin: int, phase: float, first_full: int) -> None:
+        """As swarm/runtime/node.py's heartbeat: one message per status period, the full announce in place of the
+        status every `every` periods."""
+        t, k = phase, first_full
         while t < window_s:
+            full = k % every == 0
             for h in hot_nodes:
                 arrive = t + (0.0 if h == origin else dist[h][origin])
                 if arrive < window_s:
                     loop.at(arrive, lambda h=h, o=origin, f=full: deliver(h, o, f))
-            t += period
+            t += status_p
+            k += 1
 
     for origin in range(n):
-        publish(origin, status_p, rng.uniform(0, status_p), False)
-        publish(origin, announce_p, rng.uniform(0, announce_p), True)
+        publish(origin, rng.uniform(0, status_p), rng.randrange(every))
     loop.run_until(window_s)
     per_node = [received[h] / window_s for h in hot_nodes]
-    delivered_msgs_s = n / status_p + n / announce_p
+    delivered_msgs_s = n / status_p
     wire = statistics.mean(per_node) * max(net.mean_degree() - 1, 1.0)
     wire += GOSSIP_DEGREE * delivered_msgs_s * IHAVE_WINDOW * IHAVE_ID_BYTES / GOSSIP_HEARTBEAT_S
     return {

@@ -24,7 +24,7 @@ REGION_LATENCY_S = np.array([
     [0.090, 0.070, 0.140, 0.060, 0.005],
 ])  # fmt: skip
 GOSSIP_DEGREE = 6  # gossipsub D (comms/host.py); D_lo 4, D_hi 12
-GOSSIP_HEARTBEAT_S = 1.0  # gossipsub heartbeat: a joiner's mesh forms at its first heartbeat after connecting
+GOSSIP_HEARTBEAT_S = 1.0  # gossipsub heartbeat: mesh upkeep and IHAVE gossip
 
 
 @dataclass(frozen=True)

@@ -33,13 +33,15 @@ def test_arrival_over_a_line_is_the_sum_of_its_hops() -> None:
     assert net.arrival_s(0, 100) == pytest.approx([0.0, hop, 2 * hop, 3 * hop])
 
 
-def test_the_mesh_has_gossip_degree_and_joins_wait_for_a_heartbeat() -> None:
+def test_the_mesh_has_gossip_degree_and_joins_announce_at_the_poll_after_their_first_link() -> None:
     net = Network(300, WAN, seed=1)
     assert 4.5 <= net.mean_degree() <= 7
     assert all(len(a) >= 1 for a in net.adj)
     times = join_times(net, 5, 500, random.Random(2))
-    # the mesh forms at the first gossipsub heartbeat after the handshake: 0.1 s, or 1.1 s when that one is missed
-    assert all(0.1 <= t < 3.0 for t in times) and any(t >= 1.1 for t in times)
+    # the first link grafts on the bootstrap peer's subscription; the announce leaves at the node's next 0.25 s poll
+    assert all(0.25 <= t < 3.0 for t in times)
+    slow = Network(30, loopback(relay_s=0.01, handshake_s=0.3), seed=1)
+    assert all(0.5 <= t < 0.5 + 0.2 for t in join_times(slow, 5, 500, random.Random(2)))
 
 
 def test_steady_state_bytes_follow_the_period_policy() -> None:
@@ -48,8 +50,11 @@ def test_steady_state_bytes_follow_the_period_policy() -> None:
     mix = SwarmMix(["serve"] * n, announce, status)
     out = steady_state(Network(n, WAN, seed=3), mix, GossipParams(), hot=8, window_s=40.0, seed=4)
     assert out["status_period_s"] == pytest.approx(n / 25.0, rel=0.1)
-    expected = n / out["status_period_s"] * status["serve"] + n / out["announce_period_s"] * announce["serve"]
-    assert out["gossip_bytes_per_node_s"] == pytest.approx(expected, rel=0.25)
+    # one message per node per status period, the full announce in place of every 5th status (as a node sends)
+    every = out["announce_period_s"] / out["status_period_s"]
+    expected = n / out["status_period_s"] * ((every - 1) * status["serve"] + announce["serve"]) / every
+    assert out["gossip_bytes_per_node_s"] == pytest.approx(expected, rel=0.1)
+    assert out["messages_per_node_s"] == pytest.approx(n / out["status_period_s"])
     assert 0 < out["table_entries_mean"] <= n
 
 
@@ -67,7 +72,8 @@ def test_noloco_groups_form_without_churn_and_the_shortcut_matches_the_real_call
 
 
 def test_sim_bench_writes_its_ratios_against_a_real_run() -> None:
-    real = {"config": {"nodes": 12, "serving": 3, "heartbeat_s": 4.0, "peer_timeout_s": 20.0},
+    real = {"config": {"nodes": 12, "serving": 3, "heartbeat_s": 4.0, "peer_timeout_s": 20.0,
+                       "status_budget_msgs_s": 2.0},
             "results": {"convergence_s": 0.5, "gossip_bytes_per_node_s": 3000.0, "gossip_message_bytes_mean": 300.0,
                         "calibration": {"handshake_s": 0.05, "first_hop_s": 0.004}}}  # fmt: skip
     result = run_sim_bench([10, 30], real, seed=0, progress=lambda _m: None)
@@ -76,3 +82,4 @@ def test_sim_bench_writes_its_ratios_against_a_real_run() -> None:
     ratios = result["ratios"]
     assert ratios["sim_vs_real_convergence_32"] > 0 and ratios["sim_vs_real_bytes_32"] > 0
     assert result["results"]["real_32"]["sim"]["nodes"] == 12
+    assert result["results"]["real_32"]["sim"]["status_period_s"] == pytest.approx(6.0)  # the real run's budget
