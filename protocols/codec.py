@@ -9,6 +9,7 @@ UNSUPPORTED_VERSION. This module knows MessagePack and dataclasses, nothing abou
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -152,8 +153,14 @@ def _check(value: Any, tp: Any, path: str) -> Any:
     raise TypeError(f"unsupported field type {tp!r} at {path}")
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """A record class's resolved field types (resolving them costs more than decoding a whole announce)."""
+    return typing.get_type_hints(cls)
+
+
 def _build(cls: type[Record], body: dict[str, Any], prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         path = f"{prefix}{f.name}"
