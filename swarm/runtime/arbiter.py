@@ -285,19 +285,25 @@ class Arbiter:
 
 
 def lower_priority(tid: int = 0) -> str:
-    """Put this process (or thread `tid`) at the lowest CPU priority: SCHED_IDLE where allowed, else nice 19.
-    Returns which one it got, for the log and /healthz."""
+    """Put this process (every thread it has now, and those they start later) or thread `tid` at the lowest CPU
+    priority: SCHED_IDLE where allowed, else nice 19 (both are per thread on Linux). Returns which one it got, for
+    the log and /healthz."""
+    tids = [tid]
+    if not tid:
+        try:
+            tids = [int(t) for t in os.listdir("/proc/self/task")]
+        except OSError:
+            tids = [0]
     if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
         try:
-            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+            for t in tids:
+                os.sched_setscheduler(t, os.SCHED_IDLE, os.sched_param(0))
             return "SCHED_IDLE"
         except (PermissionError, OSError) as err:
             log.warning("SCHED_IDLE not allowed (%s); training at nice 19 instead", err)
     try:
-        if tid:
-            os.setpriority(os.PRIO_PROCESS, tid, 19)
-        else:
-            os.nice(19 - os.nice(0))
+        for t in tids:
+            os.setpriority(os.PRIO_PROCESS, t, 19)
         return "nice 19"
     except OSError as err:
         log.warning("cannot lower the training priority (%s): it competes with serving as an equal", err)
