@@ -192,16 +192,20 @@ class Engine:
         )
         detoks = [IncrementalDetokenizer(self.tokenizer, prompt_ids, params.stop) for _ in range(params.n)]
         stream = _Stream(sink, detoks, req, {0: req}, {})
+        if not req.offline:  # busy before the engine can start on it, and a co-runner told to yield first
+            self._slack = Slack(False, 0.0, self._slack.offline_pending, self._slack.offline_late, req.arrival_s)
+            if self.on_online_arrival is not None:
+                self.on_online_arrival(req.arrival_s)
         with self._lock:
-            if params.request_id in self._streams:
-                raise ProtocolError(ErrorCode.BAD_REQUEST, "request id already in flight", field="request_id")
-            self.scheduler.add(req)  # raises OverloadedError when admission refuses
+            try:
+                if params.request_id in self._streams:
+                    raise ProtocolError(ErrorCode.BAD_REQUEST, "request id already in flight", field="request_id")
+                self.scheduler.add(req)  # raises OverloadedError when admission refuses
+            except Exception:
+                self._slack = measure_slack(self.scheduler, None, time.perf_counter())  # not admitted after all
+                raise
             self._streams[req.request_id] = stream
-            if not req.offline:
-                self._slack = Slack(False, 0.0, self._slack.offline_pending, self._slack.offline_late, req.arrival_s)
             self._lock.notify_all()
-        if not req.offline and self.on_online_arrival is not None:
-            self.on_online_arrival(req.arrival_s)
 
     def slack(self) -> Slack:
         """What online serving leaves free now (cheap, any thread): see `serving.slack`."""

@@ -184,6 +184,9 @@ class TrainingPeer:
         # `micro_gate` (which runs it once the node's serving leaves room).
         self.micro_gate: Callable[[Callable[[], None]], None] | None = None
         self.micro_batch = cfg.batch_size
+        # When set, runs each inner step in place of `inner` (another process stepping the same weights and
+        # optimizer state, in shared memory) and returns its loss.
+        self.inner_step: Callable[[torch.Tensor], float] | None = None
         # rounds end at the group's deadline; not for exchanges that overlap inner steps (streaming), which end
         # mid-round by design
         self.deadline = RoundDeadline(cfg.inner_steps, clock)
@@ -469,7 +472,9 @@ class TrainingPeer:
                 self.deadline.start_round()
             before = st.step
             batch = self.next_batch()
-            if self.micro_gate is None:
+            if self.inner_step is not None:
+                loss = self.inner_step(batch)
+            elif self.micro_gate is None:
                 loss = self.inner.step(batch)
             else:
                 loss = self.inner.step_in_micro_batches(batch, self.micro_batch, self.micro_gate)

@@ -5,9 +5,10 @@ Order of classes (COSCHEDULE.md A.3): online serving, then rollouts near their d
 rollouts with time to spare. The engine publishes its slack (`serving.slack.Slack`); the arbiter grants the trainer
 a micro-step when serving is idle (all `max_threads` threads) or when the step in flight leaves at least one
 micro-step's time in its TPOT budget (one thread), and never while a rollout is late. An online request's arrival
-revokes the grant at once, from the submitting thread; the micro-step in flight ends (it is sized to a quarter of
-the tightest TPOT target) and the trainer waits. Yield latency = arrival to the end of that micro-step.
-The grant travels through a `Gate` of multiprocessing primitives, so the trainer may be a thread or a child
+revokes the grant at once, from the submitting thread: a trainer process (the CPU case) is stopped by the kernel
+where it is and continues that micro-step at its next grant; a trainer thread ends its micro-step in flight (sized
+to a quarter of the tightest TPOT target) and waits. Yield latency = arrival to the trainer paused (stopped, or its
+micro-step ended). The grant travels through a `Gate` of shared values, so the trainer may be a thread or a child
 process. This module knows the engine's slack and the gate, nothing about models or the network.
 """
 
@@ -17,6 +18,7 @@ import logging
 import math
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections import deque
@@ -55,71 +57,134 @@ class TrainerStopped(Exception):
 
 
 class Gate:
-    """Grant / revoke between an arbiter and one trainer (thread or process; pass it to the child at start)."""
+    """Grant / revoke between an arbiter and one trainer (thread or process; pass it to the child at start).
 
-    def __init__(self, ctx: Any = None) -> None:
+    Shared state is lock-free (plain shared values), so nothing the arbiter calls can wait on the trainer. A child
+    process trainer is `attach`ed by pid: revoking a grant while it runs a micro-step stops the process at once
+    (SIGSTOP; the kernel halts every one of its threads where it is), and the next grant continues it (SIGCONT)
+    from there. A trainer thread cannot be stopped that way: its micro-step in flight runs to its end."""
+
+    def __init__(self, ctx: Any = None, poll_s: float = 0.001) -> None:
         ctx = ctx or multiprocessing.get_context("spawn")
-        self._grant = ctx.Event()
-        self._lock = ctx.Lock()
-        self.stop = ctx.Event()
+        self.poll_s = poll_s
+        self._grant = ctx.Value("b", 0, lock=False)
+        self._stop = ctx.Value("b", 0, lock=False)
         self._running = ctx.Value("b", 0, lock=False)
         self._micro_end = ctx.Value("d", 0.0, lock=False)
         self._threads = ctx.Value("i", 1, lock=False)
         self._micro_steps = ctx.Value("q", 0, lock=False)
+        self._init_arbiter_side()
+
+    def _init_arbiter_side(self) -> None:
+        self._pid = 0
+        self._suspended = False
+        self._suspended_at = 0.0
+        self.suspensions = 0
+        self._signal_lock = threading.Lock()  # the arrival hook and the arbiter's thread both revoke
+
+    def __getstate__(self) -> dict:  # what a child process gets: the shared values, no arbiter-side state
+        state = dict(self.__dict__)
+        for key in ("_pid", "_suspended", "_suspended_at", "suspensions", "_signal_lock"):
+            state.pop(key)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._init_arbiter_side()
 
     # ----- trainer side -----
     def run(self, micro_step: Callable[[], None]) -> None:
         """Run `micro_step` once granted; raise TrainerStopped when the gate closes first."""
         while True:
-            if self.stop.is_set():
+            if self._stop.value:
                 raise TrainerStopped("gate closed")
-            if self._grant.wait(0.1):
-                with self._lock:
-                    if self._grant.is_set():
-                        self._running.value = 1
-                        break
+            if self._grant.value:
+                self._running.value = 1
+                if self._grant.value:  # re-read after announcing: a revoke in between sees us running
+                    break
+                self._running.value = 0
+            time.sleep(self.poll_s)
         try:
             micro_step()
         finally:
-            with self._lock:
-                self._running.value = 0
-                self._micro_end.value = time.perf_counter()
-                self._micro_steps.value += 1
+            self._micro_end.value = time.perf_counter()
+            self._micro_steps.value += 1
+            self._running.value = 0
 
     @property
     def threads(self) -> int:
         return self._threads.value
 
+    @property
+    def stopping(self) -> bool:
+        return bool(self._stop.value)
+
     # ----- arbiter side -----
+    def attach(self, pid: int) -> None:
+        """The trainer is the child process `pid`: revocations stop it at once."""
+        self._pid = pid
+
     def grant(self, threads: int) -> None:
         self._threads.value = threads
-        self._grant.set()
+        self._resume()
+        self._grant.value = 1
 
     def revoke(self) -> bool:
-        """Withdraw the grant; True when a micro-step is in flight (it ends, then the trainer waits)."""
-        with self._lock:
-            self._grant.clear()
-            return bool(self._running.value)
+        """Withdraw the grant; True when this caught a micro-step running (an attached process is stopped now,
+        however it came to run; a thread's micro-step ends, then it waits)."""
+        was_granted, self._grant.value = self._grant.value, 0
+        if not self._running.value:
+            return False
+        if not self._pid:
+            return bool(was_granted)
+        return self._suspend()
+
+    def _suspend(self) -> bool:
+        with self._signal_lock:
+            if self._suspended:
+                return False
+            try:
+                os.kill(self._pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                return False
+            self._suspended, self._suspended_at = True, time.perf_counter()
+            self.suspensions += 1
+            return True
+
+    def _resume(self) -> None:
+        with self._signal_lock:
+            if not self._suspended:
+                return
+            self._suspended = False
+            try:
+                os.kill(self._pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
 
     @property
     def granted(self) -> bool:
-        return self._grant.is_set()
+        return bool(self._grant.value)
 
     @property
     def paused(self) -> bool:
-        return not self._running.value
+        """The trainer runs nothing: between micro-steps, or stopped."""
+        return self._suspended or not self._running.value
 
     @property
-    def last_micro_end_s(self) -> float:
-        return self._micro_end.value
+    def paused_at_s(self) -> float:
+        """When it paused last (perf_counter): its stop, else the end of its last micro-step."""
+        return self._suspended_at if self._suspended else self._micro_end.value
 
     @property
     def micro_steps(self) -> int:
         return self._micro_steps.value
 
     def close(self) -> None:
-        self.stop.set()
-        self._grant.clear()
+        """Stop the trainer for good: it ends the micro-step in flight (continued if stopped) and then raises
+        TrainerStopped."""
+        self._stop.value = 1
+        self._grant.value = 0
+        self._resume()
 
 
 def decide(slack: Slack, tau_s: float, max_threads: int, harvest_in_step: bool) -> int:
@@ -149,8 +214,8 @@ class Arbiter:
         trainer_cpu_s: Callable[[], float] | None = None,
     ) -> None:
         """`trainer_cpu_s`: CPU seconds the trainer has used so far, where it can be read (a child process): each
-        yield then also records how much CPU the trainer took between the arrival and its pause (at SCHED_IDLE a
-        micro-step overlapping a busy engine mostly waits, so its end comes late while it takes little)."""
+        yield then also records how much CPU the trainer took between the revocation and its pause (a stopped
+        process takes none; a thread's micro-step runs on to its end)."""
         self.slack = slack
         self.gate = gate
         self.tau_s = tau_s
@@ -167,29 +232,30 @@ class Arbiter:
         self._thread: threading.Thread | None = None
 
     def on_arrival(self, arrival_s: float) -> None:
-        in_flight = self.gate.revoke()
-        cpu = self.trainer_cpu_s() if in_flight and self.trainer_cpu_s is not None else 0.0
+        caught = self.gate.revoke()  # first: a trainer process is stopped before anything else happens here
         with self._plock:
             self.num_arrivals += 1
-            if in_flight:
-                self._pending.append((arrival_s, cpu))
+        if caught:
+            self._caught(arrival_s)
+
+    def _caught(self, since_s: float) -> None:
+        """A micro-step was running when the grant went: its yield is measured once the trainer pauses."""
+        cpu = self.trainer_cpu_s() if self.trainer_cpu_s is not None else 0.0
+        with self._plock:
+            self._pending.append((since_s, cpu))
 
     def tick(self) -> None:
         threads = decide(self.slack(), self.tau_s, self.max_threads, self.config.harvest_in_step)
         if threads:
             self.gate.grant(threads)
-        elif self.gate.granted:
-            in_flight = self.gate.revoke()
-            if in_flight:
-                cpu = self.trainer_cpu_s() if self.trainer_cpu_s is not None else 0.0
-                with self._plock:
-                    self._pending.append((self.clock(), cpu))
+        elif self.gate.revoke():  # every tick, also stopping a trainer that slipped into a micro-step meanwhile
+            self._caught(self.clock())
         self._resolve_yields()
 
     def _resolve_yields(self) -> None:
         if not self._pending or not self.gate.paused:
             return
-        end = self.gate.last_micro_end_s
+        end = self.gate.paused_at_s
         cpu = self.trainer_cpu_s() if self.trainer_cpu_s is not None else 0.0
         with self._plock:
             pending, self._pending = self._pending, []
@@ -219,19 +285,25 @@ class Arbiter:
 
 
 def lower_priority(tid: int = 0) -> str:
-    """Put this process (or thread `tid`) at the lowest CPU priority: SCHED_IDLE where allowed, else nice 19.
-    Returns which one it got, for the log and /healthz."""
+    """Put this process (every thread it has now, and those they start later) or thread `tid` at the lowest CPU
+    priority: SCHED_IDLE where allowed, else nice 19 (both are per thread on Linux). Returns which one it got, for
+    the log and /healthz."""
+    tids = [tid]
+    if not tid:
+        try:
+            tids = [int(t) for t in os.listdir("/proc/self/task")]
+        except OSError:
+            tids = [0]
     if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
         try:
-            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+            for t in tids:
+                os.sched_setscheduler(t, os.SCHED_IDLE, os.sched_param(0))
             return "SCHED_IDLE"
         except (PermissionError, OSError) as err:
             log.warning("SCHED_IDLE not allowed (%s); training at nice 19 instead", err)
     try:
-        if tid:
-            os.setpriority(os.PRIO_PROCESS, tid, 19)
-        else:
-            os.nice(19 - os.nice(0))
+        for t in tids:
+            os.setpriority(os.PRIO_PROCESS, t, 19)
         return "nice 19"
     except OSError as err:
         log.warning("cannot lower the training priority (%s): it competes with serving as an equal", err)

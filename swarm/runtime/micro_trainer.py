@@ -2,13 +2,15 @@
 OS scheduling priority, its torch thread count following what the arbiter grants.
 
 Being a process, the trainer never holds the serving process's GIL; at SCHED_IDLE the kernel preempts it as soon as
-serving's threads want a core. It trains the configured Llama on the configured corpus, batches a pure function of
-(seed, step) and evaluates every `eval_every` steps on fixed windows, so two runs of the same number of steps see
-the same data whatever their timing. It knows the training API and the gate, nothing about serving or peers.
+serving's threads want a core, and a revoked grant stops it where it is (`Gate.attach`). It trains the configured
+Llama on the configured corpus, batches a pure function of (seed, step) and evaluates every `eval_every` steps on
+fixed windows, so two runs of the same number of steps see the same data whatever their timing.
+It knows the training API and the gate, nothing about serving or peers.
 """
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import os
 import queue
@@ -75,6 +77,10 @@ class TrainerProcess:
 
     def start(self) -> None:
         self._proc.start()
+        self.gate.attach(self._proc.pid)
+        # A stopped child ignores everything but SIGKILL and SIGCONT: continue it before the interpreter's exit
+        # terminates and joins its daemonic children (handlers run last-registered first).
+        atexit.register(self.gate.close)
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> TrainerReport:
         deadline = time.monotonic() + timeout_s
@@ -108,12 +114,15 @@ class TrainerProcess:
             self._proc.kill()
             self._proc.join(timeout_s)
         self.poll(0.1)
+        atexit.unregister(self.gate.close)
         return self.report
 
 
 def _child_main(spec: TrainerSpec, gate: Gate, out: Any, steps: Any) -> None:
     # Before torch loads: OpenMP threads that sleep when idle, never spinning on a core serving may want.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # With nothing to profile, even the start-up (imports, model, corpus) runs only where serving leaves room.
+    priority = lower_priority() if spec.lower_priority and spec.micro_batch else ""
     import torch
 
     from training.config import TrainingConfig
@@ -121,7 +130,7 @@ def _child_main(spec: TrainerSpec, gate: Gate, out: Any, steps: Any) -> None:
     from training.inner import InnerLoop
     from training.model import load_train_model
 
-    _exit_with_parent()
+    exit_with_parent()
     threads = spec.max_threads
     torch.set_num_threads(threads)
     cfg = TrainingConfig.model_validate_json(spec.config_json)
@@ -134,7 +143,7 @@ def _child_main(spec: TrainerSpec, gate: Gate, out: Any, steps: Any) -> None:
     timings: dict[int, float] = {}
     micro = spec.micro_batch or _profile(inner, data.batch(shard, cfg.batch_size, cfg.seed, 0), spec.tau_s, timings)
     # Profiled at normal priority: at SCHED_IDLE on a busy machine the timings would measure the wait, not the work.
-    priority = lower_priority() if spec.lower_priority else "normal"
+    priority = priority or (lower_priority() if spec.lower_priority else "normal")
     out.put(("ready", micro, priority, timings))
 
     def run(fn: Any) -> None:
@@ -162,7 +171,7 @@ def _child_main(spec: TrainerSpec, gate: Gate, out: Any, steps: Any) -> None:
         pass
 
 
-def _exit_with_parent() -> None:
+def exit_with_parent() -> None:
     """A parent killed without a chance to stop us (SIGKILL, a timeout) must not leave a trainer behind."""
     parent = os.getppid()
 

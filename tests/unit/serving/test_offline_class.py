@@ -122,3 +122,35 @@ def test_slack_reports_idle_step_budget_left_and_late_rollouts() -> None:
     assert not measure_slack(sched, None, clock()).offline_late
     clock.now = rollout.deadline_s - 0.001  # nearly due with 32 tokens to go
     assert measure_slack(sched, None, clock()).offline_late
+
+
+def test_an_online_arrival_marks_the_engine_busy_before_its_hook_and_a_refusal_undoes_it(tmp_path) -> None:
+    """A co-runner told of an arrival already finds the engine busy (the arbiter cannot grant it again in between);
+    offline requests tell it nothing; a refused request leaves the slack as it found it."""
+    from serving.engine import Engine
+    from serving.errors import OverloadedError
+    from tests.unit.serving.helpers import Collector, tiny_config
+
+    with Engine(tiny_config(tmp_path)) as engine:
+        seen: list[bool] = []
+        engine.on_online_arrival = lambda arrival_s: seen.append(engine.slack().online_idle)
+        sink = Collector()
+        engine.submit(GenerateParams(prompt_token_ids=[3] * 4, max_new_tokens=2, request_id="a"), sink)
+        assert seen == [False]
+        rollout = GenerateParams(prompt_token_ids=[4] * 4, max_new_tokens=2, request_id="r", priority=-1,
+                                 deadline_ms=60_000.0)  # fmt: skip
+        engine.submit(rollout, sink)
+        assert seen == [False]  # offline: no yield asked
+        sink.wait(["a", "r"], 60)
+        admit = engine.scheduler.add
+
+        def refuse(req: Request) -> None:
+            raise OverloadedError("full", 10)
+
+        engine.scheduler.add = refuse
+        try:
+            engine.submit(GenerateParams(prompt_token_ids=[5] * 4, max_new_tokens=2, request_id="b"), sink)
+        except OverloadedError:
+            pass
+        engine.scheduler.add = admit
+        assert seen == [False, False] and engine.slack().online_idle

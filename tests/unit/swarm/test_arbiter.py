@@ -1,13 +1,16 @@
-"""The arbiter's decisions, the grant/revoke protocol with a trainer thread, micro-batch sizing and the OS
-priority of the trainer. Counts and events only: no assertion on how long anything took."""
+"""The arbiter's decisions, the grant/revoke protocol with a trainer thread and a trainer process (stopped where
+it is), micro-batch sizing and the OS priority of the trainer. Counts and events only: no assertion on how long
+anything took."""
 
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import subprocess
 import sys
 import threading
+from typing import Any
 
 import pytest
 
@@ -170,3 +173,87 @@ def test_the_trainers_cpu_time_between_arrival_and_pause_is_recorded() -> None:
     assert arbiter.yield_p99_s(cpu=True) == pytest.approx(0.002)
     gate.close()
     assert trainer.stopped.wait(30)
+
+
+def _spinning_trainer(gate: Gate, counter: Any, finish: Any) -> None:
+    """A trainer process whose micro-step counts until told to finish: it is in flight for as long as a test likes."""
+
+    def step() -> None:
+        while not finish.value:
+            counter.value += 1
+
+    try:
+        while True:
+            gate.run(step)
+    except TrainerStopped:
+        pass
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads process states from /proc")
+def test_a_revoked_trainer_process_stops_where_it_is_and_continues_at_its_next_grant() -> None:
+    ctx = multiprocessing.get_context("spawn")
+    gate = Gate(ctx)
+    counter, finish = ctx.Value("q", 0, lock=False), ctx.Value("b", 0, lock=False)
+    proc = ctx.Process(target=_spinning_trainer, args=(gate, counter, finish), daemon=True)
+    proc.start()
+    gate.attach(proc.pid)
+    try:
+        arbiter = Arbiter(lambda: Slack(online_idle=True), gate, tau_s=TAU, max_threads=1)
+        arbiter.tick()
+        _wait(lambda: counter.value > 0)  # a micro-step is in flight
+        arbiter.on_arrival(arrival_s=0.0)
+        assert not gate.granted and gate.paused and gate.suspensions == 1
+        _wait(lambda: _state(proc.pid) == "T")  # the kernel stopped it mid micro-step
+        assert len(arbiter.yields_s) == 0
+        arbiter.slack = lambda: Slack(online_idle=False, left_s=0.0)
+        arbiter.tick()  # the yield resolves at once: the trainer is paused although its micro-step is unfinished
+        assert len(arbiter.yields_s) == 1 and gate.micro_steps == 0
+        frozen = counter.value
+        _wait(lambda: True, polls=20)
+        assert counter.value == frozen  # stopped means no progress at all
+        arbiter.on_arrival(arrival_s=1.0)  # already stopped: nothing more to yield
+        assert gate.suspensions == 1 and len(arbiter.yields_s) == 1
+        finish.value = 1
+        arbiter.slack = lambda: Slack(online_idle=True)
+        arbiter.tick()  # granted again: the same micro-step continues and ends
+        _wait(lambda: gate.micro_steps >= 1)  # (and the next ones, which end at once)
+        assert counter.value >= frozen
+        gate.close()  # continues a trainer stopped mid-step so that it can end
+        proc.join(30)
+        assert proc.exitcode == 0
+    finally:
+        if proc.is_alive():
+            proc.kill()
+
+
+def test_closing_a_stopped_trainer_process_lets_it_exit() -> None:
+    ctx = multiprocessing.get_context("spawn")
+    gate = Gate(ctx)
+    counter, finish = ctx.Value("q", 0, lock=False), ctx.Value("b", 0, lock=False)
+    proc = ctx.Process(target=_spinning_trainer, args=(gate, counter, finish), daemon=True)
+    proc.start()
+    gate.attach(proc.pid)
+    try:
+        gate.grant(1)
+        _wait(lambda: counter.value > 0)
+        assert gate.revoke() and gate.suspensions == 1
+        finish.value = 1
+        gate.close()
+        proc.join(30)
+        assert proc.exitcode == 0 and gate.micro_steps == 1
+    finally:
+        if proc.is_alive():
+            proc.kill()
+
+
+def _wait(cond: Any, polls: int = 30_000) -> None:
+    for _ in range(polls):
+        if cond():
+            return
+        threading.Event().wait(0.001)
+    raise AssertionError("condition not reached")
