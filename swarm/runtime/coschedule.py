@@ -23,6 +23,7 @@ from typing import Any
 
 from protocols.messages import LOAD_PROBE_PROMPT_TOKENS
 from swarm.runtime.arbiter import Arbiter, CoscheduleConfig, Gate, TrainerStopped, lower_priority, micro_batch_for
+from swarm.runtime.micro_trainer import process_cpu_s
 
 log = logging.getLogger(__name__)
 
@@ -214,15 +215,8 @@ class InnerStepProcess:
         return value
 
     def cpu_s(self) -> float:
-        """CPU seconds every thread of the child has run so far (Linux schedstat; 0 where it cannot be read)."""
-        total_ns = 0
-        try:
-            for task in os.scandir(f"/proc/{self._proc.pid}/task"):
-                with open(f"{task.path}/schedstat") as f:
-                    total_ns += int(f.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass
-        return total_ns / 1e9
+        """CPU seconds every thread of the child has run so far (0 where it cannot be read)."""
+        return process_cpu_s(self._proc.pid)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         import atexit

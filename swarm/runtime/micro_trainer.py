@@ -48,6 +48,18 @@ class TrainerReport:
     losses: list[float] = field(default_factory=list)
 
 
+def process_cpu_s(pid: int | None) -> float:
+    """CPU seconds every thread of process `pid` has run so far (Linux schedstat; 0 where it cannot be read)."""
+    total_ns = 0
+    try:
+        for task in os.scandir(f"/proc/{pid}/task"):
+            with open(f"{task.path}/schedstat") as f:
+                total_ns += int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    return total_ns / 1e9
+
+
 class TrainerProcess:
     """Parent-side handle of the child trainer. `start()`, then `wait_ready()`; `steps` counts optimizer steps."""
 
@@ -65,15 +77,8 @@ class TrainerProcess:
         return self._steps.value
 
     def cpu_s(self) -> float:
-        """CPU seconds every thread of the child has run so far (Linux schedstat; 0 where it cannot be read)."""
-        total_ns = 0
-        try:
-            for task in os.scandir(f"/proc/{self._proc.pid}/task"):
-                with open(f"{task.path}/schedstat") as f:
-                    total_ns += int(f.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass
-        return total_ns / 1e9
+        """CPU seconds every thread of the child has run so far (0 where it cannot be read)."""
+        return process_cpu_s(self._proc.pid)
 
     def start(self) -> None:
         self._proc.start()
