@@ -11,27 +11,11 @@ import torch
 
 from swarm.runtime.arbiter import Gate, TrainerStopped
 from swarm.runtime.coschedule import InnerStepProcess, can_share
+from tests.unit.training.test_resume import corpus, tiny  # the same tiny peer and corpus as the resume test
 from training.checkpoint import load_latest
-from training.config import TrainingConfig
-from training.data import TokenData
 from training.trainer import TrainingPeer
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def tiny(tmp: Path | None) -> TrainingConfig:
-    return TrainingConfig.model_validate(
-        {
-            "model": {"hidden_size": 16, "intermediate_size": 32, "num_layers": 1, "num_heads": 2},
-            "inner_steps": 3, "batch_size": 2, "seq_len": 16, "warmup_steps": 2, "total_steps": 30,
-            "checkpoint_dir": str(tmp) if tmp else None,
-        }
-    )  # fmt: skip
-
-
-def corpus() -> TokenData:
-    gen = torch.Generator().manual_seed(0)
-    return TokenData(torch.randint(0, 256, (20_000,), generator=gen), 0.05, 16)
 
 
 def test_inner_steps_in_a_child_process_train_as_in_process(tmp_path: Path) -> None:
