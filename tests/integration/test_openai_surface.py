@@ -153,7 +153,8 @@ def test_openai_package_n_samples_and_logprobs(gateway: NodeProcess) -> None:
     assert len({c.message.content for c in first}) > 1
     content = first[1].logprobs.content
     assert content and all(len(e.top_logprobs) == 2 and e.logprob <= 0 for e in content)
-    assert [e.logprob for e in content] == [e.logprob for e in second[1].logprobs.content]
+    # the same tokens; their log-probabilities to float noise (a cached prefix or another chunking sums differently)
+    assert [e.logprob for e in content] == pytest.approx([e.logprob for e in second[1].logprobs.content], abs=1e-4)
 
     stream = api.chat.completions.create(
         model=MODEL,
