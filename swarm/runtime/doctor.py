@@ -30,6 +30,7 @@ from swarm.runtime.membership import Membership
 
 Status = Literal["ok", "warn", "fail"]
 SKEW_WARN_S = 1.0  # more than this and logs of two peers no longer line up
+CLOCK_SAMPLES = 3  # messages heard per peer before its skew estimate counts as settled
 SKEW_FAIL_S = 10.0  # hivemind's DHT records and averaging deadlines are wall-clock times: groups stop forming
 LOOPBACK_PREFIXES = ("127.", "::1", "localhost")
 
@@ -232,11 +233,14 @@ class Doctor:
             self.add("swarm key", "warn", f"this node is in {where}; no bootstrap peer answered to compare with")
 
     async def _check_clock(self, host: P2PHost) -> None:
-        """Each peer's clock from the timestamp of its first status or announce heard: statuses come every status
-        period, while a peer refreshes its full announce only every few periods (older peers announce instead)."""
+        """Each peer's clock from the timestamps of its statuses and announces: statuses come every status period,
+        while a peer refreshes its full announce only every few periods (older peers announce instead). A message's
+        timestamp minus its receipt is the skew less its delivery delay, so the largest over `CLOCK_SAMPLES`
+        messages (the least delayed) is the estimate: a busy machine's slow delivery is not a skewed clock."""
         net = self.config.network
-        wait_s = max(5 * net.heartbeat_s, 10.0)  # the wait ends as soon as every peer dialled is heard
+        wait_s = max(5 * net.heartbeat_s, 10.0)  # the wait ends as soon as every peer dialled is heard enough
         skews: dict[str, float] = {}
+        heard: dict[str, int] = {}
 
         async def listen(topic_name: str, kind: type, done: trio.CancelScope) -> None:
             async with host.subscribe(topic(net.swarm_id, topic_name)) as messages:
@@ -245,9 +249,11 @@ class Doctor:
                         message = decode_as(data, kind, limits=GOSSIP_LIMITS)
                     except ProtocolError:
                         continue
-                    if message.peer_id == origin and origin not in skews:
-                        skews[origin] = message.timestamp_ms / 1000 - self.clock()
-                    if host.connected_peers() <= set(skews):  # every peer dialled has been heard
+                    if message.peer_id == origin:
+                        skew = message.timestamp_ms / 1000 - self.clock()
+                        skews[origin] = max(skew, skews.get(origin, skew))
+                        heard[origin] = heard.get(origin, 0) + 1
+                    if all(heard.get(p, 0) >= CLOCK_SAMPLES for p in host.connected_peers()):
                         done.cancel()
 
         with trio.move_on_after(wait_s) as done:
