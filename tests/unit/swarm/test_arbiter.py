@@ -189,6 +189,17 @@ def _spinning_trainer(gate: Gate, counter: Any, finish: Any) -> None:
         pass
 
 
+def _start_spinning_trainer():
+    """A spinning trainer child attached to a fresh gate: (gate, step counter, finish flag, process)."""
+    ctx = multiprocessing.get_context("spawn")
+    gate = Gate(ctx)
+    counter, finish = ctx.Value("q", 0, lock=False), ctx.Value("b", 0, lock=False)
+    proc = ctx.Process(target=_spinning_trainer, args=(gate, counter, finish), daemon=True)
+    proc.start()
+    gate.attach(proc.pid)
+    return gate, counter, finish, proc
+
+
 def _state(pid: int) -> str:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0]
@@ -196,12 +207,7 @@ def _state(pid: int) -> str:
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads process states from /proc")
 def test_a_revoked_trainer_process_stops_where_it_is_and_continues_at_its_next_grant() -> None:
-    ctx = multiprocessing.get_context("spawn")
-    gate = Gate(ctx)
-    counter, finish = ctx.Value("q", 0, lock=False), ctx.Value("b", 0, lock=False)
-    proc = ctx.Process(target=_spinning_trainer, args=(gate, counter, finish), daemon=True)
-    proc.start()
-    gate.attach(proc.pid)
+    gate, counter, finish, proc = _start_spinning_trainer()
     try:
         arbiter = Arbiter(lambda: Slack(online_idle=True), gate, tau_s=TAU, max_threads=1)
         arbiter.tick()
@@ -232,12 +238,7 @@ def test_a_revoked_trainer_process_stops_where_it_is_and_continues_at_its_next_g
 
 
 def test_closing_a_stopped_trainer_process_lets_it_exit() -> None:
-    ctx = multiprocessing.get_context("spawn")
-    gate = Gate(ctx)
-    counter, finish = ctx.Value("q", 0, lock=False), ctx.Value("b", 0, lock=False)
-    proc = ctx.Process(target=_spinning_trainer, args=(gate, counter, finish), daemon=True)
-    proc.start()
-    gate.attach(proc.pid)
+    gate, counter, finish, proc = _start_spinning_trainer()
     try:
         gate.grant(1)
         _wait(lambda: counter.value > 0)
