@@ -81,6 +81,13 @@ async def write_and_close(host: IHost, peer: ID, protocol: str, payload: bytes) 
             # A stream the node accepted as valid (a decodable gossip RPC) stays open on its side: stop waiting.
             with trio.move_on_after(DRAIN_AFTER_CLOSE_S):
                 await ended.wait()
+            if not ended.is_set():
+                # Still open (ping echoes the garbage back, 32 bytes at a time): reset it, which ends our read.
+                # Cancelling the read instead can stop py-libp2p halfway through a frame and break the connection.
+                with suppress(Exception):
+                    await stream.reset()
+                with trio.move_on_after(DRAIN_AFTER_CLOSE_S):
+                    await ended.wait()
             nursery.cancel_scope.cancel()
 
 
