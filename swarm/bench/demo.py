@@ -59,7 +59,9 @@ class DemoPlan:
 
 
 FULL = DemoPlan("default-random", 120, 20, 8, 128, 2_000_000, 3e-3, 3, 128)
-QUICK = DemoPlan("tiny", 100, 50, 8, 64, 300_000, 1e-2, 2, 128)
+# The quick plan's model has seen 100 steps: it ends a line rarely (one run sampled 128 bytes without a newline), so
+# its answers get room to reach one; they still stop at the line's end.
+QUICK = DemoPlan("tiny", 100, 50, 8, 64, 300_000, 1e-2, 2, 512)
 # Lines a briefly trained byte model can finish: the answer is the rest of the line (stop at its end).
 PROMPTS = ("import os\nimport sys\nimport ", "from os import path\nfrom typing import ")
 STOP = ["\n"]
