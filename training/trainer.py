@@ -343,7 +343,10 @@ class TrainingPeer:
             return
         meta = {"round": self.status.round_index, "step": self.status.step, "model_hash": self.model_hash}
         meta["digest"] = state_digest(self.outer.state_tensors())
-        self.averager.share_state(meta, self.state_tensors())
+        try:
+            self.averager.share_state(meta, self.state_tensors())
+        except AveragingError as err:  # the averaging process died (it is restarted before the next exchange)
+            log.warning("round %d: state not shared (%s); shared again next round", self.status.round_index, err)
 
     # the loop ------------------------------------------------------------------------------------------
     def _exchange(

@@ -152,3 +152,20 @@ def test_agreeing_peers_never_load_state() -> None:
     run_round([a, b])
     assert states_equal(a, b) and a.status.step == b.status.step == 6
     assert group.loads == [] and a.status.resyncs == b.status.resyncs == 0
+
+
+class DyingMember(LocalMember):
+    """A member whose averaging process has died: its exchange fails, and so does sharing its state."""
+
+    def step(self, tensors: list[torch.Tensor], **_: object) -> AveragingResult:
+        raise AveragingError(ErrorCode.INTERNAL, "averaging process exited (-9)")
+
+    def share_state(self, metadata: dict[str, Any], tensors: list[torch.Tensor]) -> None:
+        raise AveragingError(ErrorCode.INTERNAL, "averaging process pipe broke: [Errno 32] Broken pipe")
+
+
+def test_a_dead_averaging_process_costs_the_round_s_average_and_share_not_the_training() -> None:
+    peer = tiny_peer("a", 0, DyingMember(LocalGroup(1), "a"))
+    peer.run(2 * peer.cfg.inner_steps)  # two round boundaries, each with a failed exchange and a failed share
+    assert peer.status.step == 2 * peer.cfg.inner_steps
+    assert peer.status.round_index == 2
