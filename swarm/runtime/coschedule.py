@@ -57,7 +57,7 @@ class CoscheduledTraining:
         self.config = config
         self.gate = Gate()
         self.tau_s = config.micro_step_share * tightest_tpot_s(engine)
-        self.on_cpu = peer.inner.accelerator.device.type == "cpu" and can_share(peer.inner)
+        self.on_cpu = peer.inner.device.type == "cpu" and can_share(peer.inner)
         self.process: InnerStepProcess | None = None
         # torch's thread count is per process: a trainer process follows the slack with its own, a trainer thread
         # (GPU) is granted one thread's worth.
@@ -90,9 +90,9 @@ class CoscheduledTraining:
         before the step counts as done, so a revoked trainer has nothing left queued on the device."""
         import torch
 
-        if not torch.cuda.is_available() or self.peer.inner.accelerator.device.type != "cuda":
+        if not torch.cuda.is_available() or self.peer.inner.device.type != "cuda":
             return run
-        stream = torch.cuda.Stream(self.peer.inner.accelerator.device, priority=0)
+        stream = torch.cuda.Stream(self.peer.inner.device, priority=0)
 
         def on_stream(micro_step: Any) -> None:
             def body() -> None:
