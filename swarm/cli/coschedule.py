@@ -9,7 +9,7 @@ import typer
 
 
 def bench_coschedule(
-    quick: Annotated[bool, typer.Option("--quick", help="Phases of 30 s (B 15 s) at half capacity: ~4-5 min.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Phases of >= 24 requests at half capacity: ~5 min.")] = False,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the result JSON here.")] = None,
     plot_path: Annotated[Path | None, typer.Option("--plot", help="PNG of attainment and training steps/s.")] = None,
 ) -> None:
