@@ -41,7 +41,7 @@ MIN_PHASE_REQUESTS = 24  # one request is 4% of a phase's attainment: the 0.97 b
 START_LOAD = 0.5  # first probe at this share of the back-to-back rate the isolated service time allows
 MAX_PROBES = 5
 STEP = 1.5  # probes step up or down by this factor until one passes and one fails
-MAX_STEPS_DOWN = 3  # no probe below START_LOAD / STEP**3: a probe's length grows as its rate falls
+MAX_STEPS_DOWN = 2  # no probe below START_LOAD / STEP**2: a probe's length (>= 24 requests) grows as its rate falls
 BRACKET = 1.3  # the search ends once the failed rate is within this factor of the passed one
 WARMUP_REQUESTS = 8  # untimed, all at once, before the SLOs are calibrated and the capacity probed
 
