@@ -89,7 +89,7 @@ def _warm(engine: Engine, seed: int) -> None:
     run_engine_trace(engine, make_requests(LONG_PROMPT, WARMUP_REQUESTS, math.inf, seed, 256), None, None, 120)
 
 
-def _capacity(engine: Engine, settings: BenchSettings, slo: Any, probe_s: float, log: list) -> float:
+def _capacity(engine: Engine, settings: BenchSettings, slo: Any, probe_s: float, log: list, say: Any = print) -> float:
     """Highest probed rate at which >= TARGET of the requests meet both SLOs. The first probe is at START_LOAD x
     the back-to-back rate of the isolated service time; then STEP x up or down until the bracket holds a pass and
     a fail, then its geometric midpoint, until it is within BRACKET or MAX_PROBES ran (a 1.5x bracket is within
@@ -110,6 +110,8 @@ def _capacity(engine: Engine, settings: BenchSettings, slo: Any, probe_s: float,
                     "ttft_missed": sum(r.ttft_s is not None and r.ttft_s > slo.ttft_s for r in records),
                     "slo_attainment": summary[ATTAINMENT],
                     "slo_attainment_with_stalls": summary["slo_attainment_with_stalls"]})  # fmt: skip
+        say(f"probe at {rate:.2f} req/s: attainment {summary[ATTAINMENT]:.2f} of {summary['requests']} requests, "
+            f"{log[-1]['ttft_missed']} over the TTFT target")  # fmt: skip
         if summary[ATTAINMENT] >= TARGET:
             passed = max(passed, rate)
         else:
@@ -197,9 +199,10 @@ def run_coschedule_bench(s: CoscheduleSettings, progress: Any = None, plot_path:
         trainer_d = TrainerProcess(TrainerSpec(**{**asdict(spec), "micro_batch": report_b.micro_batch}), gate_d)
         trainers.append(trainer_d)
         trainer_d.start()
-        say(f"capacity probes (up to {MAX_PROBES})")
+        say(f"capacity probes (up to {MAX_PROBES}); targets TTFT {1000 * slo.ttft_s:.0f} ms, "
+            f"TPOT {1000 * slo.tpot_s:.1f} ms")  # fmt: skip
         probes: list[dict] = []
-        capacity = _capacity(engine, bench, slo, s.probe_s, probes)
+        capacity = _capacity(engine, bench, slo, s.probe_s, probes, say)
         rate = s.load_share * capacity
         trace = _trace(rate, s.phase_s, s.seed + 7)
         say(f"A: serve only ({len(trace)} requests at {rate:.2f} req/s)")
