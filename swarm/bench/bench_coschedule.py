@@ -46,6 +46,10 @@ BRACKET = 1.3  # the search ends once the failed rate is within this factor of t
 WARMUP_REQUESTS = 8  # untimed, all at once, before the SLOs are calibrated and the capacity probed
 
 
+class BenchAborted(RuntimeError):
+    """The run cannot give meaningful figures (the message says why)."""
+
+
 @dataclass
 class CoscheduleSettings:
     quick: bool = True
@@ -203,6 +207,12 @@ def run_coschedule_bench(s: CoscheduleSettings, progress: Any = None, plot_path:
             f"TPOT {1000 * slo.tpot_s:.1f} ms")  # fmt: skip
         probes: list[dict] = []
         capacity = _capacity(engine, bench, slo, s.probe_s, probes, say)
+        if not any(p["slo_attainment"] >= TARGET for p in probes):
+            raise BenchAborted(
+                f"no capacity probe down to {min(p['rate_req_s'] for p in probes):.2f} req/s met {TARGET:.0%} "
+                f"attainment (1-minute load average {os.getloadavg()[0]:.1f} on {threads} cores): the machine is "
+                "too busy for this bench's figures to mean anything"
+            )
         rate = s.load_share * capacity
         trace = _trace(rate, s.phase_s, s.seed + 7)
         say(f"A: serve only ({len(trace)} requests at {rate:.2f} req/s)")

@@ -16,12 +16,16 @@ def bench_coschedule(
     """Serve only, train only, serve + train naive, serve + train arbitrated, and with a rollout batch."""
     from rich.console import Console
 
-    from swarm.bench.bench_coschedule import CoscheduleSettings, run_coschedule_bench
+    from swarm.bench.bench_coschedule import BenchAborted, CoscheduleSettings, run_coschedule_bench
     from swarm.bench.benchio import BenchProgress, finish_bench, machine_info
+    from swarm.cli.node import fail
 
     console = Console(stderr=True)
-    with BenchProgress("coschedule bench", 9, console) as progress:
-        result = run_coschedule_bench(CoscheduleSettings.for_size(quick), progress, plot_path)
+    try:
+        with BenchProgress("coschedule bench", 9, console) as progress:
+            result = run_coschedule_bench(CoscheduleSettings.for_size(quick), progress, plot_path)
+    except BenchAborted as err:
+        fail(str(err), code=1)
     result["machine"] = machine_info()
     finish_bench(result, json_path, Console())
 
