@@ -49,9 +49,11 @@ class Device(Record):
     memory_bytes: int = 0
     prefill_tok_s: float = 0.0
     decode_tok_s: float = 0.0
+    roles: list[str] = field(default_factory=list)  # 1.3: what the peer's placement runs here (serve, train, ...)
 
     def validate(self) -> None:
         _non_negative(self, "memory_bytes", "prefill_tok_s", "decode_tok_s")
+        _bounded("roles", self.roles, MAX_ROLES)
 
 
 LOAD_PROBE_PROMPT_TOKENS = 128  # the prompt length a Load's predicted_ttft_ms is predicted for
@@ -102,7 +104,7 @@ class PeerAnnounce(Message):
     """A peer's state, published on `swarm/<swarm_id>/announce` every `heartbeat_s`."""
 
     TYPE = "peer_announce"
-    VERSION = (1, 2)
+    VERSION = (1, 3)
 
     peer_id: str
     addrs: list[str]

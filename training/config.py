@@ -47,7 +47,9 @@ class TrainingConfig(BaseModel):
         "checkpoint directory (Llama, Mistral, Qwen2, Qwen3) with its tokenizer, to continue or fine-tune",
     )
     device: str = Field(
-        "auto", min_length=1, description='"auto" (placement decides), "cpu", or "cuda" (the inner loop\'s device)'
+        "auto",
+        min_length=1,
+        description='the inner loop\'s device: "auto" (placement decides), "cpu", "cuda" (the current one), "cuda:1"',
     )
     outer_optimizer: OuterOptimizerName = "diloco"
     # inner loop (AdamW with warm-up then cosine decay)

@@ -27,6 +27,16 @@ def lr_factor(step: int, cfg: TrainingConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def training_device(name: str) -> torch.device:
+    """The inner loop's device: `auto` is the current CUDA device when there is one, else the CPU; `cuda` the
+    current CUDA device; any other name (`cpu`, `cuda:1`) that device."""
+    if name in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    if name == "auto":
+        return torch.device("cpu")
+    return torch.device(name)
+
+
 class InnerLoop:
     """Owns the accelerator, the (prepared) model, AdamW and the schedule. `ignored_label` (PAD) is never a
     target."""
@@ -34,9 +44,14 @@ class InnerLoop:
     def __init__(self, model: torch.nn.Module, cfg: TrainingConfig, ignored_label: int | None = None) -> None:
         self.cfg = cfg
         self.ignored_label = ignored_label
-        use_cuda = torch.cuda.is_available() and cfg.device != "cpu"
+        self.device = training_device(cfg.device)
+        use_cuda = self.device.type == "cuda"
         bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and use_cuda)
-        self.accelerator = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if bf16 and use_cuda else "no")
+        # The model goes to `self.device` here, the index included (accelerate would take the current device).
+        self.accelerator = Accelerator(
+            cpu=not use_cuda, mixed_precision="bf16" if bf16 and use_cuda else "no", device_placement=False
+        )
+        model = model.to(self.device)
         # On CPU, torch's autocast directly: accelerate's precision is one per process, and tests mix them.
         self.cpu_bf16 = bf16 and not use_cuda
         optimizer = torch.optim.AdamW(
@@ -74,7 +89,7 @@ class InnerLoop:
         """Forward and backward on `batch` (ids, shape [B, T]); returns the loss; gradients (of the loss x `scale`)
         add up in .grad."""
         self.model.train()
-        batch = batch.to(self.accelerator.device)
+        batch = batch.to(self.device)
         with self._autocast():
             loss = self.model(input_ids=batch, labels=self._labels(batch)).loss
         self.accelerator.backward(loss * scale if scale != 1.0 else loss)
@@ -119,7 +134,7 @@ class InnerLoop:
         self.model.eval()
         total = 0.0
         for batch in batches:
-            batch = batch.to(self.accelerator.device)
+            batch = batch.to(self.device)
             with self._autocast():
                 total += float(self.model(input_ids=batch, labels=self._labels(batch)).loss)
         return total / len(batches)

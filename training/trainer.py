@@ -187,6 +187,12 @@ class TrainingPeer:
         # When set, runs each inner step in place of `inner` (another process stepping the same weights and
         # optimizer state, in shared memory) and returns its loss.
         self.inner_step: Callable[[torch.Tensor], float] | None = None
+        # When set, the work between inner steps (the outer step and its outgoing delta, the state shared with
+        # joiners and its digest, checkpoints, each eval batch) runs as pieces through it, once the node's serving
+        # leaves room, like the micro-steps; `inner_eval`, when set, evaluates the live weights in place of `inner`
+        # (in the process that runs the inner steps).
+        self.side_gate: Callable[[Callable[[], None]], None] | None = None
+        self.inner_eval: Callable[[list[torch.Tensor]], float] | None = None
         # rounds end at the group's deadline; not for exchanges that overlap inner steps (streaming), which end
         # mid-round by design
         self.deadline = RoundDeadline(cfg.inner_steps, clock)
@@ -442,8 +448,26 @@ class TrainingPeer:
         self._set_position(int(meta["round"]), int(meta["step"]))
         self.status.resyncs += 1
 
+    def _gated(self, piece: Callable[[], Any]) -> Any:
+        """Run `piece` through `side_gate` (directly without one); returns what it returned."""
+        if self.side_gate is None:
+            return piece()
+        out: list[Any] = []
+        self.side_gate(lambda: out.append(piece()))
+        return out[0]
+
+    def _evaluate_live(self) -> float:
+        """Mean eval loss of the live weights: in the inner steps' process, or one gated piece per eval batch (the
+        same mean, summed in the same order)."""
+        if self.inner_eval is not None:
+            return self.inner_eval(self.eval_set)
+        if self.side_gate is None:
+            return self.inner.evaluate(self.eval_set)
+        losses = [self._gated(lambda b=batch: self.inner.evaluate([b])) for batch in self.eval_set]
+        return sum(losses) / len(losses)
+
     def evaluate(self) -> float:
-        loss = self.inner.evaluate(self.eval_set)
+        loss = self._evaluate_live()
         self.status.eval_loss = loss
         self.status.eval_history.append((self.status.step, loss))
         return loss
@@ -451,14 +475,24 @@ class TrainingPeer:
     def evaluate_global(self) -> float:
         """Eval loss of the outer (global) weights phi, the model the swarm agrees on; the live weights are
         restored afterwards. For DiLoCo right after a round phi equals the live weights."""
-        live = [p.detach().clone() for p in self.inner.params]
-        with torch.no_grad():
+        live: list[torch.Tensor] = []
+
+        @torch.no_grad()
+        def to_slow() -> None:
+            live.extend(p.detach().clone() for p in self.inner.params)
             for p, s in zip(self.inner.params, self.outer.slow, strict=True):
                 p.copy_(s)
-            loss = self.inner.evaluate(self.eval_set)
+
+        @torch.no_grad()
+        def back() -> None:
             for p, t in zip(self.inner.params, live, strict=True):
                 p.copy_(t)
-        return loss
+
+        self._gated(to_slow)
+        try:
+            return self._evaluate_live()
+        finally:
+            self._gated(back)
 
     def run(self, num_steps: int, *, eval_every: int = 0, should_stop: Callable[[], bool] | None = None) -> None:
         """Train `num_steps` more inner steps, or fewer where a round this peer could not finish by the group's
@@ -490,13 +524,16 @@ class TrainingPeer:
                 weight = self._end_round_early()
             for f, (ready_at, fut) in list(pending.items()):
                 if st.step >= ready_at:
-                    self.outer.incoming(f, fut.result())
+                    averaged = fut.result()
+                    self._gated(lambda f=f, averaged=averaged: self.outer.incoming(f, averaged))
                     del pending[f]
             for f in self.outer.due(st.step):
-                outgoing = self.outer.outgoing(f)
+                outgoing = self._gated(lambda f=f: self.outer.outgoing(f))
                 if self.outer.overlap_steps == 0:
-                    digest = state_digest(self.outer.state_tensors()) if self.outer.group_agrees else ""
-                    self.outer.incoming(f, self._exchange(f, st.step // h, outgoing, digest, weight))
+                    agrees = self.outer.group_agrees
+                    digest = self._gated(lambda: state_digest(self.outer.state_tensors())) if agrees else ""
+                    averaged = self._exchange(f, st.step // h, outgoing, digest, weight)  # waits on the network
+                    self._gated(lambda f=f, averaged=averaged: self.outer.incoming(f, averaged))  # the outer step
                     self.deadline.start_round()
                     if self._group_round is not None:
                         self._realign()
@@ -508,13 +545,14 @@ class TrainingPeer:
             paused = self.deadline.clock()  # sharing, checkpoints and evaluations are no training: off the pace
             if st.step % h == 0:
                 st.round_index = st.step // h
-                self.share_state()
-                self.checkpoint()
+                self._gated(self.share_state)
+                self._gated(self.checkpoint)
             if eval_every and st.step // eval_every > before // eval_every:  # a cut round may skip the multiple
                 self.evaluate()
             self.deadline.exclude(self.deadline.clock() - paused)
         for f, (_, fut) in pending.items():
-            self.outer.incoming(f, fut.result())
+            averaged = fut.result()
+            self._gated(lambda f=f, averaged=averaged: self.outer.incoming(f, averaged))
 
     def _end_round_early(self) -> float:
         """The group's deadline passed mid-round: end the round at the steps done. The step moves on to the round's

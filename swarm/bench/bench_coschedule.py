@@ -6,7 +6,8 @@ thread in the serving process taking whole steps, with nothing between them); D 
 trainer process at the lowest OS priority, micro-steps granted by `swarm.runtime.arbiter`, stopped when an online
 request arrives); E: D plus a rollout batch (offline requests with a deadline). Serving load: Poisson arrivals at a
 share of the capacity measured in the same run on a warmed engine (up to 5 probes of >= 24 requests), the same
-trace in A, C, D and E. Ratios are of phases of this run. This module drives the phases; the decisions are
+trace of at least 24 requests in A, C, D and E (a phase outlasts `phase_s` when the rate is low: fewer requests
+cannot tell attainments apart). Ratios are of phases of this run. This module drives the phases; the decisions are
 `serving`'s and `swarm.runtime.arbiter`'s.
 """
 
@@ -21,6 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from serving.bench import BenchSettings, calibrate_slo, probe_requests
+from serving.bench_capacity import misses_to_fail
 from serving.bench_drivers import run_engine_trace
 from serving.bench_workload import LONG_PROMPT, make_requests, summarize
 from serving.engine import Engine
@@ -35,12 +37,17 @@ TARGET = 0.9  # capacity = highest probed rate with this attainment
 # default) is reported beside it: on a shared 2-core machine it misses requests at any load, which would put the
 # capacity far below what the engine serves.
 ATTAINMENT = "slo_attainment_mean_tpot"
-MIN_PHASE_REQUESTS = 4
+MIN_PHASE_REQUESTS = 24  # one request is 4% of a phase's attainment: the 0.97 bar needs that resolution
 START_LOAD = 0.5  # first probe at this share of the back-to-back rate the isolated service time allows
 MAX_PROBES = 5
-MAX_HALVINGS = 2  # no probe below START_LOAD / 4: a probe's length grows as its rate falls
+STEP = 1.5  # probes step up or down by this factor until one passes and one fails
+MAX_STEPS_DOWN = 2  # no probe below START_LOAD / STEP**2: a probe's length (>= 24 requests) grows as its rate falls
 BRACKET = 1.3  # the search ends once the failed rate is within this factor of the passed one
 WARMUP_REQUESTS = 8  # untimed, all at once, before the SLOs are calibrated and the capacity probed
+
+
+class BenchAborted(RuntimeError):
+    """The run cannot give meaningful figures (the message says why)."""
 
 
 @dataclass
@@ -60,13 +67,13 @@ class CoscheduleSettings:
     @classmethod
     def for_size(cls, quick: bool) -> CoscheduleSettings:
         if quick:
-            return cls(phase_s=30.0)
+            return cls(phase_s=30.0, train_s=10.0)
         return cls(quick=False, load_share=0.8, phase_s=40.0, probe_s=15.0, rollouts=8, train_s=30.0)
 
 
 def _trace(rate: float, seconds: float, seed: int) -> list:
-    """Poisson arrivals at `rate` for `seconds` (at least MIN_PHASE_REQUESTS requests, however slow the rate)."""
-    trace = make_requests(LONG_PROMPT, math.ceil(rate * seconds) + 16, rate, seed, 256)
+    """Poisson arrivals at `rate` for `seconds`, and at least MIN_PHASE_REQUESTS requests however slow the rate."""
+    trace = make_requests(LONG_PROMPT, max(math.ceil(rate * seconds) + 16, MIN_PHASE_REQUESTS), rate, seed, 256)
     within = [r for r in trace if r.arrival_s <= seconds]
     return within if len(within) >= MIN_PHASE_REQUESTS else trace[:MIN_PHASE_REQUESTS]
 
@@ -86,24 +93,29 @@ def _warm(engine: Engine, seed: int) -> None:
     run_engine_trace(engine, make_requests(LONG_PROMPT, WARMUP_REQUESTS, math.inf, seed, 256), None, None, 120)
 
 
-def _capacity(engine: Engine, settings: BenchSettings, slo: Any, probe_s: float, log: list) -> float:
+def _capacity(engine: Engine, settings: BenchSettings, slo: Any, probe_s: float, log: list, say: Any = print) -> float:
     """Highest probed rate at which >= TARGET of the requests meet both SLOs. The first probe is at START_LOAD x
-    the back-to-back rate of the isolated service time; then 2x steps up or down until the bracket holds a pass and
-    a fail, then its geometric midpoint, until it is within BRACKET or MAX_PROBES ran. Every probe sends the same
-    requests (only their arrival times scale), those of `swarm bench serve --quick`'s probes: at least 24, spanning
-    at least `probe_s` of arrivals."""
+    the back-to-back rate of the isolated service time; then STEP x up or down until the bracket holds a pass and
+    a fail, then its geometric midpoint, until it is within BRACKET or MAX_PROBES ran (a 1.5x bracket is within
+    it after one midpoint: three probes where the start is near capacity, time left for phases of >= 24 requests).
+    Every probe sends the same requests (only their arrival times scale), those of `swarm bench serve --quick`'s
+    probes: at least 24, spanning at least `probe_s` of arrivals; one stops once it has missed enough to fail
+    whatever the rest do."""
     service_s = slo.isolated_prefill_s + LONG_PROMPT.output_median * slo.isolated_decode_s
     start = rate = START_LOAD / service_s
     passed, failed = 0.0, math.inf
     for _ in range(MAX_PROBES):
         trace = probe_requests(settings, rate)
         engine.reset_prefix_cache()
-        records, wall = run_engine_trace(engine, trace, slo.ttft_s, slo.tpot_s, trace[-1].arrival_s + 2 * probe_s)
+        timeout_s = trace[-1].arrival_s + 2 * probe_s
+        records, wall = run_engine_trace(engine, trace, slo.ttft_s, slo.tpot_s, timeout_s, misses_to_fail(len(trace)))
         summary = summarize(records, wall, slo.ttft_s, slo.tpot_s)
         log.append({"rate_req_s": rate, "requests": summary["requests"], "refused": summary["refused"],
                     "ttft_missed": sum(r.ttft_s is not None and r.ttft_s > slo.ttft_s for r in records),
                     "slo_attainment": summary[ATTAINMENT],
                     "slo_attainment_with_stalls": summary["slo_attainment_with_stalls"]})  # fmt: skip
+        say(f"probe at {rate:.2f} req/s: attainment {summary[ATTAINMENT]:.2f} of {summary['requests']} requests, "
+            f"{log[-1]['ttft_missed']} over the TTFT target")  # fmt: skip
         if summary[ATTAINMENT] >= TARGET:
             passed = max(passed, rate)
         else:
@@ -113,11 +125,11 @@ def _capacity(engine: Engine, settings: BenchSettings, slo: Any, probe_s: float,
                 break
             rate = math.sqrt(passed * failed)
         elif passed:
-            rate *= 2
-        elif rate * 2**MAX_HALVINGS <= start * 1.001:
+            rate *= STEP
+        elif rate * STEP**MAX_STEPS_DOWN <= start * 1.001:
             break  # none passed down to the floor (a machine busy with other work): reported as found
         else:
-            rate /= 2
+            rate /= STEP
     return passed or min(failed, rate) / 2
 
 
@@ -191,9 +203,16 @@ def run_coschedule_bench(s: CoscheduleSettings, progress: Any = None, plot_path:
         trainer_d = TrainerProcess(TrainerSpec(**{**asdict(spec), "micro_batch": report_b.micro_batch}), gate_d)
         trainers.append(trainer_d)
         trainer_d.start()
-        say(f"capacity probes (up to {MAX_PROBES})")
+        say(f"capacity probes (up to {MAX_PROBES}); targets TTFT {1000 * slo.ttft_s:.0f} ms, "
+            f"TPOT {1000 * slo.tpot_s:.1f} ms")  # fmt: skip
         probes: list[dict] = []
-        capacity = _capacity(engine, bench, slo, s.probe_s, probes)
+        capacity = _capacity(engine, bench, slo, s.probe_s, probes, say)
+        if not any(p["slo_attainment"] >= TARGET for p in probes):
+            raise BenchAborted(
+                f"no capacity probe down to {min(p['rate_req_s'] for p in probes):.2f} req/s met {TARGET:.0%} "
+                f"attainment (1-minute load average {os.getloadavg()[0]:.1f} on {threads} cores): the machine is "
+                "too busy for this bench's figures to mean anything"
+            )
         rate = s.load_share * capacity
         trace = _trace(rate, s.phase_s, s.seed + 7)
         say(f"A: serve only ({len(trace)} requests at {rate:.2f} req/s)")

@@ -9,19 +9,23 @@ import typer
 
 
 def bench_coschedule(
-    quick: Annotated[bool, typer.Option("--quick", help="Phases of 30 s (B 15 s) at half capacity: ~4-5 min.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Phases of >= 24 requests at half capacity: ~5 min.")] = False,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the result JSON here.")] = None,
     plot_path: Annotated[Path | None, typer.Option("--plot", help="PNG of attainment and training steps/s.")] = None,
 ) -> None:
     """Serve only, train only, serve + train naive, serve + train arbitrated, and with a rollout batch."""
     from rich.console import Console
 
-    from swarm.bench.bench_coschedule import CoscheduleSettings, run_coschedule_bench
+    from swarm.bench.bench_coschedule import BenchAborted, CoscheduleSettings, run_coschedule_bench
     from swarm.bench.benchio import BenchProgress, finish_bench, machine_info
+    from swarm.cli.node import fail
 
     console = Console(stderr=True)
-    with BenchProgress("coschedule bench", 9, console) as progress:
-        result = run_coschedule_bench(CoscheduleSettings.for_size(quick), progress, plot_path)
+    try:
+        with BenchProgress("coschedule bench", 9, console) as progress:
+            result = run_coschedule_bench(CoscheduleSettings.for_size(quick), progress, plot_path)
+    except BenchAborted as err:
+        fail(str(err), code=1)
     result["machine"] = machine_info()
     finish_bench(result, json_path, Console())
 

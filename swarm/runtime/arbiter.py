@@ -73,6 +73,7 @@ class Gate:
         self._micro_end = ctx.Value("d", 0.0, lock=False)
         self._threads = ctx.Value("i", 1, lock=False)
         self._micro_steps = ctx.Value("q", 0, lock=False)
+        self._in_thread = ctx.Value("b", 0, lock=False)  # what runs now is a thread's (never stopped by a signal)
         self._init_arbiter_side()
 
     def _init_arbiter_side(self) -> None:
@@ -93,12 +94,16 @@ class Gate:
         self._init_arbiter_side()
 
     # ----- trainer side -----
-    def run(self, micro_step: Callable[[], None]) -> None:
-        """Run `micro_step` once granted; raise TrainerStopped when the gate closes first."""
+    def run(self, micro_step: Callable[[], None], *, in_thread: bool = False) -> None:
+        """Run `micro_step` once granted; raise TrainerStopped when the gate closes first. `in_thread`: a piece of
+        training work run by a thread of the arbiter's own process although a trainer process is attached (the
+        training thread's evaluation, outer step or checkpoint): a revocation lets it end instead of stopping the
+        process, and the yield is measured to its end."""
         while True:
             if self._stop.value:
                 raise TrainerStopped("gate closed")
             if self._grant.value:
+                self._in_thread.value = int(in_thread)
                 self._running.value = 1
                 if self._grant.value:  # re-read after announcing: a revoke in between sees us running
                     break
@@ -135,7 +140,7 @@ class Gate:
         was_granted, self._grant.value = self._grant.value, 0
         if not self._running.value:
             return False
-        if not self._pid:
+        if not self._pid or self._in_thread.value:
             return bool(was_granted)
         return self._suspend()
 

@@ -6,13 +6,17 @@ granted by the arbiter from the engine's slack; an online request's arrival revo
 thread; the engine announces `reserved_share` of itself as taken, so routers send online work elsewhere while
 training runs. On CPU the inner steps run in a child process (`InnerStepProcess`) at SCHED_IDLE, stopped at once
 when a grant is revoked, its torch thread count following the grant, and never holding the serving process's GIL;
-the peer itself (averaging, checkpoints, evaluation, the announce) stays in the node's training thread, on the same
-weights and optimizer state, which both processes map from shared memory. On a GPU the inner steps stay in that
-thread, on a low-priority CUDA stream. The training thread drops itself to SCHED_IDLE (nice 19 where not allowed).
+evaluations run there too, one granted eval batch at a time. The peer itself (averaging, the outer step, state
+sharing, checkpoints, the announce) stays in the node's training thread, on the same weights and optimizer state,
+which both processes map from shared memory; its outer step, the state it shares and its checkpoints are granted
+pieces of work through the same gate (a revocation lets the piece in flight end; the yield is measured to its end),
+so none of them takes the cores while serving runs. On a GPU the inner steps and those pieces stay in that thread,
+on a low-priority CUDA stream. The training thread drops itself to SCHED_IDLE (nice 19 where not allowed).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import os
@@ -57,7 +61,7 @@ class CoscheduledTraining:
         self.config = config
         self.gate = Gate()
         self.tau_s = config.micro_step_share * tightest_tpot_s(engine)
-        self.on_cpu = peer.inner.accelerator.device.type == "cpu" and can_share(peer.inner)
+        self.on_cpu = peer.inner.device.type == "cpu" and can_share(peer.inner)
         self.process: InnerStepProcess | None = None
         # torch's thread count is per process: a trainer process follows the slack with its own, a trainer thread
         # (GPU) is granted one thread's worth.
@@ -75,9 +79,12 @@ class CoscheduledTraining:
             self.process.start()
             self.arbiter.trainer_cpu_s = self.process.cpu_s
             peer.inner_step = self.process.step
-            where = f"in a child process at {self.process.priority}"
+            peer.inner_eval = self.process.evaluate
+            # the outer step, state sharing and checkpoints: granted pieces of the training thread
+            peer.side_gate = functools.partial(self.gate.run, in_thread=True)
+            where = f"in a child process at {self.process.priority}, evaluations too"
         else:
-            peer.micro_gate = self._on_gpu_stream(self.gate.run)
+            peer.micro_gate = peer.side_gate = self._on_gpu_stream(self.gate.run)
         self.engine.on_online_arrival = self.arbiter.on_arrival
         self.engine.reserved_share = self.config.reserved_share
         self.arbiter.start()
@@ -90,9 +97,9 @@ class CoscheduledTraining:
         before the step counts as done, so a revoked trainer has nothing left queued on the device."""
         import torch
 
-        if not torch.cuda.is_available() or self.peer.inner.accelerator.device.type != "cuda":
+        if not torch.cuda.is_available() or self.peer.inner.device.type != "cuda":
             return run
-        stream = torch.cuda.Stream(self.peer.inner.accelerator.device, priority=0)
+        stream = torch.cuda.Stream(self.peer.inner.device, priority=0)
 
         def on_stream(micro_step: Any) -> None:
             def body() -> None:
@@ -214,6 +221,15 @@ class InnerStepProcess:
         inner.set_step(number + 1)  # the weights and AdamW state moved in shared memory; the schedule follows
         return value
 
+    def evaluate(self, batches: list[Any]) -> float:
+        """Mean eval loss of the shared (live) weights over `batches`, computed by the child one granted batch at a
+        time, at its priority: what `InnerLoop.evaluate` returns in this process."""
+        self._conn.send(("eval", [b.numpy() for b in batches]))
+        kind, value = self._receive()
+        if kind != "eval_loss":
+            raise RuntimeError(f"trainer process failed: {value}")
+        return value
+
     def cpu_s(self) -> float:
         """CPU seconds every thread of the child has run so far (0 where it cannot be read)."""
         return process_cpu_s(self._proc.pid)
@@ -269,11 +285,14 @@ def _inner_child(
     try:
         while True:
             message = conn.recv()
-            if message[0] != "step":
+            if message[0] not in ("step", "eval"):
                 return
-            _, number, batch, micro_batch = message
-            inner.set_step(number)
             try:
+                if message[0] == "eval":
+                    conn.send(("eval_loss", _evaluate(inner, [torch.from_numpy(b) for b in message[1]], run)))
+                    continue
+                _, number, batch, micro_batch = message
+                inner.set_step(number)
                 loss = inner.step_in_micro_batches(torch.from_numpy(batch), micro_batch, run)
             except TrainerStopped:
                 return
@@ -283,3 +302,11 @@ def _inner_child(
             conn.send(("loss", loss))
     except (EOFError, OSError):
         return
+
+
+def _evaluate(inner: Any, batches: list[Any], run: Any) -> float:
+    """`InnerLoop.evaluate(batches)`, one granted piece per batch (the same mean, summed in the same order)."""
+    losses: list[float] = []
+    for batch in batches:
+        run(lambda b=batch: losses.append(inner.evaluate([b])))
+    return sum(losses) / len(losses)

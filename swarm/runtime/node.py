@@ -31,9 +31,10 @@ from swarm.gateway.generate_service import GenerateService
 from swarm.runtime.config import NodeConfig
 from swarm.runtime.discovery import Discovery
 from swarm.runtime.gossip_policy import announce_period_s, status_period_s
-from swarm.runtime.hardware import detect_devices, detect_hardware
+from swarm.runtime.hardware import detect_devices, detect_hardware, device_specs
 from swarm.runtime.load_probe import LoadProbe
 from swarm.runtime.membership import Membership
+from swarm.runtime.placement import Placement, place_node
 from swarm.runtime.roles import Role, build_roles
 
 log = logging.getLogger(__name__)
@@ -58,11 +59,19 @@ class Node:
             self.host, self.membership, net.peers, net.max_dial_peers, net.request_timeout_s,
             gossip_isolated=lambda: self.host.mesh_size(self.announce_topic) == 0,
         )  # fmt: skip
-        self.hardware = detect_hardware()
-        self.devices = detect_devices()
         self.status_topic = topic(net.swarm_id, STATUS_TOPIC)
         self.load_probe = LoadProbe(self)
-        self.roles = [] if client_only else build_roles(config, self)
+        # Where each role runs: decided once here from every device the node has (torch is imported for it only
+        # when a role will need it anyway); ConfigError, naming the field and the devices, when it cannot be.
+        with_roles = bool(config.node.roles) and not client_only
+        self.devices = detect_devices(import_torch=with_roles)
+        self.hardware = detect_hardware()
+        self.placement: Placement | None = None
+        if with_roles:
+            self.placement = place_node(config, device_specs(self.devices))
+            self._mark_placed(self.devices)
+            log.info("placement: %s", self.placement.describe())
+        self.roles = [] if client_only else build_roles(config, self, self.placement)
         if self.serve_role is not None:
             GenerateService(self.host, self.serve_role, net.request_timeout_s)
         self.http_url: str | None = None
@@ -106,6 +115,7 @@ class Node:
                     await nursery.start(self._run_role, role)
                 self.hardware = detect_hardware()  # a role may have brought up an accelerator
                 self.devices = detect_devices()
+                self._mark_placed(self.devices)
                 self._report_started()
                 if self.config.node.status_interval_s > 0:
                     nursery.start_soon(log_status, self.roles, self.config.node.status_interval_s)
@@ -133,6 +143,17 @@ class Node:
             return "ok", None
         reason = "; ".join(f"{r.name}: {r.failure}" for r in failed)
         return ("failed" if len(failed) == len(self.roles) else "degraded"), reason
+
+    def _mark_placed(self, devices: list[Any]) -> None:
+        """Each announced device lists what the placement runs on it."""
+        if self.placement is None:
+            return
+        for spec, device in zip(device_specs(devices), devices, strict=True):
+            device.roles = self.placement.roles_on(spec.name)
+
+    def placement_view(self) -> dict[str, Any] | None:
+        """The placement as /healthz and the peers view show it (None for a node without roles)."""
+        return self.placement.as_dict() if self.placement is not None else None
 
     def live_role_names(self) -> list[str]:
         """The roles this node announces: those asked for, less those that failed."""
@@ -354,6 +375,7 @@ def _peer_row(announce: PeerAnnounce, *, age_s: float, is_self: bool) -> dict[st
         "load": vars(announce.load).copy(),
         "training": vars(announce.training).copy(),
         "rl": vars(announce.rl).copy() if announce.rl is not None else None,
+        "devices": [dataclasses.asdict(d) for d in announce.devices],  # each with the roles placed on it
     }
 
 

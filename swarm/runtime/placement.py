@@ -48,6 +48,23 @@ class Placement:
         """True when training or rollouts share a serving device (the arbiter must gate them)."""
         return any(d in self.serve for d in (self.train, self.rollouts) if d is not None)
 
+    def roles_on(self, device: str) -> list[str]:
+        """What runs on `device`, as the announce lists it: `serve`, `rollouts`, `train`, `cpu_work`."""
+        placed = [("serve", device in self.serve), ("rollouts", self.rollouts == device),
+                  ("train", self.train == device), ("cpu_work", self.cpu_work == device)]  # fmt: skip
+        return [name for name, here in placed if here]
+
+    def as_dict(self) -> dict[str, object]:
+        return {"serve": list(self.serve), "rollouts": self.rollouts, "train": self.train, "cpu_work": self.cpu_work,
+                "co_scheduled": self.co_scheduled}  # fmt: skip
+
+    def describe(self) -> str:
+        """One line for the log."""
+        parts = [f"serve on {', '.join(self.serve)}"] if self.serve else []
+        parts += [f"{role} on {where}" for role, where in (("rollouts", self.rollouts), ("train", self.train)) if where]
+        parts.append(f"scoring, codecs and checkpoints on {self.cpu_work}")
+        return "; ".join(parts) + (" (co-scheduled by the arbiter)" if self.co_scheduled else "")
+
 
 def _describe(devices: Sequence[DeviceSpec]) -> str:
     return ", ".join(f"{d.name} ({d.memory_bytes / 2**30:.1f} GiB)" for d in devices)

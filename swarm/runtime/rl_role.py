@@ -87,8 +87,12 @@ class RLRole(Role):
 
     name = "rl"
 
-    def __init__(self, config: Any, node: Any) -> None:
-        self.config, self.node = config, node
+    def __init__(self, config: Any, node: Any, device: Any = None) -> None:
+        """`device` (a torch.device): where this role's own engine runs when the node serves nothing (None: as
+        `serving.device` says)."""
+        if device is not None:
+            config = config.model_copy(update={"serving": config.serving.model_copy(update={"device": str(device)})})
+        self.config, self.node, self.device = config, node, device
         self.cfg = config.rl
         self.topic = topic(config.network.swarm_id, ROLLOUTS_TOPIC)
         self.engine: Any = None

@@ -49,8 +49,10 @@ class ServeRole(Role):
 
     name = "serve"
 
-    def __init__(self, serving_config: Any) -> None:
-        self.config = serving_config
+    def __init__(self, serving_config: Any, device: Any = None) -> None:
+        """`device` (a torch.device): where the engine runs, as the node's placement chose (None: as configured)."""
+        self.config = serving_config if device is None else serving_config.model_copy(update={"device": str(device)})
+        self.device = device
         self.engine: Any = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -108,16 +110,30 @@ def fill_device_speeds(announce: PeerAnnounce, engine: Any) -> None:
     same_kind[index].decode_tok_s = 1.0 / engine.latency.profiled_step_s([(1, n)])
 
 
-def build_roles(config: Any, node: Any) -> list[Role]:
+def role_devices(placement: Any) -> dict[str, Any]:
+    """The torch.device of each placed role: `serve` (the first serving device: one engine a node), `train`,
+    `rollouts`."""
+    import torch
+
+    chosen = {"serve": placement.serve[0] if placement.serve else None, "train": placement.train,
+              "rollouts": placement.rollouts}  # fmt: skip
+    return {role: torch.device(name) for role, name in chosen.items() if name is not None}
+
+
+def build_roles(config: Any, node: Any, placement: Any = None) -> list[Role]:
+    """The roles `config` asks for, each built on the device `placement` (swarm.runtime.placement) chose for it;
+    without a placement, each takes its configured device."""
+    devices = role_devices(placement) if placement is not None else {}
     roles: list[Role] = []
     if "serve" in config.node.roles:
-        roles.append(ServeRole(config.serving))
+        roles.append(ServeRole(config.serving, devices.get("serve")))
     if "train" in config.node.roles:
         from swarm.runtime.train_role import TrainRole
 
-        roles.append(TrainRole(config.training, node))
+        roles.append(TrainRole(config.training, node, devices.get("train")))
     if "rl" in config.node.roles:
         from swarm.runtime.rl_role import RLRole
 
-        roles.append(RLRole(config, node))  # after serve: it samples through the serve role's engine
+        # after serve: it samples through the serve role's engine, else through its own on the rollouts device
+        roles.append(RLRole(config, node, devices.get("rollouts")))
     return roles

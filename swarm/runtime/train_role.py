@@ -80,8 +80,10 @@ class TrainRole(Role):
 
     name = "train"
 
-    def __init__(self, config: Any, node: Any) -> None:
-        self.config = config
+    def __init__(self, config: Any, node: Any, device: Any = None) -> None:
+        """`device` (a torch.device): where the inner loop runs, as the node's placement chose (None: as configured)."""
+        self.config = config if device is None else config.model_copy(update={"device": str(device)})
+        self.device = device
         self.node = node
         self.peer: Any = None
         self.averager: Any = None

@@ -130,6 +130,7 @@ class DashboardState:
             "reward": self.reward.view(),
             "serving": self._serving(),
             "health": node.health()[0],
+            "placement": node.placement_view(),
         }
 
     def _serving(self) -> dict[str, Any] | None:
@@ -183,7 +184,14 @@ def _peer(row: dict[str, Any]) -> dict[str, Any]:
         "device_name": _text(hardware.get("device_name", "")),
         "load": {k: _number(load.get(k)) for k in ("running", "waiting", "predicted_ttft_ms", "decode_tok_s")},
         "training": {k: _number(training.get(k)) for k in ("round", "step", "loss")},
+        "devices": [_device(d) for d in list(row.get("devices") or [])[:MAX_LIST] if isinstance(d, dict)],
     }
+
+
+def _device(device: dict[str, Any]) -> dict[str, Any]:
+    """A device of a peers_view row: kind, name and the roles placed on it, bounded."""
+    roles = [_text(r) for r in list(device.get("roles") or [])[:MAX_LIST]]
+    return {"kind": _text(device.get("kind", "")), "name": _text(device.get("name", "")), "roles": roles}
 
 
 def _static(name: str, media_type: str) -> Callable[[Request], Any]:

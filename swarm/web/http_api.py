@@ -78,6 +78,9 @@ def build_app(node: Node, dashboard: DashboardState) -> HttpGuard:
     async def healthz(_: Request) -> JSONResponse:
         status, reason = node.health()
         body = {"status": status, "peer_id": node.peer_id, "peers": len(node.membership)}
+        placement = node.placement_view()
+        if placement is not None:
+            body["placement"] = placement
         if reason is not None:
             body["reason"] = reason
         return JSONResponse(body, status_code=200 if status == "ok" else 503)

@@ -1,5 +1,6 @@
 """A node with `--roles serve,train`: it keeps answering generation within its SLOs, by the engine's own
-accounting, while its training rounds advance (micro-steps granted by the arbiter). Counted, never timed."""
+accounting, while its training rounds advance (micro-steps granted by the arbiter), with both roles where its
+placement put them. Counted, never timed."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import re
 
 import httpx
 import pytest
+import torch
 
 from tests.integration.nodes import wait_until
 
@@ -35,6 +37,12 @@ def _round(node) -> int:  # type: ignore[no-untyped-def]
 def test_serving_keeps_its_slos_while_training_rounds_advance(start_node, tmp_path) -> None:
     node = start_node("st", *NODE, "--set", f"training.checkpoint_dir={tmp_path / 'ck'}", wait=False)
     node.wait_ready(timeout_s=180)  # two roles to start (model, profile, averaging process): slow on a busy machine
+    if not torch.cuda.is_available():  # a CPU-only node: both roles placed on the CPU, co-scheduled, and shown
+        placement = httpx.get(f"{node.http}/healthz", timeout=10).json()["placement"]
+        assert placement == {"serve": ["cpu"], "rollouts": None, "train": "cpu", "cpu_work": "cpu",
+                             "co_scheduled": True}  # fmt: skip
+        me = next(r for r in node.peers() if r["self"])
+        assert [d["roles"] for d in me["devices"] if d["kind"] == "cpu"] == [["serve", "train", "cpu_work"]]
     wait_until(lambda: _round(node) >= 1, timeout_s=150, interval_s=0.5)
     start_round = _round(node)
     with httpx.Client(timeout=120) as client:

@@ -258,3 +258,56 @@ def _wait(cond: Any, polls: int = 30_000) -> None:
             return
         threading.Event().wait(0.001)
     raise AssertionError("condition not reached")
+
+
+class FakePiece:
+    """The training thread's pieces (an outer step, a checkpoint), run through the gate `in_thread` beside an
+    attached trainer process; each waits for the test's go-ahead."""
+
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+        self.entered, self.release = threading.Semaphore(0), threading.Semaphore(0)
+        self.done = 0
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _piece(self) -> None:
+        self.entered.release()
+        assert self.release.acquire(timeout=30)
+        self.done += 1
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                self.gate.run(self._piece, in_thread=True)
+        except TrainerStopped:
+            pass
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads process states from /proc")
+def test_a_piece_of_the_training_thread_ends_when_revoked_and_the_trainer_process_is_not_stopped() -> None:
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])  # a trainer process between steps
+    try:
+        gate = Gate()
+        gate.attach(idle.pid)
+        arbiter = Arbiter(lambda: Slack(online_idle=True), gate, tau_s=TAU, max_threads=1)
+        piece = FakePiece(gate)
+        arbiter.tick()
+        assert piece.entered.acquire(timeout=30)  # granted: the piece runs
+        arbiter.on_arrival(arrival_s=0.0)
+        assert not gate.granted and gate.suspensions == 0  # no SIGSTOP for a thread's piece
+        assert _state(idle.pid) != "T"
+        arbiter.slack = lambda: Slack(online_idle=False, left_s=0.0)
+        arbiter.tick()
+        assert not arbiter.yields_s and not gate.paused  # the piece still runs: its yield is not over
+        piece.release.release()
+        _wait(lambda: gate.paused)
+        arbiter.tick()
+        assert len(arbiter.yields_s) == 1 and piece.done == 1  # measured to the piece's end
+        assert gate.micro_steps == 1 and gate.suspensions == 0
+        gate.close()
+        piece.thread.join(30)
+        assert not piece.thread.is_alive()
+    finally:
+        idle.kill()
+        idle.wait(30)

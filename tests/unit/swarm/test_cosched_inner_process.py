@@ -1,6 +1,6 @@
 """A training peer whose inner steps run in a child process (`InnerStepProcess`, the CPU co-scheduling path) trains
-exactly as one stepping in its own process: the same weights, AdamW state and schedule after its rounds, and its
-checkpoint holds them. Counts and values only."""
+exactly as one stepping in its own process: the same weights, AdamW state and schedule after its rounds, the same
+eval losses computed by the child, and its checkpoint holds them. Counts and values only."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def test_inner_steps_in_a_child_process_train_as_in_process(tmp_path: Path) -> N
     data = corpus()
     here = TrainingPeer(tiny(None), data, peer_id="p", shard_index=0, num_shards=1)
     here.micro_batch, here.micro_gate = 1, lambda micro_step: micro_step()
-    here.run(7)  # two rounds (outer steps after 3 and 6) and one step into the third
+    here.run(7, eval_every=3)  # two rounds (outer steps after 3 and 6) and one step into the third
 
     there = TrainingPeer(tiny(tmp_path), data, peer_id="p", shard_index=0, num_shards=1)
     assert can_share(there.inner)
@@ -32,11 +32,15 @@ def test_inner_steps_in_a_child_process_train_as_in_process(tmp_path: Path) -> N
     child.start()
     try:
         gate.grant(1)
-        there.inner_step = child.step
-        there.run(7)
+        there.inner_step, there.inner_eval = child.step, child.evaluate
+        there.run(7, eval_every=3)
     finally:
         child.stop()
-    assert there.status.step == 7 and gate.micro_steps == 7 * 2  # every micro-step went through the gate
+    # every micro-step and every eval batch went through the gate, in the child
+    assert there.status.step == 7 and gate.micro_steps == 7 * 2 + 2 * len(there.eval_set)
+    assert [s for s, _ in there.status.eval_history] == [3, 6]
+    for (_, a), (_, b) in zip(here.status.eval_history, there.status.eval_history, strict=True):
+        assert a == pytest.approx(b, abs=1e-5)
     for a, b in zip(here.inner.params, there.inner.params, strict=True):
         assert torch.allclose(a, b, atol=1e-6)
     for a, b in zip(here.outer.state_tensors(), there.outer.state_tensors(), strict=True):

@@ -48,6 +48,9 @@ class FakeNode:
     def health(self) -> tuple[str, None]:
         return "ok", None
 
+    def placement_view(self) -> None:
+        return None
+
 
 def test_view_bounds_every_peer_string_list_and_count() -> None:
     huge = "<b>" + "x" * 10_000
