@@ -67,3 +67,18 @@ def test_auto_measures_once_and_then_serves_the_cached_choice(tmp_path: Path, mo
 def test_a_named_dtype_is_served_without_measuring(tmp_path: Path) -> None:
     with Engine(tiny_config(tmp_path, dtype="float32")) as engine:
         assert engine.dtype == torch.float32 and engine.dtype_choice is None
+
+
+def test_a_burst_of_load_during_one_candidate_s_turn_does_not_make_it_lose(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = build_embedded_model("tiny").hf_model
+    # float32 is the fastest, but the machine was busy during its first turn (10x slower then).
+    turns = {torch.float32: [10.0, 1.0], torch.bfloat16: [2.0, 2.0], torch.float16: [3.0, 3.0]}
+
+    def fake_step(m, vocab, device):
+        return turns[next(m.parameters()).dtype].pop(0)
+
+    monkeypatch.setattr(dtype_choice, "step_seconds", fake_step)
+    choice = dtype_choice.choose(model, torch.device("cpu"), key="k")
+    assert choice.step_s == {"float32": 1.0, "bfloat16": 2.0, "float16": 3.0}
+    assert choice.dtype == "float32"
+    assert all(not left for left in turns.values())  # every candidate timed once per pass
