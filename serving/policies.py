@@ -128,7 +128,12 @@ class SloBudget(TokenBudgetPolicy):
         return safe
 
     def _ttft_at_risk(
-        self, chunk: int, decoders: Sequence[Request], running: Sequence[Request], waiting: Sequence[Request], now: float
+        self,
+        chunk: int,
+        decoders: Sequence[Request],
+        running: Sequence[Request],
+        waiting: Sequence[Request],
+        now: float,
     ) -> bool:
         """Whether a queued online prompt that can still meet its TTFT target would miss it if every step from
         now on prefilled `chunk` tokens (prompts in the order they are served, expected error applied)."""

@@ -6,7 +6,14 @@ import math
 
 import pytest
 
-from serving.bench_capacity import FIRST_STEP_DOWN, MAX_HALVINGS, TARGET_ATTAINMENT, SystemSearch, capacity_search, misses_to_fail
+from serving.bench_capacity import (
+    FIRST_STEP_DOWN,
+    MAX_HALVINGS,
+    TARGET_ATTAINMENT,
+    SystemSearch,
+    capacity_search,
+    misses_to_fail,
+)
 from serving.bench_drivers import ServiceTime, replay_sequential, run_engine_trace, ttft_misses
 from serving.bench_workload import LONG_PROMPT, RequestRecord, make_requests, percentiles, summarize, ttft_prediction
 from serving.errors import OverloadedError
