@@ -173,8 +173,24 @@ def _saturation_requests(settings: BenchSettings) -> list[BenchRequest]:
     return make_requests(settings.saturation_mix, settings.saturation_requests, math.inf, settings.seed, 256)
 
 
-def saturation(settings: BenchSettings, slo_engine: Engine, fcfs_engine: Engine, hf_model, eos: list[int]) -> dict:
-    """Output tok/s with every request queued at t=0, systems interleaved on the same requests."""
+class _PhaseClock:
+    """Adds the seconds since its last lap to `phases[name]` (where a bench run's time goes)."""
+
+    def __init__(self, phases: dict[str, float]) -> None:
+        self.phases = phases
+        self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases[name] = self.phases.get(name, 0.0) + now - self.last
+        self.last = now
+
+
+def saturation(
+    settings: BenchSettings, slo_engine: Engine, fcfs_engine: Engine, hf_model, eos: list[int], phases: dict
+) -> dict:
+    """Output tok/s with every request queued at t=0, systems interleaved on the same requests. `phases` gets the
+    seconds each part took."""
     reqs = _saturation_requests(settings)
     no_slo = math.inf
     results: dict[str, dict] = {}
@@ -185,21 +201,27 @@ def saturation(settings: BenchSettings, slo_engine: Engine, fcfs_engine: Engine,
         return summarize(records, wall, no_slo, no_slo)
 
     # Warm-up (first-touch pages of the KV pool, workspaces, allocator caches), untimed, for every system.
+    clock = _PhaseClock(phases)
     warm = reqs[:8]
     for engine in (slo_engine, fcfs_engine):
         run_engine_trace(engine, warm, None, None, 120)
     measure_hf_generate(hf_model, warm[:1], eos)
+    clock.lap("warm_up")
     passes: dict[str, list[dict]] = {"engine": [], "engine_fcfs": []}
     passes["engine"].append(engine_run(slo_engine))
     passes["engine_fcfs"].append(engine_run(fcfs_engine))
+    clock.lap("engines")
     subset = reqs[: settings.hf_generate_requests]
     services, wall = measure_hf_generate(hf_model, subset, eos)
     results["hf_generate"] = summarize(replay_sequential(services, subset), wall, no_slo, no_slo)
+    clock.lap("hf_generate")
     kv_tokens = settings.kv_cache_bytes // slo_engine.runner.layout.bytes_per_token()
     records, wall = run_hf_continuous_batching(hf_model, reqs, eos, 600, settings.max_batch_tokens, kv_tokens)
     results["hf_generate_batch"] = summarize(records, wall, no_slo, no_slo)
+    clock.lap("hf_generate_batch")
     passes["engine_fcfs"].append(engine_run(fcfs_engine))
     passes["engine"].append(engine_run(slo_engine))
+    clock.lap("engines")
     # Two passes each, one before and one after the baselines (A B .. B A): both engines see the machine in
     # both states, and the figure is their mean.
     for name, runs in passes.items():
@@ -208,10 +230,15 @@ def saturation(settings: BenchSettings, slo_engine: Engine, fcfs_engine: Engine,
     return results
 
 
-def goodput(settings: BenchSettings, slo_engine: Engine, fcfs_engine: Engine, hf_model, eos: list[int]) -> dict:
-    """Capacity at SLO of the engine and of FCFS batching (probes interleaved), plus HF attainment curves."""
+def goodput(
+    settings: BenchSettings, slo_engine: Engine, fcfs_engine: Engine, hf_model, eos: list[int], phases: dict
+) -> dict:
+    """Capacity at SLO of the engine and of FCFS batching (probes interleaved), plus HF attainment curves.
+    `phases` gets the seconds each part took (each system's capacity search apart)."""
+    clock = _PhaseClock(phases)
     reqs = make_requests(settings.goodput_mix, settings.goodput_requests, 1.0, settings.seed + 1, 256)
     slo = calibrate_slo(fcfs_engine, reqs, settings)
+    clock.lap("slo_calibration")
     # Start the search near what the machine could serve back to back (prefill + half-batched decode demand).
     mean_prompt = statistics.mean(len(r.prompt_ids) for r in reqs)
     median_prompt = sorted(len(r.prompt_ids) for r in reqs)[len(reqs) // 2]
@@ -233,6 +260,7 @@ def goodput(settings: BenchSettings, slo_engine: Engine, fcfs_engine: Engine, hf
         for name, rate in pending.items():
             if rate is not None:
                 searches[name].record(rate, _engine_probe(systems[name], settings, slo, probes, name)(rate))
+                clock.lap(f"capacity_search_{name}")
     by_definition = {name: search.capacities() for name, search in searches.items()}
     main = "with_stalls" if settings.count_stalls else "mean_tpot"
     capacities = {name: caps[main] for name, caps in by_definition.items()}
@@ -261,6 +289,7 @@ def goodput(settings: BenchSettings, slo_engine: Engine, fcfs_engine: Engine, hf
         )
         summary = summarize(records, wall, slo.ttft_s, slo.tpot_s, settings.count_stalls)
         probes.append({"system": "hf_generate_batch", "rate_req_s": rate, **summary})
+    clock.lap("hf_curves")
     return {
         "slo": asdict(slo),
         "capacity_req_s": capacities,
@@ -299,13 +328,17 @@ def run_serving_bench(settings: BenchSettings, plot_path=None) -> dict:
         hf_model = hf_model.to(device=slo_engine.device, dtype=slo_engine.dtype)
         eos = sorted(slo_engine.eos_token_ids) or [-1]
         phases = {"start": time.perf_counter() - started}
-        sat = saturation(settings, slo_engine, fcfs, hf_model, eos)
+        sat_phases: dict[str, float] = {}
+        sat = saturation(settings, slo_engine, fcfs, hf_model, eos, sat_phases)
         phases["saturation"] = time.perf_counter() - started - sum(phases.values())
-        good = goodput(settings, slo_engine, fcfs, hf_model, eos)
+        good_phases: dict[str, float] = {}
+        good = goodput(settings, slo_engine, fcfs, hf_model, eos, good_phases)
         phases["goodput"] = time.perf_counter() - started - sum(phases.values())
         prefix = prefix_cache_gain(slo_engine, settings.prefix_requests, settings.seed + 3)
+        phases["prefix_cache"] = time.perf_counter() - started - sum(phases.values())
         mean_context = statistics.mean(len(r.prompt_ids) + r.max_new_tokens / 2 for r in _saturation_requests(settings))
         limit = compute_limit(hf_model, slo_engine.dtype, slo_engine.device, int(mean_context))
+        phases["compute_limit"] = time.perf_counter() - started - sum(phases.values())
         dtype_choice = asdict(slo_engine.dtype_choice) if slo_engine.dtype_choice else None
         model_id, model_hash, device = slo_engine.model_id, slo_engine.model_hash, str(slo_engine.device)
         dtype = str(slo_engine.dtype).removeprefix("torch.")
@@ -326,7 +359,12 @@ def run_serving_bench(settings: BenchSettings, plot_path=None) -> dict:
     result = {
         "bench": "serve",
         "config": config,
-        "results": {**results, "bench_wall_s": time.perf_counter() - started, "phase_wall_s": phases},
+        "results": {
+            **results,
+            "bench_wall_s": time.perf_counter() - started,
+            "phase_wall_s": phases,
+            "phase_parts_wall_s": {"saturation": sat_phases, "goodput": good_phases},
+        },
         "ratios": ratios,
     }
     if plot_path is not None:

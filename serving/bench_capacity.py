@@ -1,7 +1,10 @@
 """Capacity at SLO: the highest Poisson rate at which >= 90% of the requests sent meet their targets.
 
-A search brackets the capacity (doubling or halving from a start rate) and then bisects geometrically until the
-bracket is within a tolerance (10% by default), within a bound on probes. The machine is shared, so one failing
+A search brackets the capacity (doubling from a start rate that passes; from one that fails, a first step down by
+sqrt(2), then halving) and then bisects geometrically until the bracket is within a tolerance (10% by default),
+within a bound on probes. Probes below the start rate are the long ones (a probe holds at least a fixed count of
+requests, so its length grows as its rate falls): the first step down is the short one, which is all it takes
+when the capacity lies near the start. The machine is shared, so one failing
 probe may be a burst of other work: the failure that closes the bracket is probed again, and a pass above a
 failure reopens the bracket upwards. One system's capacity is searched under
 two definitions of meeting the TPOT target at once (stalls counted, Sarathi-Serve's TBT; the mean alone, vLLM's
@@ -16,8 +19,9 @@ from collections.abc import Callable
 
 TARGET_ATTAINMENT = 0.9
 BRACKET_STEP = 2.0  # per probe while bracketing; then geometric bisection
+FIRST_STEP_DOWN = math.sqrt(2.0)  # from a failing start rate: the first probe below it
 TOLERANCE = 0.1  # the search ends once the bracket's top is within this share above its bottom
-MAX_HALVINGS = 5  # below start / 2**5 nothing passing means the system cannot serve this mix at SLO
+MAX_HALVINGS = 5  # steps down (the first by sqrt(2)): nothing passing below means the system cannot serve this mix
 DEFINITIONS = {"with_stalls": "slo_attainment_with_stalls", "mean_tpot": "slo_attainment_mean_tpot"}
 
 
@@ -54,7 +58,8 @@ class CapacitySearch:
         if self.hi == math.inf:
             self.rate = self.lo * BRACKET_STEP
         elif self.lo == 0.0:
-            self.rate = max(self.hi / BRACKET_STEP, min(self.min_rate, self.hi))
+            step = FIRST_STEP_DOWN if self.hi >= self.start_rate else BRACKET_STEP
+            self.rate = max(self.hi / step, min(self.min_rate, self.hi))
         elif self._tight:
             self.rate = self.hi  # confirm the failure that closes the bracket
         else:
@@ -68,7 +73,7 @@ class CapacitySearch:
     def done(self) -> bool:
         """The bracket is tight and its top failed twice, or nothing passed even far below the start rate."""
         if self.lo == 0.0:
-            floor = max(self.start_rate / BRACKET_STEP**MAX_HALVINGS, self.min_rate)
+            floor = max(self.start_rate / (FIRST_STEP_DOWN * BRACKET_STEP ** (MAX_HALVINGS - 1)), self.min_rate)
             return self.hi <= floor * (1 + self.tolerance)
         return self._tight and self.failures.get(self.hi, 0) >= 2
 

@@ -6,7 +6,14 @@ import math
 
 import pytest
 
-from serving.bench_capacity import MAX_HALVINGS, TARGET_ATTAINMENT, SystemSearch, capacity_search, misses_to_fail
+from serving.bench_capacity import (
+    FIRST_STEP_DOWN,
+    MAX_HALVINGS,
+    TARGET_ATTAINMENT,
+    SystemSearch,
+    capacity_search,
+    misses_to_fail,
+)
 from serving.bench_drivers import ServiceTime, replay_sequential, run_engine_trace, ttft_misses
 from serving.bench_workload import LONG_PROMPT, RequestRecord, make_requests, percentiles, summarize, ttft_prediction
 from serving.errors import OverloadedError
@@ -77,7 +84,8 @@ def test_capacity_search_brackets_then_bisects_to_within_ten_percent(true_capaci
 def test_capacity_is_zero_when_nothing_passes_and_the_search_gives_up() -> None:
     found, points = capacity_search(lambda rate: 0.0, start_rate=1.0, probes=30)
     assert found == 0.0
-    assert len(points) == MAX_HALVINGS + 1 and points[-1][0] == pytest.approx(1.0 / 2**MAX_HALVINGS)
+    assert len(points) == MAX_HALVINGS + 1
+    assert points[-1][0] == pytest.approx(1.0 / (FIRST_STEP_DOWN * 2 ** (MAX_HALVINGS - 1)))
 
 
 def _definitions(stall_capacity: float, mean_capacity: float):
@@ -149,8 +157,8 @@ def test_a_bounded_search_probes_nothing_below_its_floor() -> None:
     while (rate := search.next_rate()) is not None:
         rates.append(rate)
         search.record(rate, _definitions(0.1, 0.1)(rate))
-    assert min(rates) == pytest.approx(0.3)  # 1, 0.5, then the floor itself rather than 0.25
-    assert rates == sorted(rates, reverse=True) and len(rates) == 3
+    assert min(rates) == pytest.approx(0.3)  # 1, 0.71, 0.35, then the floor itself rather than 0.18
+    assert rates == sorted(rates, reverse=True) and len(rates) == 4
     assert search.capacities() == {"with_stalls": 0.0, "mean_tpot": 0.0}
 
 

@@ -51,3 +51,9 @@ def test_bench_runs_every_system_and_reports_ratios(tmp_path: Path) -> None:
     systems = {p["system"] for p in result["results"]["goodput"]["probes"]}
     assert systems == {"engine", "engine_fcfs", "hf_generate", "hf_generate_batch"}
     assert (tmp_path / "serve.png").stat().st_size > 1000
+    parts = result["results"]["phase_parts_wall_s"]  # where the run's time went, part by part
+    assert {"warm_up", "engines", "hf_generate", "hf_generate_batch"} == set(parts["saturation"])
+    assert {"slo_calibration", "capacity_search_engine", "capacity_search_engine_fcfs", "hf_curves"} == set(
+        parts["goodput"]
+    )
+    assert {"start", "saturation", "goodput", "prefix_cache", "compute_limit"} == set(result["results"]["phase_wall_s"])
