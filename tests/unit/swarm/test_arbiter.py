@@ -30,10 +30,11 @@ def test_training_gets_every_thread_when_serving_idles_and_nothing_when_a_rollou
 
 
 class FakeTrainer:
-    """Micro-steps that each wait for the test's go-ahead, so the test decides when one is in flight."""
+    """Micro-steps that each wait for the test's go-ahead, so the test decides when one is in flight; `in_thread`:
+    the training thread's own pieces (an outer step, a checkpoint) beside an attached trainer process."""
 
-    def __init__(self, gate: Gate) -> None:
-        self.gate = gate
+    def __init__(self, gate: Gate, in_thread: bool = False) -> None:
+        self.gate, self.in_thread = gate, in_thread
         self.entered = threading.Semaphore(0)
         self.release = threading.Semaphore(0)
         self.done = 0
@@ -49,7 +50,7 @@ class FakeTrainer:
     def _loop(self) -> None:
         try:
             while True:
-                self.gate.run(self._step)
+                self.gate.run(self._step, in_thread=self.in_thread)
         except TrainerStopped:
             self.stopped.set()
 
@@ -260,30 +261,6 @@ def _wait(cond: Any, polls: int = 30_000) -> None:
     raise AssertionError("condition not reached")
 
 
-class FakePiece:
-    """The training thread's pieces (an outer step, a checkpoint), run through the gate `in_thread` beside an
-    attached trainer process; each waits for the test's go-ahead."""
-
-    def __init__(self, gate: Gate) -> None:
-        self.gate = gate
-        self.entered, self.release = threading.Semaphore(0), threading.Semaphore(0)
-        self.done = 0
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
-
-    def _piece(self) -> None:
-        self.entered.release()
-        assert self.release.acquire(timeout=30)
-        self.done += 1
-
-    def _loop(self) -> None:
-        try:
-            while True:
-                self.gate.run(self._piece, in_thread=True)
-        except TrainerStopped:
-            pass
-
-
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads process states from /proc")
 def test_a_piece_of_the_training_thread_ends_when_revoked_and_the_trainer_process_is_not_stopped() -> None:
     idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])  # a trainer process between steps
@@ -291,7 +268,7 @@ def test_a_piece_of_the_training_thread_ends_when_revoked_and_the_trainer_proces
         gate = Gate()
         gate.attach(idle.pid)
         arbiter = Arbiter(lambda: Slack(online_idle=True), gate, tau_s=TAU, max_threads=1)
-        piece = FakePiece(gate)
+        piece = FakeTrainer(gate, in_thread=True)
         arbiter.tick()
         assert piece.entered.acquire(timeout=30)  # granted: the piece runs
         arbiter.on_arrival(arrival_s=0.0)
