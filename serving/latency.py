@@ -10,8 +10,7 @@ one on the compute (c1, c3, c4), by exponentially forgetting least squares on re
 busier or quieter, or a profile taken under other load, is followed for decode-only steps and prefill chunks
 alike (one scalar would learn the decode steps, which are most steps, and misjudge every chunk). What is left,
 the noise of a shared machine, is measured too: a high quantile of recent measured / predicted ratios of steps
-that carry a prefill chunk beside decodes (`step_margin`), which step budgets divide their limit by, and their
-tail (`step_tail`), which budgets plan for while no queued prompt needs larger chunks.
+that carry a prefill chunk beside decodes (`step_margin`), which step budgets divide their limit by.
 TTFT predictions are calibrated against the TTFTs achieved: the ratios achieved / predicted of recent admitted
 requests give the expected TTFT (their median) and a low quantile, the most favourable error seen often enough
 that a prediction still over target after it is a miss with confidence (`ttft_refusal_factor`).
@@ -52,10 +51,6 @@ MARGIN_MIN_SAMPLES = 8  # fewer than this: the largest error seen so far (within
 # the share of the target left unplanned (`tpot_budget_share`) absorbs the rest.
 MARGIN_QUANTILE = 0.75
 MARGIN_BOUNDS = (1.0, 2.0)
-# The error of the slowest mixed steps, one in twenty: a step planned within the whole target divided by it is late
-# only that rarely. A decoding request sees tens of mixed steps while prompts queue, and each late one is a stall it
-# sees; step budgets plan for this tail while no queued prompt needs the larger chunks to meet its TTFT target.
-TAIL_QUANTILE = 0.95
 
 
 def features(shape: StepShape) -> list[float]:
@@ -181,15 +176,6 @@ class LatencyModel:
         if not errors:
             return MARGIN_BOUNDS[0]
         pick = errors[-1] if len(errors) < MARGIN_MIN_SAMPLES else errors[int(MARGIN_QUANTILE * len(errors))]
-        return min(max(pick, MARGIN_BOUNDS[0]), MARGIN_BOUNDS[1])
-
-    def step_tail(self) -> float:
-        """The `TAIL_QUANTILE` of recent mixed steps' measured / predicted, within `MARGIN_BOUNDS` (1 before any
-        mixed step; the largest seen while there are fewer than `MARGIN_MIN_SAMPLES`)."""
-        errors = sorted(self.step_errors)
-        if not errors:
-            return MARGIN_BOUNDS[0]
-        pick = errors[-1] if len(errors) < MARGIN_MIN_SAMPLES else errors[int(TAIL_QUANTILE * len(errors))]
         return min(max(pick, MARGIN_BOUNDS[0]), MARGIN_BOUNDS[1])
 
     def observe_ttft(self, predicted_s: float, actual_s: float) -> None:

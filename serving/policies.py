@@ -61,11 +61,6 @@ class TokenBudgetPolicy(ABC):
         """Tokens per step while `decoders` decode (for predictions); by default the next step's budget."""
         return self.budget(decoders)
 
-    def step_budget(self, running: Sequence[Request], waiting: Sequence[Request], now: float) -> int:
-        """Token budget of the step the scheduler plans now, knowing the queue (default: `budget(running)`).
-        Never above `budget(running)`, which predictions use."""
-        return self.budget(running)
-
 
 class FixedBudget(TokenBudgetPolicy):
     def __init__(self, max_batch_tokens: int) -> None:
@@ -84,12 +79,6 @@ class SloBudget(TokenBudgetPolicy):
     divided by the latency model's step margin (the error of recent mixed steps' predictions, high quantile):
     on a noisy machine chunks shrink until nearly every mixed step fits. Prefilling requests have no TPOT yet;
     their TTFT is the admission policy's business.
-
-    The step the scheduler plans (`step_budget`) also fits the whole target at the tail of that error
-    (`step_tail`) while every queued prompt still meets its TTFT target with the chunks left: on a shared machine
-    one mixed step in ten may run half again over its prediction, and a decode beside a stream of prompts sees
-    tens of mixed steps, so planning for the common error alone leaves it several stalls. TTFT slack pays for the
-    smaller chunks; when a prompt would miss its target with them, the step takes the larger budget.
     """
 
     def __init__(self, latency: LatencyModel, config: ServingConfig) -> None:
@@ -114,57 +103,14 @@ class SloBudget(TokenBudgetPolicy):
     def steady_budget(self, decoders: Sequence[Request]) -> int:
         return self._tokens_within(self.step_limit_s(decoders), decoders, decoders)
 
-    def step_budget(self, running: Sequence[Request], waiting: Sequence[Request], now: float) -> int:
-        decoders = decoding(running)
-        limit_s = self.step_limit_s(decoders)
-        usual = self._tokens_within(limit_s, decoders, running)
-        if limit_s is None:
-            return usual
-        share = self.config.tpot_budget_share
-        divisor = max(self.latency.step_margin(), share * self.latency.step_tail())
-        safe = self._tokens_within(limit_s, decoders, running, divisor)
-        if safe >= usual or self._ttft_at_risk(safe - len(decoders), decoders, running, waiting, now):
-            return usual
-        return safe
-
-    def _ttft_at_risk(
-        self,
-        chunk: int,
-        decoders: Sequence[Request],
-        running: Sequence[Request],
-        waiting: Sequence[Request],
-        now: float,
-    ) -> bool:
-        """Whether a queued online prompt that can still meet its TTFT target would miss it if every step from
-        now on prefilled `chunk` tokens (prompts in the order they are served, expected error applied)."""
-        queue = [r for r in running if r.num_pending_tokens > 1] + list(waiting)
-        queue = [r for r in queue if not r.offline]
-        if not queue:
-            return False
-        queue.sort(key=lambda r: prefill_key(r, now))
-        decodes = [(1, r.num_tokens) for r in decoders]
-        prefills: list[tuple[int, int]] = []
-        for req in queue:
-            prefills.append((req.num_pending_tokens, req.num_computed_tokens))
-            ttft_ms = req.params.ttft_ms
-            if not ttft_ms or req.first_token_s is not None or ttft_missed(req, now):
-                continue
-            done_s = now + self.latency.prefill_s(prefills, max(chunk, 1), decodes) * self.latency.ttft_correction
-            if done_s > req.arrival_s + ttft_ms / 1000.0:
-                return True
-        return False
-
-    def _tokens_within(
-        self, limit_s: float | None, decoders: Sequence[Request], running: Sequence[Request], divisor: float = 0.0
-    ) -> int:
-        """Most tokens of a step within `limit_s / divisor` (default divisor: the step margin)."""
+    def _tokens_within(self, limit_s: float | None, decoders: Sequence[Request], running: Sequence[Request]) -> int:
         cap = self.config.max_batch_tokens
         if limit_s is None:
             return cap
         decodes = [(1, r.num_tokens) for r in decoders]
         prefilling = [r for r in running if r.num_pending_tokens > 1]
         chunk_ctx = prefilling[0].num_computed_tokens if prefilling else 0
-        limit_s /= divisor or self.latency.step_margin()
+        limit_s /= self.latency.step_margin()
         room = self.latency.max_prefill_tokens(limit_s, decodes, chunk_ctx, max(cap - len(decodes), 0))
         return max(len(decodes) + max(room, self.config.min_chunk_tokens), 1)
 

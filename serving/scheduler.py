@@ -124,7 +124,7 @@ class Scheduler:
         """Plan the next step: online decodes, partial prefills and waiting requests within the budget, then
         offline ones in the same order with what is left."""
         self.running.sort(key=queue_key)
-        budget = self.budget_policy.step_budget(self.running, self.waiting, self.clock())
+        budget = self.budget_policy.budget(self.running)
         chunks: list[ScheduledChunk] = []
         budget = self._schedule_running([r for r in self.running if not r.offline], budget, chunks, online=True)
         budget = self._schedule_waiting(budget, chunks, offline=False)

@@ -68,28 +68,3 @@ def test_budget_shrinks_by_the_step_margin_the_measured_mixed_steps_call_for() -
     assert noisy < calm
     chunk = noisy - len(decoders)
     assert 1.5 * latency.step_s([*mixed[:4], (chunk, chunk)]) <= 0.8 * 0.020
-
-
-def test_steps_plan_for_the_tail_of_the_error_unless_a_queued_prompt_needs_the_larger_chunks() -> None:
-    config = ServingConfig(max_batch_tokens=4096, tpot_budget_share=0.8)
-    latency = LatencyModel(coefficients=list(LATENCY.coefficients))
-    for i in range(64):  # three in four mixed steps as predicted, one in ten twice as long
-        latency.step_errors.append(2.0 if i % 10 == 0 else 1.0)
-    assert latency.step_margin() == pytest.approx(1.0) and latency.step_tail() == pytest.approx(2.0)
-    policy = SloBudget(latency, config)
-    decoders = [request(f"d{i}", 100, 100 + i, outputs=i + 1, tpot_ms=20.0) for i in range(4)]
-    usual = policy.budget(decoders)
-    queued = request("q", 3000, 0)
-    queued.params.ttft_ms = 1e6  # all the time in the world: the step fits the whole target at the tail
-    tail = policy.step_budget(decoders, [queued], now=0.0)
-    assert len(decoders) < tail < usual
-    chunk = tail - len(decoders)
-    shape = [(1, d.num_tokens) for d in decoders]
-    assert 2.0 * latency.step_s([*shape, (chunk, chunk)]) <= 0.020
-    queued.params.ttft_ms = 350.0  # met with the usual chunks, missed with the smaller ones
-    assert latency.prefill_s([(3000, 0)], usual - len(decoders), shape) < 0.35
-    assert latency.prefill_s([(3000, 0)], chunk, shape) > 0.35
-    assert policy.step_budget(decoders, [queued], now=0.0) == usual
-    queued.params.ttft_ms = 1.0  # already late whatever the chunks: it does not claim the larger ones
-    assert policy.step_budget(decoders, [queued], now=0.5) == tail
-    assert policy.step_budget(decoders, [], now=0.0) == tail
