@@ -85,7 +85,11 @@ class RobustPartReducer(TensorPartReducer):
 
 
 def check_returned_averages(
-    container: TensorPartContainer, own_index: int, policy: PartPolicy, on_refused: Callable[[], None]
+    container: TensorPartContainer,
+    own_index: int,
+    policy: PartPolicy,
+    on_refused: Callable[[], None],
+    own_weight: float = 1.0,
 ) -> None:
     """Make `container` (a runner's) refuse an average a remote reducer returns that `plausible_average` rejects:
     the sender keeps its own values for that part, as hivemind does for a reducer that failed."""
@@ -94,7 +98,7 @@ def check_returned_averages(
     def checked(peer_index: int, part_index: int, part: torch.Tensor) -> None:
         if peer_index != own_index:
             own_part = container._input_parts_by_peer[peer_index][part_index][0]
-            if not plausible_average(part, own_part, policy):
+            if not plausible_average(part, own_part, policy, own_weight):
                 on_refused()
                 part = own_part.detach().clone()
         register(peer_index, part_index, part)

@@ -66,7 +66,9 @@ class _AverageReturningRunner(AllReduceRunner):
             on_excluded=lambda _reason: compression.count_refused(),
         )
         own_index = self.ordered_peer_ids.index(self.peer_id)
-        check_returned_averages(self.tensor_part_container, own_index, policy, compression.count_refused)
+        check_returned_averages(
+            self.tensor_part_container, own_index, policy, compression.count_refused, own_weight=self.weight
+        )
         self.tensor_part_container.return_deltas = False  # outputs are averages: a failed part keeps local values
         self._replying = 0  # senders whose parts this peer reduces and who are still being answered
         self._all_replied = asyncio.Event()

@@ -69,7 +69,13 @@ def combine_parts(parts: dict[int, tuple[torch.Tensor, object]], shape: torch.Si
     norms differ by tens of percent, not by a factor of `max_norm_ratio`. Excluding it leaves the honest mean as
     it was. What a part under the limit can still do is bounded: with n honest parts of norm at most G and a
     median from an honest majority, one sender moves the average by at most
-    `max_weight * (max_norm_ratio + 1) * G / (n + max_weight)` (README, training)."""
+    `max_weight * (max_norm_ratio + 1) * G / (n + max_weight)` (README, training).
+
+    Norms are compared per unit of weight (a part's norm divided by its weight): honest peers that ended a round
+    early (`training.pace`) send weight = the share of the round's steps they did and an update about that much
+    smaller. With weights at most `max_weight` = 1 the bound above holds with G bounding the honest parts' norms
+    per unit of weight, and a sender claiming a small weight gets no larger part through: its norm limit shrinks
+    with the weight its part is averaged with."""
     excluded: dict[int, str] = {}
     candidates: dict[int, tuple[torch.Tensor, float]] = {}
     for sender in sorted(parts):
@@ -83,7 +89,9 @@ def combine_parts(parts: dict[int, tuple[torch.Tensor, object]], shape: torch.Si
             excluded[sender] = "non-finite"
         else:
             candidates[sender] = (tensor.to(torch.float32), weight)
-    norms = {sender: float(torch.linalg.vector_norm(t)) for sender, (t, _) in candidates.items()}
+    # A part's norm per unit of its weight: a peer that did a fifth of the round's steps (weight 0.2) sends about a
+    # fifth of a full round's update, and compared as it is, the full rounds' parts would be the outliers.
+    norms = {sender: float(torch.linalg.vector_norm(t)) / w for sender, (t, w) in candidates.items()}
     if norms:
         limit = policy.max_norm_ratio * lower_median(list(norms.values()))
         for sender, norm in norms.items():
@@ -100,13 +108,18 @@ def combine_parts(parts: dict[int, tuple[torch.Tensor, object]], shape: torch.Si
     return CombinedPart(total.div_(weights), sorted(candidates), excluded)
 
 
-def plausible_average(average: torch.Tensor, own_part: torch.Tensor, policy: PartPolicy) -> bool:
+def plausible_average(
+    average: torch.Tensor, own_part: torch.Tensor, policy: PartPolicy, own_weight: float = 1.0
+) -> bool:
     """Whether an average a reducer returned for a part can be one `combine_parts` made, seen from a sender that
-    knows only its own part: same shape, finite, and a norm at most `max_norm_ratio`**2 times its own part's. The
-    combined parts' norms are at most `max_norm_ratio` times their median, and honest parts' norms are within
-    `max_norm_ratio` of each other (or the rule would exclude honest parts), hence the square. A sender refuses
-    anything else and keeps its own values for that part, as for a reducer that failed."""
+    knows only its own part and weight: same shape, finite, and a norm at most `max_norm_ratio`**2 times its own
+    part's norm per unit of weight. The combined parts' norms per unit of weight are at most `max_norm_ratio`
+    times their median, and honest parts' are within `max_norm_ratio` of each other (or the rule would exclude
+    honest parts), hence the square; a weighted mean of parts with weights at most 1 is no longer than the
+    longest part per unit of weight. A sender refuses anything else and keeps its own values for that part, as
+    for a reducer that failed."""
     if tuple(average.shape) != tuple(own_part.shape) or not bool(torch.isfinite(average).all()):
         return False
-    limit = policy.max_norm_ratio**2 * float(torch.linalg.vector_norm(own_part.float()))
+    weight = bounded_weight(own_weight, policy.max_weight) or policy.max_weight
+    limit = policy.max_norm_ratio**2 * float(torch.linalg.vector_norm(own_part.float())) / weight
     return float(torch.linalg.vector_norm(average.float())) <= limit

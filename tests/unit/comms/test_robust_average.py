@@ -88,6 +88,34 @@ def test_one_senders_shift_stays_within_the_documented_bound() -> None:
         assert float((out.average - base).norm()) <= bound + 1e-5
 
 
+def test_a_peer_that_ended_its_round_early_leaves_the_full_rounds_parts_in() -> None:
+    """A pair where one peer did 1 of 5 steps (weight 0.2, an update about a fifth, or far less under the learning
+    rate's warm-up) and the other all 5: norms compared per unit of weight, neither part is excluded; compared as
+    they are, the full round's part (15 times longer here) was the outlier and only the fifth was averaged."""
+    partial, full = torch.tensor([0.0, 1.0]), torch.tensor([0.0, 15.0])
+    out = combine_parts({0: (partial, 0.2), 1: (full, 1.0)}, SHAPE, POLICY)
+    assert out.kept == [0, 1] and out.excluded == {}
+    assert torch.allclose(out.average, (0.2 * partial + full) / 1.2)
+    # the average each gets back is plausible to both, the partial peer judging with its own weight
+    assert plausible_average(out.average, partial, POLICY, own_weight=0.2)
+    assert plausible_average(out.average, full, POLICY)
+    # judged as if it had done the whole round, an average of a full round 20 times its part would be refused
+    lopsided = combine_parts({0: (partial, 0.2), 1: (torch.tensor([0.0, 19.9]), 1.0)}, SHAPE, POLICY)
+    assert lopsided.kept == [0, 1]
+    assert not plausible_average(lopsided.average, partial, POLICY)
+    assert plausible_average(lopsided.average, partial, POLICY, own_weight=0.2)
+
+
+def test_a_small_claimed_weight_buys_no_longer_part() -> None:
+    """A sender claiming weight 0.01 is held to 4 * median * 0.01: the limit shrinks with the weight it is
+    averaged with, so what it moves stays within the documented bound."""
+    honest = three_honest()  # median norm 5
+    small = combine_parts({**honest, 3: (torch.tensor([0.0, 0.19]), 0.01)}, SHAPE, POLICY)
+    assert small.kept == [0, 1, 2, 3]
+    long = combine_parts({**honest, 3: (torch.tensor([0.0, 0.21]), 0.01)}, SHAPE, POLICY)
+    assert long.excluded == {3: "norm"}
+
+
 def test_no_acceptable_part_gives_no_average() -> None:
     out = combine_parts({0: (torch.tensor([math.nan, 0.0]), 1.0), 1: (torch.ones(2), -2.0)}, SHAPE, POLICY)
     assert out.average is None and out.kept == [] and out.excluded == {0: "non-finite", 1: "weight"}
