@@ -81,6 +81,7 @@ class PeerStatus:
     eval_loss: float = float("nan")
     exchanges_ok: int = 0
     exchanges_failed: int = 0
+    rounds_alone: int = 0  # rounds without an exchange: too few training peers known for a group
     rounds_cut: int = 0  # rounds this peer ended at the group's deadline with fewer than H steps (training.pace)
     resyncs: int = 0  # rounds after which this peer took a group member's state (see training.consensus)
     states_refused: int = 0  # states downloaded from a peer and refused (digest, shapes, NaN, claim changed)
@@ -153,7 +154,8 @@ def unflatten(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor
 
 class TrainingPeer:
     """A peer's whole training state. `cfg` says what to train; `peer_id` names this peer; `peers` (a callable
-    returning the current training peers' ids) is needed by NoLoCo's pairing."""
+    returning the current training peers' ids) is needed by NoLoCo's pairing, and lets a peer alone skip the
+    exchange (it would wait `round_timeout_s` for a group every round)."""
 
     def __init__(
         self,
@@ -171,6 +173,9 @@ class TrainingPeer:
         self.peer_id = peer_id
         self.averager = averager
         self.peers = peers or (lambda: [peer_id])
+        # with a `peers` view, a round in which it holds too few peers for a group applies the local update at once
+        # instead of waiting `round_timeout_s` for a group that cannot form
+        self._peers_known = peers is not None
         built = load_train_model(cfg.model)
         self.model_hash = built.model_hash
         self.inner = InnerLoop(built.model, cfg, ignored_label=built.ignored_label())
@@ -364,7 +369,13 @@ class TrainingPeer:
         self._reference = []
         if self.averager is None:
             return None
-        bits = self.outer.group_bits(round_index, self.peers(), self.peer_id)
+        peers = self.peers()
+        if self._peers_known and len({*peers, self.peer_id}) < self.cfg.min_group_size:
+            if self.status.rounds_alone == 0:
+                log.info("round %d: no other training peer known; applying the local update", round_index)
+            self.status.rounds_alone += 1
+            return None
+        bits = self.outer.group_bits(round_index, peers, self.peer_id)
         if bits is None and self.outer.num_fragments > 1:
             bits = f"{f:0{max(1, (self.outer.num_fragments - 1).bit_length())}b}"
         sent = flatten(outgoing, self.exchange_len)

@@ -105,8 +105,9 @@ def training_families(role: Any) -> Iterator[Metric]:
             yield _gauge(name, doc, value)
     bytes_averaged = {"sent": counters.bytes_sent, "received": counters.bytes_received}
     yield _counter("swarm_train_bytes_averaged", "Bytes the averaging process moved.", bytes_averaged, "direction", {})
-    exchanges = {"ok": status.exchanges_ok, "failed": status.exchanges_failed}
-    yield _counter("swarm_train_exchanges", "Averaging exchanges, by outcome.", exchanges, "outcome", {})
+    exchanges = {"ok": status.exchanges_ok, "failed": status.exchanges_failed, "alone": status.rounds_alone}
+    yield _counter("swarm_train_exchanges", "Averaging exchanges, by outcome (alone: no other training peer known,"
+                   " the local update applied at once).", exchanges, "outcome", {})  # fmt: skip
     yield _single_counter("swarm_train_resyncs", "Rounds after which this peer took a group member's state.",
                           status.resyncs, {})  # fmt: skip
     yield _single_counter("swarm_train_averager_restarts", "Averaging processes started again.", counters.restarts, {})
@@ -222,7 +223,8 @@ def _training(role: Any) -> str:
     loss = f"{status.loss:.4f}" if math.isfinite(status.loss) else "-"
     eval_loss = f"{status.eval_loss:.4f}" if math.isfinite(status.eval_loss) else "-"
     return (f"training: round {status.round_index}, step {status.step}, loss {loss}, eval loss {eval_loss},"
-            f" exchanges {status.exchanges_ok} ok / {status.exchanges_failed} failed")  # fmt: skip
+            f" exchanges {status.exchanges_ok} ok / {status.exchanges_failed} failed"
+            + (f" / {status.rounds_alone} alone" if status.rounds_alone else ""))  # fmt: skip
 
 
 def _rl(rl: RlCounters) -> str:

@@ -34,7 +34,7 @@ def _serve_role(engine: FakeEngine) -> SimpleNamespace:
 
 def _train_role() -> SimpleNamespace:
     status = SimpleNamespace(round_index=3, step=120, loss=2.5, eval_loss=math.nan, exchanges_ok=3,
-                             exchanges_failed=1, resyncs=0)  # fmt: skip
+                             exchanges_failed=1, resyncs=0, rounds_alone=0)  # fmt: skip
     counters = SimpleNamespace(bytes_sent=1000, bytes_received=900, restarts=2)
     return SimpleNamespace(name="train", failure=None, peer=SimpleNamespace(status=status),
                            averager=SimpleNamespace(counters=counters))  # fmt: skip
@@ -77,6 +77,7 @@ def test_every_role_exports_its_figures() -> None:
     assert "swarm_train_eval_loss" not in text  # NaN: no figure rather than a NaN sample
     assert 'swarm_train_bytes_averaged_total{direction="sent"} 1000.0' in text
     assert 'swarm_train_exchanges_total{outcome="failed"} 1.0' in text
+    assert 'swarm_train_exchanges_total{outcome="alone"} 0.0' in text
     assert "swarm_train_averager_restarts_total 2.0" in text
     assert "swarm_rl_round 7.0" in text and "swarm_rl_reward 0.25" in text
     assert "swarm_rl_groups_received_total 10.0" in text and "swarm_rl_groups_used_total 8.0" in text

@@ -103,7 +103,7 @@ class LocalMember:
             return sorted(p for p in self.group.shared if p != self.peer_id)
 
 
-def tiny_peer(peer_id: str, shard: int, member: LocalMember) -> TrainingPeer:
+def tiny_peer(peer_id: str, shard: int, member: LocalMember, peers: Any = None) -> TrainingPeer:
     cfg = TrainingConfig.model_validate(
         {"model": {"hidden_size": 16, "intermediate_size": 32, "num_layers": 1, "num_heads": 2},
          "inner_steps": 3, "batch_size": 2, "seq_len": 16, "warmup_steps": 2, "total_steps": 30, "codec": "fp32",
@@ -111,7 +111,7 @@ def tiny_peer(peer_id: str, shard: int, member: LocalMember) -> TrainingPeer:
     )  # fmt: skip
     gen = torch.Generator().manual_seed(0)
     data = TokenData(torch.randint(0, 256, (20_000,), generator=gen), 0.05, 16)
-    peer = TrainingPeer(cfg, data, peer_id=peer_id, shard_index=shard, num_shards=2, averager=member)
+    peer = TrainingPeer(cfg, data, peer_id=peer_id, shard_index=shard, num_shards=2, averager=member, peers=peers)
     peer.share_state()
     return peer
 
@@ -169,3 +169,31 @@ def test_a_dead_averaging_process_costs_the_round_s_average_and_share_not_the_tr
     peer.run(2 * peer.cfg.inner_steps)  # two round boundaries, each with a failed exchange and a failed share
     assert peer.status.step == 2 * peer.cfg.inner_steps
     assert peer.status.round_index == 2
+
+
+class CountingMember(LocalMember):
+    """A member that counts the exchanges it is asked for (and would wait for a group that never comes)."""
+
+    def __init__(self, group: LocalGroup, peer_id: str) -> None:
+        super().__init__(group, peer_id)
+        self.steps = 0
+
+    def step(self, tensors: list[torch.Tensor], **_: object) -> AveragingResult:
+        self.steps += 1
+        raise AveragingError(ErrorCode.TIMEOUT, "no group formed before the round's timeout")
+
+
+def test_a_peer_that_knows_no_other_training_peer_applies_its_update_without_waiting() -> None:
+    """With a view of the swarm's training peers that holds only itself, a round asks the averager for nothing
+    (a lone node would otherwise wait `round_timeout_s` for a group every round); once a second peer shows up,
+    the next round exchanges again."""
+    view = ["a"]
+    member = CountingMember(LocalGroup(1), "a")
+    peer = tiny_peer("a", 0, member, peers=lambda: list(view))
+    h = peer.cfg.inner_steps
+    peer.run(2 * h)
+    assert (member.steps, peer.status.rounds_alone, peer.status.exchanges_failed) == (0, 2, 0)
+    assert peer.status.step == 2 * h and peer.status.round_index == 2
+    view.append("b")
+    peer.run(h)
+    assert (member.steps, peer.status.rounds_alone, peer.status.exchanges_failed) == (1, 2, 1)
