@@ -24,6 +24,7 @@ from serving.detokenizer import IncrementalDetokenizer
 from serving.errors import EngineError
 from serving.kv_cache import BlockAllocator, num_blocks_for_budget
 from serving.latency import LatencyModel
+from serving.model import resolve_device
 from serving.plan import SchedulerOutput
 from serving.profiling import load_or_choose_dtype, load_or_profile
 from serving.request import (
@@ -70,15 +71,6 @@ class _Stream:
     samples: dict[int, Request]
     reasons: dict[int, FinishReason]
     token_s: dict[int, float] = field(default_factory=dict)  # per sample, when its latest token came
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto`: the device accelerate finds (a GPU when there is one); otherwise the named device."""
-    if name != "auto":
-        return torch.device(name)
-    from accelerate import PartialState
-
-    return torch.device(PartialState().device)
 
 
 def resolve_dtype(name: str) -> torch.dtype | None:

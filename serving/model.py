@@ -34,6 +34,16 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 
 
+def resolve_device(name: str) -> torch.device:
+    """The device a role runs on, for serving and training alike: `auto` is the current CUDA device when there is
+    one, else the CPU; `cuda` the current CUDA device; any other name (`cpu`, `cuda:1`) that device, as named."""
+    if name in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    if name == "auto":
+        return torch.device("cpu")
+    return torch.device(name)
+
+
 @dataclass(frozen=True)
 class EmbeddedSpec:
     """Shape of an embedded model. `default` serves (with the shipped weights); `default-random` is the same

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
+from serving.model import resolve_device
 from training.config import TrainingConfig
 
 
@@ -27,16 +28,6 @@ def lr_factor(step: int, cfg: TrainingConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def training_device(name: str) -> torch.device:
-    """The inner loop's device: `auto` is the current CUDA device when there is one, else the CPU; `cuda` the
-    current CUDA device; any other name (`cpu`, `cuda:1`) that device."""
-    if name in ("auto", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    if name == "auto":
-        return torch.device("cpu")
-    return torch.device(name)
-
-
 class InnerLoop:
     """Owns the accelerator, the (prepared) model, AdamW and the schedule. `ignored_label` (PAD) is never a
     target."""
@@ -44,7 +35,7 @@ class InnerLoop:
     def __init__(self, model: torch.nn.Module, cfg: TrainingConfig, ignored_label: int | None = None) -> None:
         self.cfg = cfg
         self.ignored_label = ignored_label
-        self.device = training_device(cfg.device)
+        self.device = resolve_device(cfg.device)
         use_cuda = self.device.type == "cuda"
         bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and use_cuda)
         # The model goes to `self.device` here, the index included (accelerate would take the current device).

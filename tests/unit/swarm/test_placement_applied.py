@@ -11,13 +11,13 @@ import torch
 
 from comms.identity import generate_identity
 from protocols import PeerAnnounce, decode_as, encode
+from serving.model import resolve_device
 from swarm.runtime.config import ConfigError, NodeConfig, load_config
 from swarm.runtime.node import Node
 from swarm.runtime.placement import DeviceSpec, place_node
 from swarm.runtime.rl_role import RLRole
 from swarm.runtime.roles import ServeRole, build_roles
 from swarm.runtime.train_role import TrainRole
-from training.inner import training_device
 
 GIB = 2**30
 CPU = DeviceSpec("cpu", "cpu", 64 * GIB, 300.0)
@@ -70,11 +70,11 @@ def test_without_a_placement_roles_keep_their_configured_device() -> None:
     assert roles["train"].config.device == "auto"
 
 
-def test_training_device_names() -> None:
-    assert training_device("cpu") == torch.device("cpu")
-    assert training_device("cuda:1") == torch.device("cuda:1")  # named, not allocated
+def test_device_names_resolve_alike_for_serving_and_training() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("cuda:1") == torch.device("cuda:1")  # named, not allocated
     if not torch.cuda.is_available():
-        assert training_device("auto") == torch.device("cpu")
+        assert resolve_device("auto") == torch.device("cpu")
 
 
 @pytest.fixture
