@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -126,6 +127,6 @@ def load_cached(path: Path, key: str) -> DtypeChoice | None:
 
 def save_cached(path: Path, choice: DtypeChoice) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")  # nodes started together profile the same model
     tmp.write_text(json.dumps(asdict(choice)))
     tmp.replace(path)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import time
 from collections import deque
@@ -281,7 +282,7 @@ def load_cached(path: Path, key: str) -> LatencyModel | None:
 
 def save_cached(path: Path, model: LatencyModel) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")  # nodes started together profile the same model
     tmp.write_text(json.dumps(model.to_json()))
     tmp.replace(path)
 

@@ -30,6 +30,7 @@ def fine_tune_args(base: Path, data: Path, ckpt: Path) -> tuple[str, ...]:
     sets = {
         "model": base, "data_path": data, "checkpoint_dir": ckpt, "inner_steps": 10, "total_steps": TOTAL_STEPS,
         "warmup_steps": 2, "inner_lr": 0.01, "seq_len": 24, "batch_size": 8, "eval_batches": 1,
+        "start_peers": 1,  # started together: the first step waits for the other node
     }  # fmt: skip
     args = ["--roles", "train", "--heartbeat-s", "1", "--peer-timeout-s", "6"]
     for key, value in sets.items():

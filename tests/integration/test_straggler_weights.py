@@ -19,7 +19,9 @@ def settings(initial: tuple[str, ...] = ()) -> AveragingSettings:
 
 
 def test_a_straggler_s_part_counts_by_the_share_of_steps_it_did() -> None:
-    data = [torch.linspace(1.0, 2.0, 48), torch.linspace(2.0, 4.0, 48)]  # norms within the reducers' 4x bound
+    # the straggler did a third of the steps: an update about a third as long (norms per unit of weight within the
+    # reducers' 4x bound)
+    data = [torch.linspace(1.0, 2.0, 48), torch.linspace(-0.2, 0.8, 48)]
     weights, paces = [1.0, 1 / 3], [0.25, 0.75]
     with started_pair(settings, SHAPES) as pair:
         per_peer = [{"weight": w, "pace_s": p} for w, p in zip(weights, paces, strict=True)]

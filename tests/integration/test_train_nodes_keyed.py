@@ -20,9 +20,24 @@ from training.model import load_train_model
 
 pytestmark = [pytest.mark.multipeer, pytest.mark.slow, pytest.mark.timeout(420)]
 
-TRAIN = ("--roles", "train", "--heartbeat-s", "1", "--peer-timeout-s", "6",
-         "--set", "training.inner_steps=5", "--set", "training.total_steps=100000",
-         "--set", "training.max_corpus_bytes=100000", "--set", "training.eval_batches=1")  # fmt: skip
+TRAIN = (
+    "--roles",
+    "train",
+    "--heartbeat-s",
+    "1",
+    "--peer-timeout-s",
+    "6",
+    "--set",
+    "training.inner_steps=5",
+    "--set",
+    "training.total_steps=100000",
+    "--set",
+    "training.max_corpus_bytes=100000",
+    "--set",
+    "training.eval_batches=1",
+    "--set",
+    "training.start_peers=1",
+)  # fmt: skip  (started together: the first step waits for the other)
 
 
 def metric(http: str, name: str, label: str) -> float:
