@@ -52,13 +52,14 @@ def wait_for(what: str, cond: Any, timeout_s: float) -> None:
         time.sleep(0.2)
 
 
-def run_swarm(with_forged: bool) -> tuple[dict[str, TrainingPeer], int]:
+def run_swarm(with_forged: bool) -> tuple[dict[str, TrainingPeer], int, int]:
     """Train a, b (and the forged f) from the same seed, c joining from a donor, ROUNDS rounds; returns the
-    peers (averagers closed) and the parts their reducers refused."""
+    peers (averagers closed), the parts their reducers refused and the rounds the forged peer was in a group."""
     names = [*HONEST, "f"] if with_forged else list(HONEST)
     cfg = tiny_config(len(names))
     data = corpus()
     peers: dict[str, TrainingPeer] = {}
+    forged_rounds = 0
     try:
         for i, name in enumerate(names):
             # same shards in both runs; a round clock that counts its reads instead of seconds, so no round is cut
@@ -94,7 +95,10 @@ def run_swarm(with_forged: bool) -> tuple[dict[str, TrainingPeer], int]:
             assert not any(t.is_alive() for t in threads)
             for name in HONEST:  # every honest peer averaged with every other honest peer
                 assert set(HONEST) <= {n for n in names if peers[n].averager.peer_id in peers[name].status.last_group}
-        return peers, sum(p.averager.counters.parts_refused for p in peers.values())
+            # on a busy machine the honest three may have formed their group before f arrived: that round
+            # carried no attack (the forged worker's next one waits for its next group)
+            forged_rounds += int(with_forged and peers["f"].averager.peer_id in peers["a"].status.last_group)
+        return peers, sum(p.averager.counters.parts_refused for p in peers.values()), forged_rounds
     finally:
         for peer in peers.values():
             if peer.averager is not None:
@@ -103,12 +107,12 @@ def run_swarm(with_forged: bool) -> tuple[dict[str, TrainingPeer], int]:
 
 
 def test_forged_peer_moves_no_honest_weight_and_stops_nobody() -> None:
-    honest_only, refused_without = run_swarm(with_forged=False)
-    attacked, refused_with = run_swarm(with_forged=True)
+    honest_only, refused_without, _ = run_swarm(with_forged=False)
+    attacked, refused_with, forged_rounds = run_swarm(with_forged=True)
     assert refused_without == 0
     # one member reduces this small vector each round: whichever it is, it refused the forged part (the forged
     # peer, reducing, refuses its own NaN-weighted one)
-    assert refused_with == ROUNDS
+    assert forged_rounds >= 1 and refused_with == forged_rounds
     start = TrainingPeer(tiny_config(3), corpus(), peer_id="s", shard_index=0, num_shards=3).state_tensors()
     for name in HONEST:
         peer, reference = attacked[name], honest_only[name]
