@@ -16,6 +16,7 @@ import math
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -187,10 +188,16 @@ class _PhaseClock:
 
 
 def saturation(
-    settings: BenchSettings, slo_engine: Engine, fcfs_engine: Engine, hf_model, eos: list[int], phases: dict
+    settings: BenchSettings,
+    slo_engine: Engine,
+    fcfs_engine: Engine,
+    hf_model,
+    eos: list[int],
+    phases: dict,
+    progress: Callable[[str], None] = lambda _step: None,
 ) -> dict:
     """Output tok/s with every request queued at t=0, systems interleaved on the same requests. `phases` gets the
-    seconds each part took."""
+    seconds each part took; `progress` is told as each part begins."""
     reqs = _saturation_requests(settings)
     no_slo = math.inf
     results: dict[str, dict] = {}
@@ -202,24 +209,31 @@ def saturation(
 
     # Warm-up (first-touch pages of the KV pool, workspaces, allocator caches), untimed, for every system.
     clock = _PhaseClock(phases)
+    progress("throughput: warm-up")
     warm = reqs[:8]
     for engine in (slo_engine, fcfs_engine):
         run_engine_trace(engine, warm, None, None, 120)
     measure_hf_generate(hf_model, warm[:1], eos)
     clock.lap("warm_up")
     passes: dict[str, list[dict]] = {"engine": [], "engine_fcfs": []}
+    progress("throughput: engine")
     passes["engine"].append(engine_run(slo_engine))
+    progress("throughput: FCFS engine")
     passes["engine_fcfs"].append(engine_run(fcfs_engine))
     clock.lap("engines")
+    progress("throughput: transformers generate()")
     subset = reqs[: settings.hf_generate_requests]
     services, wall = measure_hf_generate(hf_model, subset, eos)
     results["hf_generate"] = summarize(replay_sequential(services, subset), wall, no_slo, no_slo)
     clock.lap("hf_generate")
     kv_tokens = settings.kv_cache_bytes // slo_engine.runner.layout.bytes_per_token()
+    progress("throughput: transformers continuous batching")
     records, wall = run_hf_continuous_batching(hf_model, reqs, eos, 600, settings.max_batch_tokens, kv_tokens)
     results["hf_generate_batch"] = summarize(records, wall, no_slo, no_slo)
     clock.lap("hf_generate_batch")
+    progress("throughput: FCFS engine, second pass")
     passes["engine_fcfs"].append(engine_run(fcfs_engine))
+    progress("throughput: engine, second pass")
     passes["engine"].append(engine_run(slo_engine))
     clock.lap("engines")
     # Two passes each, one before and one after the baselines (A B .. B A): both engines see the machine in
@@ -231,11 +245,19 @@ def saturation(
 
 
 def goodput(
-    settings: BenchSettings, slo_engine: Engine, fcfs_engine: Engine, hf_model, eos: list[int], phases: dict
+    settings: BenchSettings,
+    slo_engine: Engine,
+    fcfs_engine: Engine,
+    hf_model,
+    eos: list[int],
+    phases: dict,
+    progress: Callable[[str], None] = lambda _step: None,
 ) -> dict:
     """Capacity at SLO of the engine and of FCFS batching (probes interleaved), plus HF attainment curves.
-    `phases` gets the seconds each part took (each system's capacity search apart)."""
+    `phases` gets the seconds each part took (each system's capacity search apart); `progress` is told as each
+    part (each probe) begins."""
     clock = _PhaseClock(phases)
+    progress("capacity: SLO calibration")
     reqs = make_requests(settings.goodput_mix, settings.goodput_requests, 1.0, settings.seed + 1, 256)
     slo = calibrate_slo(fcfs_engine, reqs, settings)
     clock.lap("slo_calibration")
@@ -259,6 +281,7 @@ def goodput(
             break
         for name, rate in pending.items():
             if rate is not None:
+                progress(f"capacity: {'engine' if name == 'engine' else 'FCFS engine'} at {rate:.2f} req/s")
                 searches[name].record(rate, _engine_probe(systems[name], settings, slo, probes, name)(rate))
                 clock.lap(f"capacity_search_{name}")
     by_definition = {name: search.capacities() for name, search in searches.items()}
@@ -266,6 +289,7 @@ def goodput(
     capacities = {name: caps[main] for name, caps in by_definition.items()}
     rates = sorted({p["rate_req_s"] for p in probes})
     if settings.hf_curve:
+        progress("capacity: transformers generate() curve")
         traces = {rate: probe_requests(settings, rate) for rate in rates}
         # Every trace's lengths are a prefix of the longest one's (same seed): serve that one once, replay all.
         services, _ = measure_hf_generate(hf_model, max(traces.values(), key=len), eos)
@@ -283,6 +307,7 @@ def goodput(
     # Live continuous-batching runs are slow: spend them on the middle of the probed range.
     middle = sorted(rates, key=lambda r: abs(math.log(r / statistics.median(rates))))
     for rate in sorted(middle[: settings.hf_batch_rates]):
+        progress(f"capacity: transformers continuous batching at {rate:.2f} req/s")
         trace = probe_requests(settings, rate)
         records, wall = run_hf_continuous_batching(
             hf_model, trace, eos, trace[-1].arrival_s + 120, settings.max_batch_tokens, kv_tokens
@@ -307,8 +332,19 @@ def ttft_prediction_of(probes: list[dict], system: str) -> dict:
     return {k: v for k, v in ttft_prediction(records).items() if k != "pairs_ms"}
 
 
-def run_serving_bench(settings: BenchSettings, plot_path=None) -> dict:
-    """Run everything; returns the bench JSON object (machine info is added by the caller)."""
+def expected_steps(settings: BenchSettings) -> int:
+    """About how many parts `run_serving_bench` reports to `progress`: the throughput passes, the SLO calibration,
+    a typical capacity search (two thirds of each system's probe bound), the transformers curves, the prefix cache
+    and the compute limit."""
+    probes = 2 * math.ceil(settings.probes_per_system * 2 / 3)
+    return 7 + 1 + probes + int(settings.hf_curve) + settings.hf_batch_rates + 2
+
+
+def run_serving_bench(
+    settings: BenchSettings, plot_path=None, progress: Callable[[str], None] = lambda _step: None
+) -> dict:
+    """Run everything; returns the bench JSON object (machine info is added by the caller). `progress` is told as
+    each part begins (`expected_steps` of them, about: a capacity search's probe count varies)."""
     from serving.model import load_model
 
     started = time.perf_counter()
@@ -329,14 +365,16 @@ def run_serving_bench(settings: BenchSettings, plot_path=None) -> dict:
         eos = sorted(slo_engine.eos_token_ids) or [-1]
         phases = {"start": time.perf_counter() - started}
         sat_phases: dict[str, float] = {}
-        sat = saturation(settings, slo_engine, fcfs, hf_model, eos, sat_phases)
+        sat = saturation(settings, slo_engine, fcfs, hf_model, eos, sat_phases, progress)
         phases["saturation"] = time.perf_counter() - started - sum(phases.values())
         good_phases: dict[str, float] = {}
-        good = goodput(settings, slo_engine, fcfs, hf_model, eos, good_phases)
+        good = goodput(settings, slo_engine, fcfs, hf_model, eos, good_phases, progress)
         phases["goodput"] = time.perf_counter() - started - sum(phases.values())
+        progress("prefix cache")
         prefix = prefix_cache_gain(slo_engine, settings.prefix_requests, settings.seed + 3)
         phases["prefix_cache"] = time.perf_counter() - started - sum(phases.values())
         mean_context = statistics.mean(len(r.prompt_ids) + r.max_new_tokens / 2 for r in _saturation_requests(settings))
+        progress("compute limit")
         limit = compute_limit(hf_model, slo_engine.dtype, slo_engine.device, int(mean_context))
         phases["compute_limit"] = time.perf_counter() - started - sum(phases.values())
         dtype_choice = asdict(slo_engine.dtype_choice) if slo_engine.dtype_choice else None

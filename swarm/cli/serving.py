@@ -198,11 +198,13 @@ def bench_serve(
 
 def _bench_one_node(settings, json_path: Path | None, plot: Path | None, llama_cpp_server: str | None) -> None:
     """The single-node serving bench (and llama.cpp's server beside it, when given): run, print, write."""
-    from serving.bench import Slo, run_serving_bench
+    from serving.bench import Slo, expected_steps, run_serving_bench
     from swarm.bench.bench_http import add_comparison, run_http_bench
     from swarm.bench.bench_http import llama_cpp_server as llama_cpp_endpoint
+    from swarm.bench.benchio import BenchProgress
 
-    result = run_serving_bench(settings, plot_path=plot)
+    with BenchProgress("serving bench", expected_steps(settings)) as progress:
+        result = run_serving_bench(settings, plot_path=plot, progress=progress)
     if llama_cpp_server:
         from serving.model import load_model
 

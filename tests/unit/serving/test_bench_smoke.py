@@ -30,7 +30,8 @@ def test_bench_runs_every_system_and_reports_ratios(tmp_path: Path) -> None:
         hf_batch_rates=1,
         prefix_requests=2,
     )
-    result = run_serving_bench(settings, plot_path=tmp_path / "serve.png")
+    steps: list[str] = []
+    result = run_serving_bench(settings, plot_path=tmp_path / "serve.png", progress=steps.append)
     json.dumps(result)  # serialisable as is
     assert result["bench"] == "serve"
     assert set(result["results"]["saturation"]) == {"engine", "engine_fcfs", "hf_generate", "hf_generate_batch"}
@@ -57,3 +58,9 @@ def test_bench_runs_every_system_and_reports_ratios(tmp_path: Path) -> None:
         parts["goodput"]
     )
     assert {"start", "saturation", "goodput", "prefix_cache", "compute_limit"} == set(result["results"]["phase_wall_s"])
+    # the progress bar is told each part as it begins, every capacity probe among them
+    probes = [p for p in good["probes"] if p["system"] in ("engine", "engine_fcfs")]
+    assert steps[0] == "throughput: warm-up" and steps[-2:] == ["prefix cache", "compute limit"]
+    assert "capacity: SLO calibration" in steps
+    assert sum(step.startswith("capacity: engine at") or step.startswith("capacity: FCFS engine at")
+               for step in steps) == len(probes)  # fmt: skip
