@@ -16,24 +16,11 @@ from tests.integration.nodes import wait_until
 
 pytestmark = [pytest.mark.multipeer, pytest.mark.slow, pytest.mark.timeout(240)]
 
-TRAIN = (
-    "--roles",
-    "train",
-    "--heartbeat-s",
-    "1",
-    "--peer-timeout-s",
-    "6",
-    "--set",
-    "training.inner_steps=5",
-    "--set",
-    "training.total_steps=1000",
-    "--set",
-    "training.max_corpus_bytes=100000",
-    "--set",
-    "training.eval_batches=1",
-    "--set",
-    "training.start_peers=1",
-)  # fmt: skip  (started together: the first step waits for the other)
+# started together: the first step waits for the other node (a node alone would not wait for a group)
+TRAIN = ("--roles", "train", "--heartbeat-s", "1", "--peer-timeout-s", "6",
+         "--set", "training.inner_steps=5", "--set", "training.total_steps=1000",
+         "--set", "training.max_corpus_bytes=100000", "--set", "training.eval_batches=1",
+         "--set", "training.start_peers=1")  # fmt: skip
 
 
 def _averaging_bytes(http: str) -> float:
